@@ -1,0 +1,54 @@
+"""asycamore: one small, fast dispatch API over the OS readiness mechanisms.
+
+The dispatch API (:class:`Events`, :class:`IDispatchTarget`, :class:`IDispatchContext`,
+:func:`iterate`) and the backend errors are imported eagerly; the factory
+(:func:`create_dispatcher`, :func:`best_backend`, :func:`list_backends`,
+:class:`BackendInfo`) is imported on first use, so ``import asycamore`` scans no entry
+points and loads no backend.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .dispatcher import Events, IDispatchContext, IDispatchTarget, iterate
+from .errors import BackendError, BackendLoadError, BackendNotFound, BackendUnavailable
+
+if TYPE_CHECKING:
+    from .factory import BackendInfo, best_backend, create_dispatcher, list_backends
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "BackendInfo",
+    "BackendLoadError",
+    "BackendNotFound",
+    "BackendUnavailable",
+    "Events",
+    "IDispatchContext",
+    "IDispatchTarget",
+    "__version__",
+    "best_backend",
+    "create_dispatcher",
+    "iterate",
+    "list_backends",
+]
+
+_LAZY_FACTORY_NAMES = frozenset({"BackendInfo", "best_backend", "create_dispatcher", "list_backends"})
+
+
+def __getattr__(name: str) -> Any:
+    # The factory needs importlib.metadata (and, on first discovery, stevedore): keep
+    # both off the import path of programs that never ask for a backend by discovery.
+    if name in _LAZY_FACTORY_NAMES:
+        from . import factory
+
+        value = getattr(factory, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY_FACTORY_NAMES)

@@ -1,0 +1,185 @@
+"""The dispatch API: readiness events, the target and context protocols, and `iterate`.
+
+A *dispatch target* is anything with a file descriptor and two handlers; a *dispatch
+context* is a backend that watches targets' descriptors and calls those handlers when the
+OS says they are ready.  `iterate` is the reference main loop built on a context; service
+models and client programs run their own logic between dispatches through its
+``before_dispatch`` / ``after_dispatch`` callbacks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, MutableMapping
+from typing import Any, Protocol, runtime_checkable
+
+from typing_extensions import Self
+
+__all__ = [
+    "DispatchCallback",
+    "ErrorHandler",
+    "Events",
+    "IDispatchContext",
+    "IDispatchTarget",
+    "iterate",
+]
+
+
+class Events(enum.IntFlag):
+    """The readiness a target is interested in, or that a descriptor reports."""
+
+    NONE = 0
+    """No interest: the target stays registered but receives nothing, not even hang-ups."""
+    READ = 1
+    """The descriptor is readable (data, a pending connection, EOF or an error)."""
+    WRITE = 2
+    """The descriptor is writable (buffer space, a finished connect, or an error)."""
+
+
+@runtime_checkable
+class IDispatchTarget(Protocol):
+    """The minimal state of a dispatch target: a descriptor and two event handlers."""
+
+    def fileno(self) -> int:
+        """Return the file descriptor the context should watch."""
+        ...
+
+    def handle_read_event(self) -> None:
+        """Called when the descriptor is readable (or has hung up or failed)."""
+        ...
+
+    def handle_write_event(self) -> None:
+        """Called when the descriptor is writable (or has hung up or failed)."""
+        ...
+
+
+ErrorHandler = Callable[[IDispatchTarget, Exception], object]
+"""``error_in_handler(target, exc)``: called when a target's handler raises."""
+
+
+@runtime_checkable
+class IDispatchContext(Protocol):
+    """A dispatch context: watches targets and calls their handlers when they are ready.
+
+    Every backend, built-in or third-party, implements this protocol and obeys the rules
+    of the :doc:`contract </concepts>`; :mod:`asycamore.testing` checks them.
+    """
+
+    name: str
+    """The backend's name, for example ``"epoll"``."""
+
+    def register(self, target: IDispatchTarget, events: Events = Events.READ) -> None:
+        """Start watching *target* for *events*.
+
+        Raises :class:`KeyError` if the target, or another target on the same descriptor,
+        is already registered, and :class:`ValueError` for events outside
+        ``READ | WRITE`` or a negative descriptor.
+        """
+        ...
+
+    def modify(self, target: IDispatchTarget, events: Events) -> None:
+        """Change the events a registered *target* is watched for (:class:`KeyError` if
+        it is not registered)."""
+        ...
+
+    def unregister(self, target: IDispatchTarget) -> None:
+        """Stop watching *target*; works even when its descriptor is already closed
+        (:class:`KeyError` if it is not registered)."""
+        ...
+
+    def dispatch_once(
+        self, timeout: float | None = None, error_in_handler: ErrorHandler | None = None
+    ) -> int:
+        """Wait up to *timeout* seconds for readiness and call the ready handlers.
+
+        ``None`` blocks until something is ready, ``<= 0`` polls without blocking.
+        Returns the number of handler calls made.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the OS resources of the context.  Idempotent."""
+        ...
+
+    def __contains__(self, target: object) -> bool:
+        """Whether *target* is registered."""
+        ...
+
+    def __len__(self) -> int:
+        """The number of registered targets."""
+        ...
+
+    def __enter__(self) -> Self:
+        """Return the context itself."""
+        ...
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the context."""
+        ...
+
+
+DispatchCallback = Callable[[IDispatchContext, MutableMapping[str, Any]], object]
+"""``before_dispatch(dispatcher, dispatchvars)`` / ``after_dispatch(...)``."""
+
+
+def iterate(
+    dispatcher: IDispatchContext,
+    timeout: float | None = 30.0,
+    count: int = -1,
+    dispatchvars: MutableMapping[str, Any] | None = None,
+    before_dispatch: DispatchCallback | None = None,
+    after_dispatch: DispatchCallback | None = None,
+    error_in_handler: ErrorHandler | None = None,
+) -> None:
+    """Run *dispatcher* in a loop: the reference main loop.
+
+    *dispatchvars* is the loop's shared state: the caller's own mapping, mutated in place,
+    or a new dict.  ``before_dispatch``, ``after_dispatch``, ``count``, ``timeout`` and
+    ``error_in_handler`` are stored into it at the start and re-read from it every round,
+    so a callback can replace or disable a callback, change the timeout, or set
+    ``count = N`` to end the loop after *N* further dispatches.
+
+    Each round:
+
+    1. ``before_dispatch(dispatcher, dispatchvars)``, if set;
+    2. if ``dispatchvars["count"] == 0``, stop (without dispatching);
+    3. ``dispatcher.dispatch_once(timeout, error_in_handler)``;
+    4. if ``count > 0``, decrement ``dispatchvars["count"]``;
+    5. ``after_dispatch(dispatcher, dispatchvars)``, if set.
+
+    A negative count loops forever.  :class:`StopIteration` raised by either callback ends
+    the loop at once, normally; any other exception propagates.
+    """
+    if dispatchvars is None:
+        dispatchvars = {}
+    dispatchvars["before_dispatch"] = before_dispatch
+    dispatchvars["after_dispatch"] = after_dispatch
+    dispatchvars["count"] = count
+    dispatchvars["timeout"] = timeout
+    dispatchvars["error_in_handler"] = error_in_handler
+    while True:
+        if not _run_callback("before_dispatch", dispatcher, dispatchvars):
+            return
+        if dispatchvars["count"] == 0:
+            return
+        dispatcher.dispatch_once(dispatchvars["timeout"], dispatchvars["error_in_handler"])
+        if dispatchvars["count"] > 0:
+            dispatchvars["count"] -= 1
+        if not _run_callback("after_dispatch", dispatcher, dispatchvars):
+            return
+
+
+def _run_callback(
+    key: str, dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
+) -> bool:
+    """Call ``dispatchvars[key]`` if set; False when it asked the loop to stop."""
+    callback = dispatchvars.get(key)
+    if callback is None:
+        return True
+    try:
+        callback(dispatcher, dispatchvars)
+    except StopIteration:
+        # Only the callbacks' StopIteration is the documented stop signal; one escaping
+        # dispatch_once (from an error_in_handler, say) is an ordinary error and propagates.
+        return False
+    return True

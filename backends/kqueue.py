@@ -1,0 +1,108 @@
+"""The BSD/macOS ``kqueue`` backend: O(1) in the number of idle descriptors.
+
+kqueue watches (descriptor, filter) pairs: a target's READ and WRITE interest are two
+separate knotes (``EVFILT_READ``, ``EVFILT_WRITE``), added and deleted one by one as the
+interest changes.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+from typing import Any, ClassVar
+
+from ._base import READ, WRITE, DispatcherBase, Registration, ceil_timeout
+
+__all__ = ["KqueueDispatcher"]
+
+# typeshed declares kqueue only for BSD and macOS; going through Any keeps this module
+# type-checkable on Linux, where the class must still exist (is_available() says False).
+_select: Any = select
+
+_FILTERS = ((READ, "KQ_FILTER_READ"), (WRITE, "KQ_FILTER_WRITE"))
+_GONE = frozenset({errno.EBADF, errno.ENOENT})
+
+
+class KqueueDispatcher(DispatcherBase):
+    """Dispatch context over :func:`select.kqueue` (macOS, FreeBSD, OpenBSD, NetBSD).
+
+    ``EV_EOF`` (the peer hung up) and ``EV_ERROR`` are reported as readiness for every
+    interest the target registered.  A descriptor closed while registered loses its
+    knotes in the kernel, so its target simply stops receiving events.
+    """
+
+    name: ClassVar[str] = "kqueue"
+    priority: ClassVar[int] = 40
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kqueue = _select.kqueue()
+        self._filter_read: int = _select.KQ_FILTER_READ
+        self._filter_write: int = _select.KQ_FILTER_WRITE
+        # Both flags mean "the peer or the descriptor failed": rule 5 readiness.
+        self._failed_flags: int = _select.KQ_EV_EOF | _select.KQ_EV_ERROR
+        self._knotes = 0  # the number of filters in the kernel, to size the result list
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """True where :func:`select.kqueue` exists (macOS and the BSDs)."""
+        return hasattr(select, "kqueue")
+
+    def fileno(self) -> int:
+        """The kqueue descriptor, for nesting this context in another loop."""
+        return int(self._kqueue.fileno())
+
+    def _change(self, fd: int, events: int, flags: int) -> None:
+        changes = [
+            _select.kevent(fd, getattr(_select, filter_name), flags)
+            for bit, filter_name in _FILTERS
+            if events & bit
+        ]
+        if changes:
+            self._kqueue.control(changes, 0, 0)
+
+    def _kernel_add(self, fd: int, events: int) -> None:
+        self._change(fd, events, _select.KQ_EV_ADD)
+        self._knotes += bin(events).count("1")
+
+    def _kernel_modify(self, fd: int, old: int, new: int) -> None:
+        self._kernel_remove(fd, old & ~new)
+        self._kernel_add(fd, new & ~old)
+
+    def _kernel_remove(self, fd: int, events: int) -> None:
+        self._knotes -= bin(events).count("1")
+        # One filter at a time: when the fd is already closed the kernel has dropped its
+        # knotes, and a failed delete must not keep the other filter in the kernel.
+        for bit, _ in _FILTERS:
+            if events & bit:
+                try:
+                    self._change(fd, bit, _select.KQ_EV_DELETE)
+                except OSError as exc:
+                    if exc.errno not in _GONE:
+                        raise
+
+    def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
+        ns = ceil_timeout(timeout, 1e-9)
+        kevents = self._kqueue.control(
+            None, max(self._knotes, 1), None if ns is None else ns * 1e-9
+        )
+        by_fd = self._by_fd
+        ready: dict[int, int] = {}
+        for kevent in kevents:
+            fd = kevent.ident
+            registration = by_fd.get(fd)
+            if registration is None:
+                continue
+            if kevent.flags & self._failed_flags:
+                events = registration.events
+            elif kevent.filter == self._filter_read:
+                events = READ
+            elif kevent.filter == self._filter_write:
+                events = WRITE
+            else:
+                continue
+            ready[fd] = ready.get(fd, 0) | events
+        return [(by_fd[fd], events) for fd, events in ready.items()]
+
+    def _close_kernel(self) -> None:
+        self._kqueue.close()

@@ -1,0 +1,71 @@
+"""The POSIX ``poll`` backend: no descriptor limit, O(registered) per dispatch in the kernel."""
+
+from __future__ import annotations
+
+import select
+from typing import ClassVar
+
+from ._base import CLOSED, READ, WRITE, DispatcherBase, Registration, ceil_timeout
+
+__all__ = ["PollDispatcher"]
+
+_POLLIN = getattr(select, "POLLIN", 0x001)
+_POLLOUT = getattr(select, "POLLOUT", 0x004)
+_POLLERR = getattr(select, "POLLERR", 0x008)
+_POLLHUP = getattr(select, "POLLHUP", 0x010)
+_POLLNVAL = getattr(select, "POLLNVAL", 0x020)
+_POLL_FAILED = _POLLERR | _POLLHUP
+
+# POLLPRI is deliberately left out: urgent data that the handler's recv() does not
+# consume would be reported again on every call, a busy loop.
+_TO_POLL = (0, _POLLIN, _POLLOUT, _POLLIN | _POLLOUT)
+
+
+class PollDispatcher(DispatcherBase):
+    """Dispatch context over :func:`select.poll`.
+
+    The poll set is kept between dispatches and changed only when interest changes; the
+    kernel still scans every registered descriptor on each call.  A descriptor closed
+    while registered is reported as ``POLLNVAL``: its target is unregistered and its error
+    path gets ``OSError(EBADF)``.
+    """
+
+    name: ClassVar[str] = "poll"
+    priority: ClassVar[int] = 20
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pollster = select.poll()
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """True where :func:`select.poll` exists (every POSIX system)."""
+        return hasattr(select, "poll")
+
+    def _kernel_add(self, fd: int, events: int) -> None:
+        self._pollster.register(fd, _TO_POLL[events])
+
+    def _kernel_modify(self, fd: int, old: int, new: int) -> None:
+        self._pollster.modify(fd, _TO_POLL[new])
+
+    def _kernel_remove(self, fd: int, events: int) -> None:
+        # poll keeps plain numbers in user space: unregistering a closed fd is fine.
+        self._pollster.unregister(fd)
+
+    def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
+        ms = ceil_timeout(timeout, 1e-3)
+        ready = self._pollster.poll(ms)
+        by_fd = self._by_fd
+        result = []
+        for fd, mask in ready:
+            registration = by_fd.get(fd)
+            if registration is None:
+                continue
+            if mask & _POLLNVAL:
+                events = CLOSED
+            elif mask & _POLL_FAILED:
+                events = registration.events
+            else:
+                events = (READ if mask & _POLLIN else 0) | (WRITE if mask & _POLLOUT else 0)
+            result.append((registration, events))
+        return result

@@ -1,0 +1,89 @@
+"""The portable ``select`` backend: descriptors below ``FD_SETSIZE`` only."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+from typing import ClassVar
+
+from ._base import CLOSED, READ, WRITE, DispatcherBase, Registration, ceil_timeout
+
+__all__ = ["FD_SETSIZE", "SelectDispatcher"]
+
+FD_SETSIZE = 1024
+"""select(2) cannot watch a descriptor at or above this number (glibc, macOS, BSD)."""
+
+
+class SelectDispatcher(DispatcherBase):
+    """Dispatch context over :func:`select.select`.
+
+    The reader and writer sets are kept between dispatches and changed only when
+    interest changes.  ``select`` fails as a whole (``EBADF``) when one descriptor was
+    closed while registered: the culprits are found, unregistered and reported to their
+    error path with ``OSError(EBADF)``, and the others are served on the next dispatch.
+    """
+
+    name: ClassVar[str] = "select"
+    priority: ClassVar[int] = 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._readers: set[int] = set()
+        self._writers: set[int] = set()
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """Always true: every platform has select."""
+        return True
+
+    def _check_fd(self, fd: int) -> None:
+        super()._check_fd(fd)
+        if fd >= FD_SETSIZE:
+            raise ValueError(
+                f"fd {fd} is at or above FD_SETSIZE ({FD_SETSIZE}), which the select backend "
+                "cannot watch; use the poll or epoll backend"
+            )
+
+    def _kernel_add(self, fd: int, events: int) -> None:
+        if events & READ:
+            self._readers.add(fd)
+        if events & WRITE:
+            self._writers.add(fd)
+
+    def _kernel_modify(self, fd: int, old: int, new: int) -> None:
+        self._kernel_remove(fd, old)
+        self._kernel_add(fd, new)
+
+    def _kernel_remove(self, fd: int, events: int) -> None:
+        self._readers.discard(fd)
+        self._writers.discard(fd)
+
+    def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
+        us = ceil_timeout(timeout, 1e-6)
+        try:
+            readable, writable, _ = select.select(
+                self._readers, self._writers, (), None if us is None else us * 1e-6
+            )
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            return self._closed_registrations()
+        by_fd = self._by_fd
+        ready: dict[int, int] = dict.fromkeys(readable, READ)
+        for fd in writable:
+            ready[fd] = ready.get(fd, 0) | WRITE
+        # select reports an error or hang-up as readable and/or writable, which the
+        # handlers' next recv/send turns into the error, so rule 5 needs nothing more.
+        return [(by_fd[fd], events) for fd, events in ready.items() if fd in by_fd]
+
+    def _closed_registrations(self) -> list[tuple[Registration, int]]:
+        """The registrations whose descriptors are closed, marked for eviction."""
+        closed = []
+        for fd in self._readers | self._writers:
+            try:
+                os.fstat(fd)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    closed.append((self._by_fd[fd], CLOSED))
+        return closed
