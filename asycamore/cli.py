@@ -1,0 +1,146 @@
+"""The ``asycamore`` command line: ``backends``, ``echo`` and ``bench``.
+
+Bad input ends a command with exit status 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import __version__
+from .errors import BackendError
+
+__all__ = ["UsageError", "main"]
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input on the command line: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse would print the whole usage block; the contract is one line.
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="asycamore", description="A small, fast I/O dispatch framework.")
+    parser.add_argument("--version", action="version", version=f"asycamore {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    backends = commands.add_parser("backends", help="list the installed backends")
+    backends.add_argument("--json", action="store_true", help="print a JSON list")
+    backends.set_defaults(run=_cmd_backends)
+
+    echo = commands.add_parser("echo", help="run a TCP echo service until SIGINT/SIGTERM")
+    echo.add_argument("--backend", metavar="NAME", help="backend to use (default: the best)")
+    echo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    echo.add_argument("--port", type=_port, default=0, help="port (0: any free port)")
+    echo.set_defaults(run=_cmd_echo)
+
+    bench = commands.add_parser("bench", help="a short loopback benchmark of every backend")
+    bench.add_argument(
+        "--seconds", type=_positive_float, default=1.0, help="duration of each measurement"
+    )
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.set_defaults(run=_cmd_bench)
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
+    return port
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    from .factory import best_backend, list_backends
+
+    infos = list_backends()
+    try:
+        default: str | None = best_backend()
+    except BackendError:
+        default = None
+    if args.json:
+        rows = [
+            {
+                "name": info.name,
+                "available": info.available,
+                "priority": info.priority,
+                "reason": info.reason,
+                "origin": info.origin,
+                "entry_point": info.entry_point,
+                "default": info.name == default,
+            }
+            for info in infos
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ("", "NAME", "AVAILABLE", "PRIORITY", "ORIGIN", "REASON")
+    table = [header] + [
+        (
+            "*" if info.name == default else "",
+            info.name,
+            "yes" if info.available else "no",
+            str(info.priority),
+            info.origin,
+            info.reason or "",
+        )
+        for info in infos
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if default is None:
+        print("\nno backend is available here")
+    else:
+        print(f"\n* default here: {default}")
+    return 0
+
+
+def _cmd_echo(args: argparse.Namespace) -> int:
+    from .echo import serve_echo
+
+    return serve_echo(backend=args.backend, host=args.host, port=args.port)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(seconds=args.seconds, as_json=args.json)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        status: int = args.run(args)
+    except (UsageError, BackendError) as exc:
+        print(f"asycamore: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return status
+
