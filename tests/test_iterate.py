@@ -1,0 +1,410 @@
+"""`iterate`: every sentence of SPEC.md's contract, plus a model-based property test.
+
+The dispatcher under test is a real backend (poll) behind a thin recorder that logs the
+arguments of each dispatch_once call, so the order of callbacks and dispatches is visible.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import asycamore
+from asycamore import Events, IDispatchContext, iterate
+
+
+class Recorder:
+    """A real poll context whose dispatch_once calls are logged in a shared journal."""
+
+    def __init__(self, journal: list[tuple[Any, ...]]) -> None:
+        self.inner = asycamore.create_dispatcher("poll")
+        self.name = self.inner.name
+        self.journal = journal
+
+    def dispatch_once(self, timeout: float | None = None, error_in_handler: Any = None) -> int:
+        self.journal.append(("dispatch", timeout, error_in_handler))
+        return self.inner.dispatch_once(timeout, error_in_handler)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+def journal() -> list[tuple[Any, ...]]:
+    return []
+
+
+@pytest.fixture
+def recorder(journal: list[tuple[Any, ...]]) -> Iterator[Recorder]:
+    rec = Recorder(journal)
+    yield rec
+    rec.inner.close()
+
+
+def logging_callback(journal: list[tuple[Any, ...]], label: str) -> Any:
+    def callback(dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]) -> None:
+        journal.append((label, dispatchvars["count"]))
+
+    return callback
+
+
+def test_count_n_dispatches_n_times_with_callbacks_around_each(recorder, journal):
+    iterate(
+        recorder,
+        timeout=0,
+        count=2,
+        before_dispatch=logging_callback(journal, "before"),
+        after_dispatch=logging_callback(journal, "after"),
+    )
+    assert journal == [
+        ("before", 2),
+        ("dispatch", 0, None),
+        ("after", 1),
+        ("before", 1),
+        ("dispatch", 0, None),
+        ("after", 0),
+        ("before", 0),  # count is checked right after before_dispatch
+    ]
+
+
+def test_count_zero_runs_before_dispatch_once_and_never_dispatches(recorder, journal):
+    iterate(
+        recorder,
+        count=0,
+        before_dispatch=logging_callback(journal, "before"),
+        after_dispatch=logging_callback(journal, "after"),
+    )
+    assert journal == [("before", 0)]
+
+
+def test_before_dispatch_can_end_the_loop_by_setting_count_zero(recorder, journal):
+    def before(dispatcher, dispatchvars):
+        journal.append(("before",))
+        dispatchvars["count"] = 0
+
+    iterate(recorder, timeout=0, count=-1, before_dispatch=before)
+    assert journal == [("before",)]
+
+
+def test_dispatchvars_is_the_callers_dict_mutated_in_place(recorder):
+    sentinel = object()
+    handler = lambda target, exc: None  # noqa: E731
+    dispatchvars: dict[str, Any] = {"mine": sentinel}
+    seen = []
+
+    def before(dispatcher, dv):
+        seen.append(dv)
+
+    iterate(
+        recorder,
+        timeout=0.0,
+        count=1,
+        dispatchvars=dispatchvars,
+        before_dispatch=before,
+        error_in_handler=handler,
+    )
+    assert all(dv is dispatchvars for dv in seen)
+    assert dispatchvars["mine"] is sentinel
+    assert dispatchvars["before_dispatch"] is before
+    assert dispatchvars["after_dispatch"] is None
+    assert dispatchvars["count"] == 0
+    assert dispatchvars["timeout"] == 0.0
+    assert dispatchvars["error_in_handler"] is handler
+
+
+def test_a_new_dict_is_used_when_dispatchvars_is_none(recorder):
+    seen: list[MutableMapping[str, Any]] = []
+    iterate(recorder, timeout=0, count=1, before_dispatch=lambda d, dv: seen.append(dv))
+    assert isinstance(seen[0], dict)
+    assert seen[0]["count"] == 0
+
+
+def test_timeout_and_error_in_handler_are_reread_and_passed_positionally(recorder, journal):
+    handler_a = lambda target, exc: None  # noqa: E731
+    handler_b = lambda target, exc: None  # noqa: E731
+
+    def after(dispatcher, dispatchvars):
+        dispatchvars["timeout"] = 0.001
+        dispatchvars["error_in_handler"] = handler_b
+
+    iterate(recorder, timeout=0, count=2, after_dispatch=after, error_in_handler=handler_a)
+    assert journal == [("dispatch", 0, handler_a), ("dispatch", 0.001, handler_b)]
+
+
+def test_dispatch_once_receives_positional_arguments(journal):
+    class PositionalOnly(Recorder):
+        def dispatch_once(self, timeout=None, error_in_handler=None, /):  # type: ignore[override]
+            return super().dispatch_once(timeout, error_in_handler)
+
+    rec = PositionalOnly(journal)
+    try:
+        iterate(rec, timeout=0, count=1)
+    finally:
+        rec.inner.close()
+    assert journal == [("dispatch", 0, None)]
+
+
+def test_callbacks_can_replace_and_disable_each_other(recorder, journal):
+    def second_before(dispatcher, dispatchvars):
+        journal.append(("second_before",))
+        dispatchvars["before_dispatch"] = None
+
+    def first_before(dispatcher, dispatchvars):
+        journal.append(("first_before",))
+        dispatchvars["before_dispatch"] = second_before
+        dispatchvars["after_dispatch"] = None
+
+    iterate(
+        recorder,
+        timeout=0,
+        count=3,
+        before_dispatch=first_before,
+        after_dispatch=logging_callback(journal, "after"),
+    )
+    assert [entry[0] for entry in journal] == [
+        "first_before",
+        "dispatch",
+        "second_before",
+        "dispatch",
+        "dispatch",
+    ]
+
+
+def test_setting_count_in_a_callback_ends_after_that_many_dispatches(recorder, journal):
+    def after(dispatcher, dispatchvars):
+        if len([e for e in journal if e[0] == "dispatch"]) == 5:
+            dispatchvars["count"] = 2
+
+    iterate(recorder, timeout=0, count=-1, after_dispatch=after)
+    assert len([e for e in journal if e[0] == "dispatch"]) == 7
+
+
+def test_negative_count_loops_until_stopped_and_is_not_decremented(recorder):
+    counts = []
+
+    def after(dispatcher, dispatchvars):
+        counts.append(dispatchvars["count"])
+        if len(counts) == 50:
+            raise StopIteration
+
+    iterate(recorder, timeout=0, count=-3, after_dispatch=after)
+    assert counts == [-3] * 50
+
+
+@pytest.mark.parametrize("which", ["before_dispatch", "after_dispatch"])
+def test_stopiteration_from_a_callback_ends_the_loop_at_once(recorder, journal, which):
+    def stop(dispatcher, dispatchvars):
+        journal.append(("stop",))
+        raise StopIteration
+
+    result = iterate(recorder, timeout=0, count=5, **{which: stop})
+    assert result is None
+    expected = [("stop",)] if which == "before_dispatch" else [("dispatch", 0, None), ("stop",)]
+    assert journal == expected
+
+
+def test_other_exceptions_from_callbacks_propagate(recorder):
+    def fail(dispatcher, dispatchvars):
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        iterate(recorder, timeout=0, count=5, after_dispatch=fail)
+
+
+def test_stopiteration_from_dispatch_once_is_not_a_stop_signal(recorder):
+    # Only the callbacks' StopIteration ends the loop normally; an error_in_handler that
+    # raises it makes dispatch_once raise, which is an ordinary exception.
+    a, b = socket.socketpair()
+
+    class Failing:
+        def fileno(self):
+            return a.fileno()
+
+        def handle_read_event(self):
+            raise ValueError("boom")
+
+        def handle_write_event(self):
+            pass
+
+    def error_in_handler(target, exc):
+        raise StopIteration
+
+    recorder.inner.register(Failing(), Events.READ)
+    b.send(b"x")
+    try:
+        with pytest.raises(StopIteration):
+            iterate(recorder, timeout=1, count=3, error_in_handler=error_in_handler)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_keyboard_interrupt_from_a_callback_propagates(recorder):
+    def interrupt(dispatcher, dispatchvars):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        iterate(recorder, timeout=0, before_dispatch=interrupt)
+
+
+def test_iterate_serves_real_targets(journal):
+    """End to end on the default backend: a reader target fed by its peer."""
+    a, b = socket.socketpair()
+    received = bytearray()
+
+    class Reader:
+        def fileno(self):
+            return a.fileno()
+
+        def handle_read_event(self):
+            received.extend(a.recv(4096))
+
+        def handle_write_event(self):
+            pass
+
+    def after(dispatcher, dispatchvars):
+        if received == b"hello":
+            raise StopIteration
+
+    with asycamore.create_dispatcher() as dispatcher:
+        dispatcher.register(Reader())
+        b.send(b"hello")
+        iterate(dispatcher, timeout=5, count=10, after_dispatch=after)
+    a.close()
+    b.close()
+    assert received == b"hello"
+
+
+# -- a model of iterate, and random callback programs run against both -------------------
+
+# A program is a list of actions, one per callback invocation, taken in order; when it runs
+# out the callbacks do nothing.  Each action mutates dispatchvars the same way in the
+# model and in the real loop.
+ACTIONS = st.sampled_from(
+    [
+        ("nothing",),
+        ("set_count", 0),
+        ("set_count", 1),
+        ("set_count", 3),
+        ("set_count", -1),
+        ("set_timeout", 0),
+        ("set_timeout", 0.001),
+        ("disable", "before_dispatch"),
+        ("disable", "after_dispatch"),
+        ("swap", "before_dispatch"),
+        ("swap", "after_dispatch"),
+        ("stop",),
+    ]
+)
+
+# A program that never stops the loop (negative count, say) is cut off after this many
+# dispatches, by the model and by the recorder alike, so every example ends.
+MAX_ROUNDS = 60
+
+
+class RoundLimitReached(Exception):
+    pass
+
+
+def _apply(action: tuple[Any, ...], dispatchvars: MutableMapping[str, Any], spare: Any) -> None:
+    kind = action[0]
+    if kind == "set_count":
+        dispatchvars["count"] = action[1]
+    elif kind == "set_timeout":
+        dispatchvars["timeout"] = action[1]
+    elif kind == "disable":
+        dispatchvars[action[1]] = None
+    elif kind == "swap":
+        dispatchvars[action[1]] = spare[action[1]]
+    elif kind == "stop":
+        raise StopIteration
+
+
+def model_iterate(
+    program: list[tuple[Any, ...]], count: int, use_before: bool, use_after: bool
+) -> list[tuple[Any, ...]]:
+    """The contract, restated as plainly as possible; returns the event journal."""
+    events: list[tuple[Any, ...]] = []
+    steps = iter(program)
+    state: dict[str, Any] = {
+        "before_dispatch": "before" if use_before else None,
+        "after_dispatch": "after" if use_after else None,
+        "count": count,
+        "timeout": 0,
+    }
+    spare = {"before_dispatch": "before2", "after_dispatch": "after2"}
+    dispatches = 0
+    while True:
+        if state["before_dispatch"] is not None:
+            events.append((state["before_dispatch"], state["count"]))
+            try:
+                _apply(next(steps, ("nothing",)), state, spare)
+            except StopIteration:
+                return events
+        if state["count"] == 0:
+            return events
+        if dispatches == MAX_ROUNDS:
+            events.append(("bound",))
+            return events
+        events.append(("dispatch", state["timeout"]))
+        dispatches += 1
+        if state["count"] > 0:
+            state["count"] -= 1
+        if state["after_dispatch"] is not None:
+            events.append((state["after_dispatch"], state["count"]))
+            try:
+                _apply(next(steps, ("nothing",)), state, spare)
+            except StopIteration:
+                return events
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    program=st.lists(ACTIONS, max_size=20),
+    count=st.integers(min_value=-2, max_value=6),
+    use_before=st.booleans(),
+    use_after=st.booleans(),
+)
+def test_iterate_matches_the_model(program, count, use_before, use_after):
+    expected = model_iterate(program, count, use_before, use_after)
+    journal: list[tuple[Any, ...]] = []
+    steps = iter(program)
+    dispatches = 0
+
+    def make(label: str) -> Any:
+        def callback(dispatcher: Any, dispatchvars: MutableMapping[str, Any]) -> None:
+            journal.append((label, dispatchvars["count"]))
+            _apply(next(steps, ("nothing",)), dispatchvars, spares)
+
+        return callback
+
+    spares = {"before_dispatch": make("before2"), "after_dispatch": make("after2")}
+
+    class Counting(Recorder):
+        def dispatch_once(self, timeout: float | None = None, error_in_handler: Any = None) -> int:
+            nonlocal dispatches
+            if dispatches == MAX_ROUNDS:
+                raise RoundLimitReached
+            dispatches += 1
+            self.journal.append(("dispatch", timeout))
+            return self.inner.dispatch_once(timeout, error_in_handler)
+
+    rec = Counting(journal)
+    try:
+        iterate(
+            rec,
+            timeout=0,
+            count=count,
+            before_dispatch=make("before") if use_before else None,
+            after_dispatch=make("after") if use_after else None,
+        )
+    except RoundLimitReached:
+        journal.append(("bound",))
+    finally:
+        rec.inner.close()
+    assert journal == expected
