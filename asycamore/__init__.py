@@ -35,7 +35,9 @@ __all__ = [
     "list_backends",
 ]
 
-_LAZY_FACTORY_NAMES = frozenset({"BackendInfo", "best_backend", "create_dispatcher", "list_backends"})
+_LAZY_FACTORY_NAMES = frozenset(
+    {"BackendInfo", "best_backend", "create_dispatcher", "list_backends"}
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, MutableMapping
-from typing import Any, Protocol, runtime_checkable
-
-from typing_extensions import Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 __all__ = [
     "DispatchCallback",

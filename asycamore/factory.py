@@ -98,11 +98,7 @@ def _check_backend_class(obj: object) -> type[IDispatchContext]:
     """Return *obj* if it is a backend class, else raise TypeError saying what is missing."""
     if not isinstance(obj, type):
         raise TypeError(f"{obj!r} is not a class")
-    missing = [
-        attr
-        for attr in _REQUIRED_CLASS_ATTRIBUTES
-        if not hasattr(obj, attr)
-    ]
+    missing = [attr for attr in _REQUIRED_CLASS_ATTRIBUTES if not hasattr(obj, attr)]
     if missing:
         raise TypeError(f"{obj.__qualname__} does not implement {', '.join(missing)}")
     if not isinstance(obj.priority, int):  # type: ignore[attr-defined]

@@ -10,9 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from typing import ClassVar, Final
-
-from typing_extensions import Self
+from typing import ClassVar, Final, Self
 
 from asycamore.dispatcher import ErrorHandler, Events, IDispatchTarget
 
@@ -192,20 +190,26 @@ class DispatcherBase:
             # Re-check before each handler: an earlier handler in this round may have
             # unregistered this target (its report is then stale, even if a new target
             # has taken the fd number since) or changed its interest.
-            if events & READ and by_fd.get(registration.fd) is registration:
-                if registration.events & READ:
-                    calls += 1
-                    try:
-                        registration.target.handle_read_event()
-                    except Exception as exc:
-                        self._handler_failed(registration.target, exc, error_in_handler)
-            if events & WRITE and by_fd.get(registration.fd) is registration:
-                if registration.events & WRITE:
-                    calls += 1
-                    try:
-                        registration.target.handle_write_event()
-                    except Exception as exc:
-                        self._handler_failed(registration.target, exc, error_in_handler)
+            if (
+                events & READ
+                and by_fd.get(registration.fd) is registration
+                and registration.events & READ
+            ):
+                calls += 1
+                try:
+                    registration.target.handle_read_event()
+                except Exception as exc:
+                    self._handler_failed(registration.target, exc, error_in_handler)
+            if (
+                events & WRITE
+                and by_fd.get(registration.fd) is registration
+                and registration.events & WRITE
+            ):
+                calls += 1
+                try:
+                    registration.target.handle_write_event()
+                except Exception as exc:
+                    self._handler_failed(registration.target, exc, error_in_handler)
         return calls
 
     def _handler_failed(
