@@ -1,0 +1,158 @@
+"""An example asycamore backend plugin over the standard library's :mod:`selectors`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import selectors
+from typing import ClassVar, Self
+
+from asycamore import Events, IDispatchTarget
+from asycamore.dispatcher import ErrorHandler
+
+_log = logging.getLogger("asycamore")
+_TO_SELECTORS = {
+    Events.READ: selectors.EVENT_READ,
+    Events.WRITE: selectors.EVENT_WRITE,
+}
+
+
+class _Registration:
+    """One ``register`` call: compared by identity to drop stale readiness (rule 4)."""
+
+    def __init__(self, target: IDispatchTarget, fd: int, events: Events) -> None:
+        self.target = target
+        self.fd = fd
+        self.events = events
+
+
+class SelectorsDispatcher:
+    """Dispatch context over :class:`selectors.DefaultSelector`."""
+
+    name: ClassVar[str] = "selectors"
+    priority: ClassVar[int] = 5  # below every built-in: used only when asked for
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return True
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._by_target: dict[int, _Registration] = {}  # id(target) -> registration
+        self._by_fd: dict[int, _Registration] = {}
+        self._closed = False
+
+    # -- registration (rules 1 and 2) ------------------------------------------------
+
+    def register(self, target: IDispatchTarget, events: Events = Events.READ) -> None:
+        events = self._checked(events)
+        fd = target.fileno()
+        if fd < 0:
+            raise ValueError(f"invalid file descriptor: {fd}")
+        if id(target) in self._by_target or fd in self._by_fd:
+            raise KeyError(f"{target!r} or fd {fd} is already registered")
+        registration = _Registration(target, fd, events)
+        if events:  # Events.NONE stays out of the kernel: it must receive nothing
+            self._selector.register(fd, self._mask(events), registration)
+        self._by_target[id(target)] = self._by_fd[fd] = registration
+
+    def modify(self, target: IDispatchTarget, events: Events) -> None:
+        events = self._checked(events)
+        registration = self._registration(target)
+        if registration.events and events:
+            self._selector.modify(registration.fd, self._mask(events), registration)
+        elif events:
+            self._selector.register(registration.fd, self._mask(events), registration)
+        elif registration.events:
+            self._selector.unregister(registration.fd)
+        registration.events = events
+
+    def unregister(self, target: IDispatchTarget) -> None:
+        registration = self._registration(target)
+        del self._by_target[id(target)], self._by_fd[registration.fd]
+        if registration.events:
+            # Rule 2: this must work even when the descriptor is already closed.
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(registration.fd)
+
+    # -- dispatch (rules 3 to 7) -------------------------------------------------------
+
+    def dispatch_once(
+        self, timeout: float | None = None, error_in_handler: ErrorHandler | None = None
+    ) -> int:
+        if timeout is not None and timeout > 0:
+            timeout = math.ceil(timeout * 1000) / 1000  # rule 3: round up, never to 0
+        ready = self._selector.select(timeout)
+        calls = 0
+        for key, mask in ready:
+            registration: _Registration = key.data
+            for event, handler in (
+                (Events.READ, "handle_read_event"),
+                (Events.WRITE, "handle_write_event"),
+            ):
+                # Rule 4: only a current registration that still wants this event.
+                if not mask & _TO_SELECTORS[event]:
+                    continue
+                if self._by_fd.get(registration.fd) is not registration:
+                    break
+                if not registration.events & event:
+                    continue
+                calls += 1
+                try:
+                    getattr(registration.target, handler)()
+                except Exception as exc:  # rule 7
+                    self._failed(registration.target, exc, error_in_handler)
+        return calls
+
+    def _failed(
+        self, target: IDispatchTarget, exc: Exception, error_in_handler: ErrorHandler | None
+    ) -> None:
+        if error_in_handler is not None:
+            error_in_handler(target, exc)
+            return
+        _log.error("unhandled error in a handler of %r", target, exc_info=exc)
+        if target in self:
+            self.unregister(target)
+        close = getattr(target, "close", None)
+        if close is not None:
+            close()
+
+    # -- the rest of the protocol ----------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._selector.close()
+            self._by_target.clear()
+            self._by_fd.clear()
+
+    def __contains__(self, target: object) -> bool:
+        return id(target) in self._by_target
+
+    def __len__(self) -> int:
+        return len(self._by_target)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _checked(events: Events) -> Events:
+        if not isinstance(events, int) or events < 0 or events & ~(Events.READ | Events.WRITE):
+            raise ValueError(f"invalid events: {events!r}")
+        return Events(events)
+
+    @staticmethod
+    def _mask(events: Events) -> int:
+        return sum(bit for event, bit in _TO_SELECTORS.items() if events & event)
+
+    def _registration(self, target: IDispatchTarget) -> _Registration:
+        try:
+            return self._by_target[id(target)]
+        except KeyError:
+            raise KeyError(f"{target!r} is not registered") from None
