@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import select
 from typing import ClassVar
 
@@ -27,6 +28,14 @@ class EpollDispatcher(DispatcherBase):
     Level-triggered.  The kernel set changes only when a target's interest changes, and a
     dispatch costs O(ready), not O(registered).  A descriptor closed while registered is
     dropped by the kernel silently, so its target simply stops receiving events.
+
+    Except when another descriptor still holds the same socket open (a ``dup``, a forked
+    child): epoll watches open files, not numbers, so the socket stays in the set after
+    the close and can no longer be removed by its number.  When a removal finds the
+    descriptor already gone, or the kernel reports a descriptor no target has, the set is
+    rebuilt from the registrations before the next wait (under the same descriptor
+    number), so such a socket cannot make the context spin or reach a newcomer that
+    took over its number.  Unregister before closing to keep every dispatch O(ready).
     """
 
     name: ClassVar[str] = "epoll"
@@ -35,6 +44,8 @@ class EpollDispatcher(DispatcherBase):
     def __init__(self) -> None:
         super().__init__()
         self._epoll = select.epoll()
+        # True when the kernel set may hold a file no registration accounts for.
+        self._stale = False
 
     @classmethod
     def is_available(cls) -> bool:
@@ -55,12 +66,34 @@ class EpollDispatcher(DispatcherBase):
         try:
             self._epoll.unregister(fd)
         except OSError as exc:
-            # A closed descriptor has already left the epoll set (EBADF, or ENOENT when
-            # its number has been reused by a file the set never knew).
+            # The descriptor was closed before being unregistered (EBADF, or ENOENT when
+            # its number has been reused by a file the set never knew).  The kernel has
+            # dropped it from the set, unless another descriptor keeps its file open.
             if exc.errno not in _GONE:
                 raise
+            self._stale = True
+
+    def _rebuild(self) -> None:
+        """Replace the kernel set by one holding exactly the current registrations."""
+        self._stale = False
+        fresh = select.epoll()
+        try:
+            for fd, registration in self._by_fd.items():
+                if registration.events:
+                    try:
+                        fresh.register(fd, _TO_EPOLL[registration.events])
+                    except OSError as exc:
+                        # Closed while registered: left out, as the kernel would have.
+                        if exc.errno != errno.EBADF:
+                            raise
+            # Keep the descriptor number fileno() gave out; this releases the old set.
+            os.dup2(fresh.fileno(), self._epoll.fileno(), inheritable=False)
+        finally:
+            fresh.close()
 
     def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
+        if self._stale:
+            self._rebuild()
         ms = ceil_timeout(timeout, 1e-3)
         # epoll takes seconds but waits in whole milliseconds; -1 blocks.
         ready = self._epoll.poll(-1 if ms is None else ms * 1e-3, max(len(self._by_fd), 1))
@@ -68,7 +101,9 @@ class EpollDispatcher(DispatcherBase):
         result = []
         for fd, mask in ready:
             registration = by_fd.get(fd)
-            if registration is None:
+            if registration is None or not registration.events:
+                # A file the set should not hold (see the class docstring).
+                self._stale = True
                 continue
             if mask & _EPOLL_FAILED:
                 events = registration.events
