@@ -46,7 +46,7 @@ class KqueueDispatcher(DispatcherBase):
     @classmethod
     def is_available(cls) -> bool:
         """True where :func:`select.kqueue` exists (macOS and the BSDs)."""
-        return hasattr(select, "kqueue")
+        return hasattr(_select, "kqueue")
 
     def fileno(self) -> int:
         """The kqueue descriptor, for nesting this context in another loop."""
