@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import signal
 import socket
+from typing import cast
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -19,8 +20,8 @@ class EchoProtocol(asyncio.Protocol):
     transport: asyncio.Transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,782 @@
+"""asycamore's benchmark suite: every backend against its peers, in the same run.
+
+    python benchmarks/run.py                  # everything, 3 rounds (about 10 minutes)
+    python benchmarks/run.py --quick          # a smoke run: tiny sizes, 1 round, no files
+    python benchmarks/run.py --only pingpong,bulk --rounds 5 --seconds 3
+    nox -s bench -- --rounds 5
+
+Workloads
+    dispatch       in-process: handler calls/s through iterate, 64 always-ready targets
+    idle           in-process: cost of one dispatch with N idle targets and one active
+    pingpong       echo, 64 connections, 64-byte messages, one in flight per connection
+    pingpong-idle  the same with 10,000 idle connections open (and the server's RSS)
+    bulk           echo, 4 streams of 64 KiB writes, every echoed byte verified
+    connrate       connect, send 64 B, read the echo, close; 16 at a time
+
+Subjects: ``asycamore echo`` on every available backend, an ``asyncio.Protocol`` server,
+the same on uvloop (when importable), asyncore's poll loop (stdlib on 3.11, ``pyasyncore``
+on 3.12+), a minimal hand-written selectors loop and a C epoll server (when gcc exists).
+
+The load generator is ``benchmarks/c/loadgen.c`` (compiled at run time into a cache
+directory outside the repository; without gcc the Python generator in
+``asycamore.bench`` is used for the ping-pong workloads and the results say so).  Servers
+are pinned to one CPU and the generator to another; the server's CPU comes from /proc,
+the generator reports its own, and a round where the generator used >= 95% of a CPU is
+flagged: there the generator, not the server, set the pace.
+
+Rounds are interleaved (for each round, every subject in turn) and the results are
+medians over rounds, with the min-max spread, and ratios to asyncio measured in the same
+round.  Results go to ``benchmarks/results/`` as JSON, a text table, an RST table for the
+docs and the idle-scaling plot (PNG, when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import importlib.util
+import json
+import os
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asycamore import bench
+from asycamore.factory import list_backends
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SERVERS = HERE / "servers"
+C_SOURCES = HERE / "c"
+
+ECHO_WORKLOADS = ("pingpong", "pingpong-idle", "bulk", "connrate")
+INPROCESS_WORKLOADS = ("dispatch", "idle")
+ALL_WORKLOADS = INPROCESS_WORKLOADS + ECHO_WORKLOADS
+
+UNITS = {
+    "dispatch": "calls/s",
+    "pingpong": "msgs/s",
+    "pingpong-idle": "msgs/s",
+    "bulk": "MB/s",
+    "connrate": "conns/s",
+}
+
+
+def log(text: str) -> None:
+    """Progress on stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    """What to run and how long."""
+
+    rounds: int
+    seconds: float
+    warmup: float
+    inprocess_seconds: float
+    idle_conns: int
+    idle_sizes: tuple[int, ...]
+    pingpong_conns: int = 64
+    pingpong_size: int = 64
+    bulk_streams: int = 4
+    bulk_chunk: int = 65536
+    bulk_window: int = 256 * 1024
+    connrate_concurrency: int = 16
+
+
+FULL = Config(
+    rounds=3,
+    seconds=2.0,
+    warmup=0.5,
+    inprocess_seconds=0.5,
+    idle_conns=10_000,
+    idle_sizes=(10, 100, 1000, 10_000),
+)
+QUICK = Config(
+    rounds=1,
+    seconds=0.2,
+    warmup=0.05,
+    inprocess_seconds=0.05,
+    idle_conns=200,
+    idle_sizes=(10, 100),
+    pingpong_conns=8,
+    bulk_streams=2,
+    connrate_concurrency=4,
+)
+
+
+# -- C programs ------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where compiled C programs are kept (outside the repository)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "asycamore-bench"
+
+
+def compile_c(name: str) -> Path | None:
+    """Compile ``benchmarks/c/<name>.c`` with gcc (cached by source hash); None without gcc."""
+    source = C_SOURCES / f"{name}.c"
+    compiler = shutil.which(os.environ.get("CC", "gcc"))
+    if compiler is None:
+        return None
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    binary = cache_dir() / f"{name}-{digest}"
+    if not binary.exists():
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        tmp = binary.with_suffix(".tmp")
+        subprocess.run([compiler, "-O2", "-o", str(tmp), str(source)], check=True)
+        tmp.replace(binary)
+    return binary
+
+
+# -- subjects ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Subject:
+    """A server under test."""
+
+    name: str
+    command: list[str]
+    max_fds: int | None = None  # select: FD_SETSIZE
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _asyncore_importable() -> bool:
+    # asyncore is in the stdlib up to 3.11; pyasyncore provides it on 3.12+.
+    return _importable("asyncore")
+
+
+def echo_subjects(c_server: Path | None) -> tuple[list[Subject], list[str]]:
+    """Every server this machine can run, and notes about the ones it cannot."""
+    py = sys.executable
+    subjects: list[Subject] = []
+    notes: list[str] = []
+    backends = [info.name for info in list_backends() if info.available]
+    if bench.echo_available():
+        for backend in backends:
+            subjects.append(
+                Subject(
+                    f"asycamore-{backend}",
+                    bench.asycamore_echo_command(backend),
+                    1024 if backend == "select" else None,
+                )
+            )
+    else:
+        notes.append("asycamore.echo is not installed: no asycamore echo servers")
+    subjects.append(Subject("asyncio", [py, str(SERVERS / "asyncio_echo.py")]))
+    if _importable("uvloop"):
+        subjects.append(Subject("uvloop", [py, str(SERVERS / "asyncio_echo.py"), "--uvloop"]))
+    else:
+        notes.append("uvloop is not installed (pip install 'asycamore[bench]')")
+    if _asyncore_importable():
+        subjects.append(
+            Subject("asyncore-poll", [py, "-W", "ignore", str(SERVERS / "asyncore_echo.py")])
+        )
+    else:
+        notes.append("asyncore is not importable (pip install pyasyncore on Python 3.12+)")
+    subjects.append(Subject("selectors", [py, str(SERVERS / "selectors_echo.py")]))
+    if c_server is not None:
+        subjects.append(Subject("c-epoll", [str(c_server)]))
+    else:
+        notes.append("gcc not found: no C epoll echo server")
+    return subjects, notes
+
+
+# -- echo workloads ------------------------------------------------------------------------------
+
+
+def generator_command(
+    loadgen: Path | None, cfg: Config, workload: str, port: int, host: str
+) -> list[str] | None:
+    """The load-generator command for *workload*, or None if this generator cannot do it."""
+    if workload in ("pingpong", "pingpong-idle"):
+        mode, conns, size = "pingpong", cfg.pingpong_conns, cfg.pingpong_size
+    elif workload == "bulk":
+        mode, conns, size = "bulk", cfg.bulk_streams, cfg.bulk_chunk
+    else:
+        mode, conns, size = "connrate", cfg.connrate_concurrency, cfg.pingpong_size
+    common = [
+        "--host", host, "--port", str(port), "--mode", mode, "--conns", str(conns),
+        "--size", str(size), "--seconds", str(cfg.seconds), "--warmup", str(cfg.warmup),
+    ]  # fmt: skip
+    if loadgen is not None:
+        return [str(loadgen), *common, "--window", str(cfg.bulk_window)]
+    if mode != "pingpong":
+        return None
+    return [*bench.python_loadgen_command(), *common]
+
+
+@contextlib.contextmanager
+def idle_connections(
+    loadgen: Path | None, server: bench.ServerProcess, count: int, cpu: int | None
+) -> Iterator[None]:
+    """Hold *count* idle connections to *server* open; wait until it has accepted them."""
+    baseline = server.fd_count() or 0
+    hold = str(600)
+    if loadgen is not None:
+        command = [str(loadgen), "--mode", "idle", "--conns", str(count), "--seconds", hold]
+    else:
+        command = [*bench.python_loadgen_command(), "--mode", "idle", "--conns", str(count)]
+        command += ["--seconds", hold]
+    command += ["--host", server.host, "--port", str(server.port)]
+    setup = bench._child_setup(cpu)
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=setup,  # noqa: PLW1509 - no threads here
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("ready"):
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"idle connections failed: {line!r} {err.strip()[-300:]}")
+        deadline = time.monotonic() + 30 + count / 200
+        while (server.fd_count() or 0) < count + baseline:
+            if time.monotonic() > deadline or not server.alive():
+                raise RuntimeError(f"server accepted only {server.fd_count()} of {count}")
+            time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def measure_echo(
+    subject: Subject,
+    workload: str,
+    cfg: Config,
+    loadgen: Path | None,
+    cpus: tuple[int | None, int | None],
+) -> dict[str, Any]:
+    """One round of one echo workload against one subject."""
+    server_cpu, gen_cpu = cpus
+    with bench.ServerProcess(subject.command, cpu=server_cpu) as server:
+        command = generator_command(loadgen, cfg, workload, server.port, server.host)
+        if command is None:
+            return {"value": None, "note": "needs the C load generator"}
+        idle = cfg.idle_conns if workload == "pingpong-idle" else 0
+        with contextlib.ExitStack() as stack:
+            rss_idle = None
+            if idle:
+                stack.enter_context(idle_connections(loadgen, server, idle, gen_cpu))
+                rss_idle = server.rss_kib()
+            result = bench.run_loadgen(command, server, cpu=gen_cpu, timeout=120 + cfg.seconds)
+            rss = server.rss_kib()
+        status = server.stop()
+    value = result.mb_per_s if workload == "bulk" else result.rate
+    return {
+        "value": value,
+        "server_cpu": result.server_cpu,
+        "generator_cpu": result.generator_cpu,
+        "generator_saturated": result.generator_saturated,
+        "errors": result.errors,
+        "rss_kib": rss,
+        "rss_idle_kib": rss_idle,
+        "exit_status": status,
+        "generator": result.generator,
+    }
+
+
+# -- in-process workloads ------------------------------------------------------------------------
+
+
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if not _importable("uvloop"):
+        return None
+    import uvloop
+
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def selectors_dispatch_rate(seconds: float, targets: int = bench.DISPATCH_TARGETS) -> float:
+    """Callbacks per second through a minimal hand-written selectors loop."""
+    calls = 0
+
+    def callback() -> None:
+        nonlocal calls
+        calls += 1
+
+    with bench.ready_sockets(targets) as socks, selectors.DefaultSelector() as sel:
+        for sock in socks:
+            sel.register(sock, selectors.EVENT_READ, callback)
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(50):
+                for key, _mask in sel.select(1.0):
+                    key.data()
+        elapsed = time.perf_counter() - start
+    return calls / elapsed
+
+
+def selectors_idle_cost(idle: int, seconds: float) -> float:
+    """Seconds per select() round (one ready callback) with *idle* idle sockets registered."""
+    calls = 0
+
+    def callback() -> None:
+        nonlocal calls
+        calls += 1
+
+    def never() -> None:  # pragma: no cover
+        raise AssertionError("idle socket was ready")
+
+    with (
+        bench.idle_sockets(idle) as idlers,
+        bench.ready_sockets(1) as active,
+        selectors.DefaultSelector() as sel,
+    ):
+        for sock in idlers:
+            sel.register(sock, selectors.EVENT_READ, never)
+        sel.register(active[0], selectors.EVENT_READ, callback)
+        rounds = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(20):
+                for key, _mask in sel.select(1.0):
+                    key.data()
+            rounds += 20
+        elapsed = time.perf_counter() - start
+    return elapsed / rounds
+
+
+def asyncore_idle_cost(idle: int, seconds: float) -> float | None:
+    """Seconds per ``asyncore.poll2`` round with *idle* idle dispatchers and one active."""
+    if not _asyncore_importable():
+        return None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import asyncore
+
+    class Target:
+        calls = 0
+
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def readable(self) -> bool:
+            return True
+
+        def writable(self) -> bool:
+            return False
+
+        def handle_read_event(self) -> None:
+            self.calls += 1
+
+    with bench.idle_sockets(idle) as idlers, bench.ready_sockets(1) as active:
+        socket_map: dict[int, Any] = {s.fileno(): Target(s) for s in [*idlers, *active]}
+        rounds = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(5):
+                asyncore.poll2(1.0, socket_map)
+            rounds += 5
+        elapsed = time.perf_counter() - start
+    return elapsed / rounds
+
+
+def inprocess_subjects() -> tuple[list[str], list[str]]:
+    """Names of the in-process subjects: backends, asyncio, uvloop, selectors, asyncore."""
+    names = [f"asycamore-{info.name}" for info in list_backends() if info.available]
+    names.append("asyncio")
+    if _importable("uvloop"):
+        names.append("uvloop")
+    names.append("selectors")
+    extra = ["asyncore-poll"] if _asyncore_importable() else []
+    return names, extra
+
+
+def dispatch_measure(subject: str, seconds: float) -> float | None:
+    """Handler calls per second for one in-process subject."""
+    if subject.startswith("asycamore-"):
+        return bench.dispatch_rate(subject.removeprefix("asycamore-"), seconds)
+    if subject == "asyncio":
+        return bench.asyncio_dispatch_rate(seconds)
+    if subject == "uvloop":
+        return bench.asyncio_dispatch_rate(seconds, loop_factory=_uvloop_factory())
+    if subject == "selectors":
+        return selectors_dispatch_rate(seconds)
+    return None
+
+
+def idle_measure(subject: str, idle: int, seconds: float) -> float | None:
+    """Seconds per dispatch with *idle* idle targets for one in-process subject."""
+    if subject.startswith("asycamore-"):
+        return bench.idle_dispatch_cost(subject.removeprefix("asycamore-"), idle, seconds)
+    if subject == "asyncio":
+        return bench.asyncio_idle_dispatch_cost(idle, seconds)
+    if subject == "uvloop":
+        return bench.asyncio_idle_dispatch_cost(idle, seconds, loop_factory=_uvloop_factory())
+    if subject == "selectors":
+        return selectors_idle_cost(idle, seconds)
+    if subject == "asyncore-poll":
+        return asyncore_idle_cost(idle, seconds)
+    return None
+
+
+# -- statistics and output ------------------------------------------------------------------------
+
+
+def summarize(
+    rounds: list[dict[str, Any]], reference: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """Median, spread and ratio to the reference (same rounds) of one subject's rounds."""
+    values = [r["value"] for r in rounds if r.get("value") is not None]
+    summary: dict[str, Any] = {"rounds": rounds}
+    if not values:
+        summary.update(median=None, min=None, max=None, ratio=None)
+        return summary
+    summary.update(median=statistics.median(values), min=min(values), max=max(values))
+    ratios = []
+    if reference is not None:
+        for mine, ref in zip(rounds, reference, strict=False):
+            if mine.get("value") is not None and ref.get("value"):
+                ratios.append(mine["value"] / ref["value"])
+    summary["ratios"] = ratios
+    summary["ratio"] = statistics.median(ratios) if ratios else None
+    for key in ("server_cpu", "generator_cpu", "rss_kib", "rss_idle_kib"):
+        found = [r[key] for r in rounds if r.get(key) is not None]
+        if found:
+            summary[key] = statistics.median(found)
+    summary["generator_saturated_rounds"] = sum(bool(r.get("generator_saturated")) for r in rounds)
+    return summary
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "MB/s":
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows (workload, subject, median, spread, ratio, cpu, notes) of the echo/dispatch table."""
+    rows = [
+        (
+            "workload",
+            "subject",
+            "median",
+            "spread (min-max)",
+            "vs asyncio",
+            "server/gen CPU",
+            "notes",
+        )
+    ]
+    for workload, data in results["workloads"].items():
+        unit = data["unit"]
+        for subject, s in data["subjects"].items():
+            notes = []
+            if s.get("generator_saturated_rounds"):
+                notes.append(
+                    f"generator saturated in {s['generator_saturated_rounds']}/{len(s['rounds'])}"
+                )
+            if s.get("rss_idle_kib"):
+                notes.append(f"RSS {s['rss_idle_kib'] / 1024:.0f} MiB with idle conns")
+            elif s.get("rss_kib") and workload == "pingpong":
+                notes.append(f"RSS {s['rss_kib'] / 1024:.0f} MiB")
+            for r in s["rounds"]:
+                if r.get("note") and r["note"] not in notes:
+                    notes.append(r["note"])
+                if r.get("errors"):
+                    notes.append(f"{r['errors']} errors")
+            cpu = "-"
+            if s.get("server_cpu") is not None:
+                cpu = f"{s['server_cpu']:.0%}/{s.get('generator_cpu', 0):.0%}"
+            spread = "-" if s["min"] is None else f"{_fmt(s['min'], unit)}-{_fmt(s['max'], unit)}"
+            ratio = "-" if s.get("ratio") is None else f"{s['ratio']:.2f}x"
+            rows.append(
+                (workload, subject, f"{_fmt(s['median'], unit)} {unit}" if s["median"] else "-",
+                 spread, ratio, cpu, "; ".join(notes))
+            )  # fmt: skip
+    return rows
+
+
+def idle_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows of the idle-scaling table: microseconds per dispatch by subject and N."""
+    idle = results.get("idle")
+    if not idle:
+        return []
+    sizes = [str(n) for n in idle["sizes"]]
+    rows = [("subject", *[f"N={n}" for n in sizes])]
+    for subject, by_n in idle["subjects"].items():
+        cells = []
+        for n in sizes:
+            median = by_n.get(n, {}).get("median")
+            cells.append("FD_SETSIZE" if median is None else f"{median * 1e6:.2f} us")
+        rows.append((subject, *cells))
+    return rows
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    """Aligned plain-text table."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def rst_table(rows: list[tuple[str, ...]]) -> str:
+    """An RST grid-less ("simple") table."""
+    widths = [max(len(row[i]) for row in rows) or 1 for i in range(len(rows[0]))]
+    rule = "  ".join("=" * w for w in widths)
+    lines = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)), rule]
+    for row in rows[1:]:
+        lines.append("  ".join((c or "..").ljust(w) for c, w in zip(row, widths, strict=True)))
+    lines.append(rule)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def plot_idle(results: dict[str, Any], path: Path) -> bool:
+    """Plot idle scaling (log-log) to *path*; False when matplotlib is missing."""
+    if not _importable("matplotlib"):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idle = results["idle"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for subject, by_n in idle["subjects"].items():
+        xs = [n for n in idle["sizes"] if by_n.get(str(n), {}).get("median") is not None]
+        ys = [by_n[str(n)]["median"] * 1e6 for n in xs]
+        if xs:
+            style = "-o" if subject.startswith("asycamore") else "--s"
+            ax.plot(xs, ys, style, label=subject, markersize=4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("idle targets registered (N)")
+    ax.set_ylabel("microseconds per dispatch (one ready target)")
+    ax.set_title("Idle scaling: cost of one dispatch with N idle targets")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the selected workloads and return the results document."""
+    cfg = QUICK if args.quick else FULL
+    if args.rounds:
+        cfg.rounds = args.rounds
+    if args.seconds:
+        cfg.seconds = args.seconds
+    if args.idle_conns:
+        cfg.idle_conns = args.idle_conns
+    workloads = [w for w in ALL_WORKLOADS if w in args.only] if args.only else list(ALL_WORKLOADS)
+    bench.raise_nofile_limit()
+    cpus = bench.cpu_layout()
+    loadgen = None if args.python_generator else compile_c("loadgen")
+    c_server = compile_c("epoll_echo")
+    subjects, notes = echo_subjects(c_server)
+    if args.subjects:
+        subjects = [s for s in subjects if s.name in args.subjects]
+    if loadgen is None:
+        notes.append("load generator: Python (asycamore.bench); bulk and connrate need gcc")
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": bench.machine_info(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "generator": "c" if loadgen is not None else "python",
+        "pinning": {"server_cpu": cpus[0], "generator_cpu": cpus[1]},
+        "config": vars(cfg) | {"idle_sizes": list(cfg.idle_sizes)},
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "notes": notes,
+        "workloads": {},
+    }
+    bench._pin(cpus[0])  # in-process measurements run on the server's CPU
+    inproc, extra = inprocess_subjects()
+    if args.subjects:
+        inproc = [s for s in inproc if s in args.subjects]
+        extra = [s for s in extra if s in args.subjects]
+
+    if "dispatch" in workloads:
+        rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in inproc}
+        for r in range(cfg.rounds):
+            for subject in inproc:
+                log(f"[dispatch round {r + 1}/{cfg.rounds}] {subject} ...")
+                rounds[subject].append({"value": dispatch_measure(subject, cfg.inprocess_seconds)})
+        ref = rounds.get("asyncio")
+        results["workloads"]["dispatch"] = {
+            "unit": UNITS["dispatch"],
+            "subjects": {s: summarize(v, ref) for s, v in rounds.items()},
+        }
+
+    if "idle" in workloads:
+        subjects_idle = inproc + extra
+        per: dict[str, dict[str, list[float | None]]] = {
+            s: {str(n): [] for n in cfg.idle_sizes} for s in subjects_idle
+        }
+        for r in range(cfg.rounds):
+            for n in cfg.idle_sizes:
+                for subject in subjects_idle:
+                    if subject == "asyncore-poll" and n > 1000 and r > 0:
+                        continue  # O(N) Python per round: one round says enough
+                    log(f"[idle round {r + 1}/{cfg.rounds}] {subject} N={n} ...")
+                    per[subject][str(n)].append(idle_measure(subject, n, cfg.inprocess_seconds))
+        idle_doc: dict[str, Any] = {
+            "sizes": list(cfg.idle_sizes),
+            "unit": "seconds/dispatch",
+            "subjects": {},
+        }
+        for subject, by_n in per.items():
+            idle_doc["subjects"][subject] = {}
+            for n, vals in by_n.items():
+                got = [v for v in vals if v is not None]
+                idle_doc["subjects"][subject][n] = {
+                    "rounds": vals,
+                    "median": statistics.median(got) if got else None,
+                    "min": min(got) if got else None,
+                    "max": max(got) if got else None,
+                }
+        results["idle"] = idle_doc
+
+    bench._pin(None)
+    for workload in [w for w in workloads if w in ECHO_WORKLOADS]:
+        rounds_echo: dict[str, list[dict[str, Any]]] = {s.name: [] for s in subjects}
+        for r in range(cfg.rounds):
+            for subject in subjects:
+                tag = f"[{workload} round {r + 1}/{cfg.rounds}] {subject.name}"
+                if (
+                    workload == "pingpong-idle"
+                    and subject.max_fds
+                    and cfg.idle_conns + 100 > subject.max_fds
+                ):
+                    rounds_echo[subject.name].append({"value": None, "note": "FD_SETSIZE"})
+                    continue
+                log(f"{tag} ...")
+                try:
+                    result = measure_echo(subject, workload, cfg, loadgen, cpus)
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    log(f"    failed: {exc}")
+                    result = {"value": None, "note": f"failed: {exc}"[:200]}
+                rounds_echo[subject.name].append(result)
+                if result.get("value") is not None:
+                    cpu = result.get("server_cpu") or 0
+                    gen = result["generator_cpu"]
+                    log(f"    {result['value']:,.1f} {UNITS[workload]}  server CPU {cpu:.0%}  "
+                        f"generator CPU {gen:.0%}")  # fmt: skip
+        ref = rounds_echo.get("asyncio")
+        results["workloads"][workload] = {
+            "unit": UNITS[workload],
+            "subjects": {s: summarize(v, ref) for s, v in rounds_echo.items()},
+        }
+    results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    return results
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """JSON (dated and latest), text table, RST table for the docs, and the plot."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = results["date"].replace(":", "").replace("-", "")[:15]
+    text = json.dumps(results, indent=1, default=str)
+    (out / f"results-{stamp}.json").write_text(text)
+    (out / "latest.json").write_text(text)
+    body = [text_table(table_rows(results))]
+    if idle_rows(results):
+        body.append(text_table(idle_rows(results)))
+    (out / "latest.txt").write_text("\n\n".join(body) + "\n")
+    rst = [f"Measured {results['date']} with ``{results['command']}``.", ""]
+    rst.append(rst_table(table_rows(results)))
+    if idle_rows(results):
+        rst += [
+            "",
+            "Idle scaling, microseconds per dispatch (median):",
+            "",
+            rst_table(idle_rows(results)),
+        ]
+    (out / "latest-table.rst").write_text("\n".join(rst) + "\n")
+    if "idle" in results and plot_idle(results, out / "idle_scaling.png"):
+        log(f"plot: {out / 'idle_scaling.png'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run, print the tables, save the results."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (1 round, short)")
+    parser.add_argument("--rounds", type=int, help="rounds per workload (default 3)")
+    parser.add_argument("--seconds", type=float, help="measured seconds per echo run (default 2)")
+    parser.add_argument("--idle-conns", type=int, help="idle connections in pingpong-idle (10000)")
+    parser.add_argument(
+        "--only",
+        type=lambda s: s.split(","),
+        help=f"comma-separated workloads: {','.join(ALL_WORKLOADS)}",
+    )
+    parser.add_argument(
+        "--subjects", type=lambda s: s.split(","), help="comma-separated subject names"
+    )
+    parser.add_argument(
+        "--python-generator", action="store_true", help="do not use the C generator"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--no-save", action="store_true", help="print only, write no files")
+    args = parser.parse_args(argv)
+    if args.only:
+        unknown = set(args.only) - set(ALL_WORKLOADS)
+        if unknown:
+            parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    if args.quick and args.out == RESULTS:
+        args.no_save = True
+    results = run(args)
+    print(text_table(table_rows(results)))
+    if idle_rows(results):
+        print("\nIdle scaling (median time per dispatch):")
+        print(text_table(idle_rows(results)))
+    for note in results["notes"]:
+        print(f"note: {note}")
+    print(f"load average before/after: {results['loadavg_before']} / {results['loadavg_after']}")
+    if not args.no_save:
+        write_outputs(results, args.out)
+        log(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
