@@ -1,7 +1,7 @@
 """Development sessions: ``nox`` runs lint, typecheck, tests and docs.
 
     python -m pip install nox uv     # uv is optional: nox falls back to virtualenv
-    python -m nox                    # lint, typecheck, tests (3.11-3.13), docs
+    python -m nox                    # lint, typecheck, tests (3.11-3.13), docs, plugin_example
     python -m nox -s tests-3.12 -- -k iterate -x   # arguments after -- go to pytest
     python -m nox -s bench -- --help               # not run by default
 
@@ -20,7 +20,7 @@ import nox
 ROOT = Path(__file__).resolve().parent
 PYTHONS = ["3.11", "3.12", "3.13"]
 
-nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+nox.options.sessions = ["lint", "typecheck", "tests", "docs", "plugin_example"]
 # uv makes the fresh venvs about three times faster; without it nox uses virtualenv.
 nox.options.default_venv_backend = "uv|virtualenv"
 # Interpreters come from the machine (pyenv, .python-version, PATH), never a download.
@@ -73,6 +73,16 @@ def docs(session: nox.Session) -> None:
         "sphinx-build", "-W", "--keep-going", "-b", "html", *session.posargs,
         "docs", str(out),
     )  # fmt: skip
+
+
+@nox.session(python=PYTHONS[0])
+def plugin_example(session: nox.Session) -> None:
+    """The example plugin from docs/plugins.rst, installed, against the conformance kit."""
+    example = ROOT / "docs" / "examples" / "asycamore-selectors"
+    session.install(".", f"{example}[test]")
+    session.run("asycamore", "backends")
+    with session.chdir(example):
+        session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
 
 
 @nox.session(python=PYTHONS[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import selectors
 from typing import ClassVar, Self
 
@@ -12,6 +13,7 @@ from asycamore import Events, IDispatchTarget
 from asycamore.dispatcher import ErrorHandler
 
 _log = logging.getLogger("asycamore")
+_ALL = int(Events.READ | Events.WRITE)
 _TO_SELECTORS = {
     Events.READ: selectors.EVENT_READ,
     Events.WRITE: selectors.EVENT_WRITE,
@@ -25,6 +27,15 @@ class _Registration:
         self.target = target
         self.fd = fd
         self.events = events
+        self.file = _file_identity(fd)  # which open file the descriptor referred to
+
+
+def _file_identity(fd: int) -> tuple[int, int] | None:
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return None  # closed
+    return stat.st_dev, stat.st_ino
 
 
 class SelectorsDispatcher:
@@ -71,10 +82,26 @@ class SelectorsDispatcher:
     def unregister(self, target: IDispatchTarget) -> None:
         registration = self._registration(target)
         del self._by_target[id(target)], self._by_fd[registration.fd]
-        if registration.events:
-            # Rule 2: this must work even when the descriptor is already closed.
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(registration.fd)
+        if not registration.events:
+            return
+        if _file_identity(registration.fd) == registration.file:
+            self._selector.unregister(registration.fd)
+        else:
+            # Rules 2 and 6: the descriptor was closed (or even reused) while registered.
+            # epoll and kqueue may still watch the old file, and report it on every call
+            # if it is kept open elsewhere; a new selector is the sure way to forget it.
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._selector.close()
+        self._selector = selectors.DefaultSelector()
+        for registration in self._by_fd.values():
+            if registration.events:
+                # A descriptor that is closed too cannot be added: it gets no events.
+                with contextlib.suppress(OSError):
+                    self._selector.register(
+                        registration.fd, self._mask(registration.events), registration
+                    )
 
     # -- dispatch (rules 3 to 7) -------------------------------------------------------
 
@@ -143,7 +170,7 @@ class SelectorsDispatcher:
 
     @staticmethod
     def _checked(events: Events) -> Events:
-        if not isinstance(events, int) or events < 0 or events & ~(Events.READ | Events.WRITE):
+        if not isinstance(events, int) or events < 0 or int(events) & ~_ALL:
             raise ValueError(f"invalid events: {events!r}")
         return Events(events)
 
