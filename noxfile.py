@@ -55,7 +55,8 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHONS[0])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the installed asycamore, asycamore.backends included."""
-    session.install("mypy", "pytest", ".")
+    # The test extra brings pytest and hypothesis, which asycamore.testing imports.
+    session.install("mypy", ".[test]")
     # From inside the repo mypy would read the source `asycamore/` and silently skip
     # `backends/`; from elsewhere it checks the installed package as a whole.
     # (`-p asycamore` covers asycamore.backends: naming it too is a duplicate module.)
