@@ -44,6 +44,8 @@ __all__ = [
     "asyncio_dispatch_rate",
     "asyncio_idle_dispatch_cost",
     "cpu_layout",
+    "cpu_shares",
+    "cpu_times",
     "dispatch_rate",
     "idle_dispatch_cost",
     "machine_info",
@@ -139,6 +141,39 @@ def _proc_cpu_seconds(pid: int) -> float | None:
     fields = stat[stat.rindex(")") + 2 :].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times() -> dict[str, list[int]]:
+    """Per-CPU tick counters from ``/proc/stat`` (empty where there is none)."""
+    times: dict[str, list[int]] = {}
+    with contextlib.suppress(OSError), open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("cpu") and not line.startswith("cpu "):
+                name, *values = line.split()
+                times[name] = [int(v) for v in values[: len(_CPU_FIELDS)]]
+    return times
+
+
+def cpu_shares(
+    before: dict[str, list[int]], after: dict[str, list[int]]
+) -> dict[str, dict[str, float]]:
+    """Per-CPU shares of each state between two :func:`cpu_times` samples, plus ``busy``."""
+    shares: dict[str, dict[str, float]] = {}
+    for name, old in before.items():
+        new = after.get(name)
+        if new is None:
+            continue
+        delta = [b - a for a, b in zip(old, new, strict=False)]
+        total = sum(delta)
+        if total <= 0:
+            continue
+        share = {k: v / total for k, v in zip(_CPU_FIELDS, delta, strict=False)}
+        share["busy"] = 1.0 - share.get("idle", 0.0) - share.get("iowait", 0.0)
+        shares[name] = {k: round(v, 4) for k, v in share.items()}
+    return shares
 
 
 def _proc_rss_kib(pid: int) -> int | None:
@@ -253,11 +288,19 @@ class LoadgenResult:
     errors: int
     generator: str
     raw: dict[str, Any] = field(default_factory=dict)
+    cpus: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per-CPU time shares over the window (``busy``, ``softirq``, ...) from /proc/stat."""
+    generator_softirq: float = 0.0
+    """Share of the generator's CPU spent in (soft) interrupts, which getrusage omits."""
 
     @property
     def generator_saturated(self) -> bool:
-        """True when the generator, not the server, probably limited the rate."""
-        return self.generator_cpu >= SATURATED
+        """True when the generator, not the server, probably limited the rate.
+
+        The generator's own CPU use plus the interrupt time of its CPU (loopback TCP
+        work done in softirq is charged to no process) reaches :data:`SATURATED`.
+        """
+        return self.generator_cpu + self.generator_softirq >= SATURATED
 
 
 def python_loadgen_command() -> list[str]:
@@ -288,6 +331,7 @@ def run_loadgen(
     )
     deadline = time.monotonic() + timeout
     server_cpu0: float | None = None
+    times0 = cpu_times()
     t0 = time.monotonic()
     report: dict[str, Any] | None = None
     try:
@@ -295,12 +339,14 @@ def run_loadgen(
         for line in _lines_until(proc.stdout, deadline):
             if line.strip() == "measuring":
                 server_cpu0 = server.cpu_seconds()
+                times0 = cpu_times()
                 t0 = time.monotonic()
             elif line.startswith("{"):
                 report = json.loads(line)
                 break
         t1 = time.monotonic()
         server_cpu1 = server.cpu_seconds()
+        times1 = cpu_times()
         proc.wait(max(1.0, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
@@ -315,6 +361,8 @@ def run_loadgen(
     server_cpu = None
     if server_cpu0 is not None and server_cpu1 is not None and t1 > t0:
         server_cpu = (server_cpu1 - server_cpu0) / (t1 - t0)
+    shares = cpu_shares(times0, times1)
+    gen_share = shares.get(f"cpu{cpu}", {}) if cpu is not None else {}
     return LoadgenResult(
         mode=str(report["mode"]),
         rate=float(report["rate"]),
@@ -325,6 +373,8 @@ def run_loadgen(
         errors=int(report["errors"]),
         generator=str(report.get("generator", "?")),
         raw=report,
+        cpus=shares,
+        generator_softirq=gen_share.get("softirq", 0.0) + gen_share.get("irq", 0.0),
     )
 
 

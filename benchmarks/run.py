@@ -295,11 +295,21 @@ def measure_echo(
             rss = server.rss_kib()
         status = server.stop()
     value = result.mb_per_s if workload == "bulk" else result.rate
+    # CPU time on the two pinned CPUs that neither the server, the generator nor interrupt
+    # work used: other processes on a shared machine.  Reported, so a noisy round shows.
+    foreign = None
+    if cpus[0] is not None and result.server_cpu is not None:
+        pinned = [result.cpus.get(f"cpu{c}", {}) for c in cpus]
+        busy = sum(p.get("busy", 0.0) - p.get("softirq", 0.0) - p.get("irq", 0.0) for p in pinned)
+        foreign = max(0.0, busy - result.server_cpu - result.generator_cpu)
     return {
+        "foreign_cpu": foreign,
         "value": value,
         "server_cpu": result.server_cpu,
         "generator_cpu": result.generator_cpu,
+        "generator_softirq": result.generator_softirq,
         "generator_saturated": result.generator_saturated,
+        "cpus": result.cpus,
         "errors": result.errors,
         "rss_kib": rss,
         "rss_idle_kib": rss_idle,
@@ -469,7 +479,7 @@ def summarize(
                 ratios.append(mine["value"] / ref["value"])
     summary["ratios"] = ratios
     summary["ratio"] = statistics.median(ratios) if ratios else None
-    for key in ("server_cpu", "generator_cpu", "rss_kib", "rss_idle_kib"):
+    for key in ("server_cpu", "generator_cpu", "rss_kib", "rss_idle_kib", "foreign_cpu"):
         found = [r[key] for r in rounds if r.get(key) is not None]
         if found:
             summary[key] = statistics.median(found)
@@ -508,6 +518,8 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                 notes.append(
                     f"generator saturated in {s['generator_saturated_rounds']}/{len(s['rounds'])}"
                 )
+            if (s.get("foreign_cpu") or 0) >= 0.1:
+                notes.append(f"other processes used {s['foreign_cpu']:.0%} of a CPU")
             if s.get("rss_idle_kib"):
                 notes.append(f"RSS {s['rss_idle_kib'] / 1024:.0f} MiB with idle conns")
             elif s.get("rss_kib") and workload == "pingpong":
@@ -522,9 +534,14 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                 cpu = f"{s['server_cpu']:.0%}/{s.get('generator_cpu', 0):.0%}"
             spread = "-" if s["min"] is None else f"{_fmt(s['min'], unit)}-{_fmt(s['max'], unit)}"
             ratio = "-" if s.get("ratio") is None else f"{s['ratio']:.2f}x"
+            per_op = "-"
+            if s.get("server_cpu") is not None and s["median"]:
+                # CPU seconds the server spent per unit of work: its cost, whatever the pace.
+                cost = s["server_cpu"] / s["median"]
+                per_op = f"{cost * 1e3:.2f} ms/MB" if unit == "MB/s" else f"{cost * 1e6:.1f} us"
             rows.append(
                 (workload, subject, f"{_fmt(s['median'], unit)} {unit}" if s["median"] else "-",
-                 spread, ratio, cpu, "; ".join(notes))
+                 spread, ratio, cpu, per_op, "; ".join(notes))
             )  # fmt: skip
     return rows
 
