@@ -289,6 +289,22 @@ class _Unhashable(RecordingTarget):
         return True
 
 
+class _FixedFd:
+    """A target whose fileno() returns a fixed number (never registered successfully)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def handle_read_event(self) -> None:
+        raise AssertionError("never called")
+
+    def handle_write_event(self) -> None:
+        raise AssertionError("never called")
+
+
 class _NoClose:
     """A target without a ``close`` method, whose read handler raises."""
 
@@ -442,17 +458,24 @@ class BackendConformance:
         ctx.register(target, READ)  # a failed register left nothing behind
         assert target in ctx
 
+    @pytest.mark.parametrize("events", [READ, WRITE, READ_WRITE, NONE])
     def test_rule1_negative_fd_raises_valueerror(
-        self, ctx: IDispatchContext, sockets: Sockets
+        self, ctx: IDispatchContext, sockets: Sockets, events: Events
     ) -> None:
-        """A target whose fileno() is negative (a closed socket) raises ValueError."""
+        """A target whose fileno() is negative (a closed socket) raises ValueError,
+        whatever the interest, and nothing is kept."""
         sock, _ = sockets.pair()
         sock.close()
         target = RecordingTarget(sock)
         assert target.fileno() == -1
         with pytest.raises(ValueError):
-            ctx.register(target, READ)
+            ctx.register(target, events)
         assert target not in ctx
+        assert len(ctx) == 0
+        other = _FixedFd(-7)
+        with pytest.raises(ValueError):
+            ctx.register(other, events)
+        assert other not in ctx
         assert len(ctx) == 0
 
     def test_rule1_events_none_receives_nothing(
@@ -466,8 +489,11 @@ class BackendConformance:
         assert len(ctx) == 1
         peer.send(b"data")
         peer.close()  # pending data, then a hang-up
+        start = time.monotonic()
         for _ in range(3):
             assert ctx.dispatch_once(0.02) == 0
+        # Not even a wake-up: a hang-up reaching the OS would end each wait at once.
+        assert time.monotonic() - start >= 0.05
         assert target.log == []
         # Still registered: interest can be given back, and then it is served.
         ctx.modify(target, READ)
@@ -485,8 +511,10 @@ class BackendConformance:
         peer.close()
         assert ctx.dispatch_once(0) == 2
         ctx.modify(target, NONE)
+        start = time.monotonic()
         for _ in range(3):
             assert ctx.dispatch_once(0.02) == 0
+        assert time.monotonic() - start >= 0.05
         assert target.log == [("target", "read"), ("target", "write")]
         ctx.unregister(target)
         assert len(ctx) == 0
