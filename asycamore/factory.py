@@ -107,19 +107,45 @@ def _check_backend_class(obj: object) -> type[IDispatchContext]:
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The group's entry points, one per backend name.
+
+    When two distributions claim the same name, a built-in keeps it (a stale or broken
+    plugin must never take a built-in away); between plugins, the first on ``sys.path``
+    wins.  Either way a warning names the one ignored.
+    """
     # Read straight from importlib.metadata rather than stevedore's on-disk entry-point
     # cache: that cache can serve a stale list after a reinstall (it hashes directory
     # mtimes as 32-bit floats), and its entries lose the distribution we report as origin.
     # entry_points() already keeps one distribution per normalized name.
-    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    chosen: dict[str, importlib.metadata.EntryPoint] = {}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        current = chosen.get(entry_point.name)
+        if current is None:
+            chosen[entry_point.name] = entry_point
+            continue
+        kept, ignored = current, entry_point
+        if _origin(entry_point) == BUILTIN_ORIGIN and _origin(current) != BUILTIN_ORIGIN:
+            kept, ignored = entry_point, current
+            chosen[entry_point.name] = kept
+        _log.warning(
+            "backend %r is installed twice; using %s (%s), ignoring %s (%s)",
+            kept.name,
+            kept.value,
+            _origin(kept),
+            ignored.value,
+            _origin(ignored),
+        )
+    return list(chosen.values())
 
 
-def _make_manager() -> stevedore.ExtensionManager[Any]:
+def _make_manager(
+    entry_points: list[importlib.metadata.EntryPoint],
+) -> stevedore.ExtensionManager[Any]:
     import stevedore
 
     class _Manager(stevedore.ExtensionManager[Any]):
         def list_entry_points(self) -> list[importlib.metadata.EntryPoint]:
-            return _entry_points()
+            return entry_points
 
     failures: dict[str, BaseException] = {}
 
@@ -135,20 +161,14 @@ def _make_manager() -> stevedore.ExtensionManager[Any]:
 
 @functools.cache
 def _discover() -> dict[str, _Backend]:
-    manager = _make_manager()
+    # One entry point per name, so stevedore's results can be keyed by name.
+    entry_points = _entry_points()
+    manager = _make_manager(entry_points)
     failures: dict[str, BaseException] = manager.failures  # type: ignore[attr-defined]
     loaded = {ext.name: ext for ext in manager.extensions}
     backends: dict[str, _Backend] = {}
-    for entry_point in _entry_points():
+    for entry_point in entry_points:
         name = entry_point.name
-        if name in backends:
-            _log.warning(
-                "backend %r is installed twice; using %s, ignoring %s",
-                name,
-                backends[name].info.entry_point,
-                entry_point.value,
-            )
-            continue
         origin = _origin(entry_point)
         error: BaseException | None = failures.get(name)
         cls: type[IDispatchContext] | None = None

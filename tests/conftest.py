@@ -1,0 +1,59 @@
+"""Shared fixtures.  Keep this small: most helpers belong in the test module using them."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def fresh_factory() -> Iterator[None]:
+    """Forget asycamore's cached backend discovery before and after the test, and the
+    modules the test's plugins imported."""
+    from asycamore import factory
+
+    modules = set(sys.modules)
+    factory._discover.cache_clear()
+    yield
+    factory._discover.cache_clear()
+    for name in set(sys.modules) - modules:
+        if not name.startswith(("asycamore", "stevedore", "importlib")):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def write_distribution(tmp_path: Path) -> Callable[..., Path]:
+    """``write_distribution(dist, entry_points, modules=None, version="1.0") -> site``.
+
+    Writes an installed distribution as an installer would leave it: the modules, and a
+    ``<dist>-<version>.dist-info`` with ``METADATA`` and ``entry_points.txt`` declaring
+    *entry_points* (``{name: "module:attr"}``) in the ``asycamore.backends`` group, into
+    one site directory, which it returns.  Put it on ``sys.path`` (``monkeypatch.
+    syspath_prepend``) or ``PYTHONPATH`` and importlib.metadata finds it for real.
+    """
+    site = tmp_path / "site"
+
+    def write(
+        dist: str,
+        entry_points: dict[str, str],
+        modules: dict[str, str] | None = None,
+        version: str = "1.0",
+    ) -> Path:
+        site.mkdir(exist_ok=True)
+        for module, source in (modules or {}).items():
+            (site / f"{module}.py").write_text(source)
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
+        )
+        lines = ["[asycamore.backends]"] + [f"{k} = {v}" for k, v in entry_points.items()]
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        importlib.invalidate_caches()
+        return site
+
+    return write
