@@ -57,3 +57,8 @@ def write_distribution(tmp_path: Path) -> Callable[..., Path]:
         return site
 
     return write
+
+
+# tests/plugins/ holds out-of-tree plugin packages (and their own test suites), which
+# tests/test_plugins.py installs into a throwaway venv; they are not part of this suite.
+collect_ignore = ["plugins"]

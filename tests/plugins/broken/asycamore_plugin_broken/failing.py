@@ -1,0 +1,7 @@
+"""A backend module whose import fails: it needs a package that is not installed."""
+
+import asycamore_plugin_broken_missing_dependency  # noqa: F401
+
+
+class BrokenDispatcher:
+    """Never reached."""
