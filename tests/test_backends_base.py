@@ -1,0 +1,122 @@
+"""What the built-in backends share (backends/_base.py), beyond the contract's rules:
+timeout rounding, use after close, modify's validation, and urgent data."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from asycamore.backends._base import ceil_timeout
+from hypothesis import given
+from hypothesis import strategies as st
+
+import asycamore
+from asycamore import Events
+from asycamore.testing import RecordingTarget, Sockets
+
+AVAILABLE_BUILTINS = sorted(
+    info.name for info in asycamore.list_backends() if info.origin == "built-in" and info.available
+)
+
+
+@pytest.fixture
+def sockets() -> Iterator[Sockets]:
+    factory = Sockets()
+    yield factory
+    factory.close_all()
+
+
+@pytest.fixture(params=AVAILABLE_BUILTINS)
+def ctx(request: pytest.FixtureRequest) -> Iterator[asycamore.IDispatchContext]:
+    with asycamore.create_dispatcher(request.param) as context:
+        yield context
+
+
+# -- ceil_timeout -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("timeout", "resolution", "expected"),
+    [
+        (None, 1e-3, None),
+        (0, 1e-3, 0),
+        (0.0, 1e-6, 0),
+        (-1, 1e-3, 0),
+        (-1e-9, 1e-9, 0),
+        (0.0004, 1e-3, 1),
+        (0.001, 1e-3, 1),
+        (0.0011, 1e-3, 2),
+        (1e-12, 1e-9, 1),
+        (2.5, 1e-3, 2500),
+    ],
+)
+def test_ceil_timeout(timeout: float | None, resolution: float, expected: int | None) -> None:
+    assert ceil_timeout(timeout, resolution) == expected
+
+
+@given(
+    timeout=st.floats(min_value=1e-12, max_value=1e7, allow_nan=False),
+    resolution=st.sampled_from([1e-3, 1e-6, 1e-9]),
+)
+def test_ceil_timeout_never_rounds_down(timeout: float, resolution: float) -> None:
+    units = ceil_timeout(timeout, resolution)
+    assert units is not None
+    assert units >= 1  # a positive timeout never becomes a non-blocking poll
+    assert units * resolution >= timeout * (1 - 1e-12)
+    assert (units - 1) * resolution < timeout * (1 + 1e-12)
+
+
+# -- life cycle ---------------------------------------------------------------------------
+
+
+def test_use_after_close(ctx: asycamore.IDispatchContext, sockets: Sockets) -> None:
+    target = RecordingTarget(sockets.pair()[0])
+    ctx.register(target, Events.READ)
+    ctx.close()
+    assert len(ctx) == 0
+    assert target not in ctx
+    with pytest.raises(ValueError):
+        ctx.register(RecordingTarget(sockets.pair()[0]), Events.READ)
+    with pytest.raises(ValueError):
+        ctx.dispatch_once(0)
+    with pytest.raises(KeyError):
+        ctx.unregister(target)
+    assert ctx.name in repr(ctx) or type(ctx).__name__ in repr(ctx)
+
+
+@pytest.mark.parametrize("events", [4, -1, 8])
+def test_modify_validates_events(
+    ctx: asycamore.IDispatchContext, sockets: Sockets, events: int
+) -> None:
+    sock, peer = sockets.pair()
+    target = RecordingTarget(sock)
+    ctx.register(target, Events.READ)
+    with pytest.raises(ValueError):
+        ctx.modify(target, events)  # type: ignore[arg-type]
+    peer.send(b"x")
+    assert ctx.dispatch_once(1.0) == 1  # the interest is unchanged
+    assert target.log == [("target", "read")]
+
+
+def test_repr_counts_targets(ctx: asycamore.IDispatchContext, sockets: Sockets) -> None:
+    ctx.register(RecordingTarget(sockets.pair()[0]), Events.READ)
+    assert "1 target" in repr(ctx)
+
+
+# -- urgent data ----------------------------------------------------------------------------
+
+
+def test_urgent_data_does_not_spin(ctx: asycamore.IDispatchContext, sockets: Sockets) -> None:
+    """TCP urgent data (POLLPRI) is not asked for: the handler's recv() would not consume
+    it, and reporting it would repeat on every dispatch."""
+    client, server = sockets.tcp_pair()
+    client.send(b"!", socket.MSG_OOB)
+    time.sleep(0.02)
+    target = RecordingTarget(server)
+    ctx.register(target, Events.READ)
+    start = time.monotonic()
+    calls = sum(ctx.dispatch_once(0.05) for _ in range(4))
+    assert time.monotonic() - start >= 0.15
+    assert calls == 0
