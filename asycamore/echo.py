@@ -1,0 +1,84 @@
+"""``asycamore echo``: a TCP echo service built on :mod:`asycamore.servicemodel`.
+
+Every byte received is written back; when the peer half-closes, what is buffered is
+sent and the connection is closed.  Memory stays bounded when a peer sends without
+reading: the connection stops reading while its write buffer is above the high-water
+mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+from .servicemodel import Protocol, Service
+from .tcpsocket import Connection
+
+__all__ = ["EchoProtocol", "serve_echo"]
+
+STOP_TIMEOUT = 2.0
+"""Seconds the echo service lets its connections flush after SIGINT/SIGTERM."""
+
+
+class EchoProtocol(Protocol):
+    """Writes back everything it receives (memoryviews of the shared buffer: no copy
+    unless the socket cannot take the data at once)."""
+
+    __slots__ = ("_write",)
+
+    receive_memoryview = True
+
+    def connection_made(self, transport: Connection) -> None:
+        """Remember the transport's ``write`` for the hot path."""
+        self.transport = transport
+        self._write = transport.write
+
+    def data_received(self, data: bytes) -> None:
+        """Echo *data*."""
+        self._write(data)
+
+
+def _log_to_stderr() -> logging.Handler | None:
+    logger = logging.getLogger("asycamore")
+    if logger.handlers:
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("asycamore echo: %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+    return handler
+
+
+def serve_echo(backend: str | None = None, host: str = "127.0.0.1", port: int = 0) -> int:
+    """Serve TCP echo on *host*:*port* until SIGINT or SIGTERM; return the exit status.
+
+    Prints ``listening on HOST:PORT`` (the real port) to stdout once listening.  On a
+    signal, stops accepting, lets the connections flush for up to
+    :data:`STOP_TIMEOUT` seconds, closes them and returns 0.  A bad backend raises a
+    :class:`~asycamore.BackendError`, a bad or busy address a
+    :class:`~asycamore.cli.UsageError`.
+    """
+    from .cli import UsageError
+
+    handler = _log_to_stderr()
+    try:
+        with Service(backend, stop_timeout=STOP_TIMEOUT) as service:
+            try:
+                listener = service.listen_tcp(EchoProtocol, host, port)
+            except socket.gaierror as exc:
+                raise UsageError(f"bad address {host!r}: {exc.strerror}") from None
+            except OverflowError as exc:
+                raise UsageError(f"bad port {port}: {exc}") from None
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise UsageError(f"cannot listen on {host}:{port}: {reason}") from None
+            # Handlers first: a SIGTERM right after the line below must stop us cleanly.
+            with service.signal_handling():
+                print(f"listening on {host}:{listener.port}", flush=True)
+                service.serve_forever()
+    finally:
+        if handler is not None:
+            logging.getLogger("asycamore").removeHandler(handler)
+    return 0

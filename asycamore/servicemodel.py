@@ -1,0 +1,802 @@
+"""The service model: protocol objects, and a service that runs them on ``iterate``.
+
+A :class:`Service` owns a dispatch context from the factory
+(:func:`~asycamore.create_dispatcher`) and everything registered in it: listeners,
+connections (both from :mod:`asycamore.tcpsocket`) and a wake-up socket.  It runs on
+:func:`~asycamore.iterate`, and its ``before_dispatch`` callback runs timers
+(:meth:`~Service.call_later`, :meth:`~Service.call_at`), callbacks queued with
+:meth:`~Service.call_soon` (or, from any thread, :meth:`~Service.call_soon_threadsafe`)
+and per-connection idle timeouts, and sets the timeout of the next dispatch from the
+nearest timer: a dispatch blocks when nothing is scheduled.
+
+:meth:`Service.stop` -- or SIGINT/SIGTERM while :meth:`Service.serve_forever` runs in
+the main thread -- stops gracefully: listeners stop accepting, every connection's
+protocol is told (:meth:`Protocol.service_stopping`, which by default closes the
+connection once its buffered data is sent), and whatever is still open after the stop
+timeout is aborted.
+
+A protocol is any object with the :class:`~asycamore.tcpsocket.StreamHandler`
+callbacks; :class:`Protocol` and :class:`LineProtocol` are base classes with sensible
+defaults::
+
+    class Echo(Protocol):
+        def data_received(self, data):
+            self.transport.write(data)
+
+    with Service() as service:
+        listener = service.listen_tcp(Echo, "127.0.0.1", 8000)
+        service.serve_forever()
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator, MutableMapping
+from types import FrameType
+from typing import Any, ClassVar
+
+from . import tcpsocket
+from .dispatcher import Events, IDispatchContext, IDispatchTarget, iterate
+from .tcpsocket import (
+    DEFAULT_BACKLOG,
+    DEFAULT_RECV_BUFFER_SIZE,
+    Connection,
+    Listener,
+    StreamHandler,
+    TimerHandle,
+    Timers,
+)
+
+__all__ = [
+    "DEFAULT_STOP_TIMEOUT",
+    "Connection",
+    "LineProtocol",
+    "Listener",
+    "Protocol",
+    "Service",
+    "TimerHandle",
+    "Timers",
+]
+
+_log = logging.getLogger("asycamore")
+
+DEFAULT_STOP_TIMEOUT = 5.0
+"""Seconds :meth:`Service.stop` lets connections finish before aborting them."""
+
+
+class Protocol:
+    """Base class of a connection's protocol, with do-nothing defaults.
+
+    Subclass it and override the callbacks you need.  A protocol that overrides
+    :meth:`connection_made` should call ``super().connection_made(transport)`` (or set
+    :attr:`transport` itself).
+    """
+
+    __slots__ = ("transport",)
+
+    receive_memoryview: ClassVar[bool] = False
+    """Set to true in a subclass to receive :class:`memoryview` slices of the shared
+    receive buffer in :meth:`data_received` (no copy; valid only during the call)."""
+
+    transport: Connection | None
+    """The connection (set by :meth:`connection_made`)."""
+
+    def __init__(self) -> None:
+        self.transport = None
+
+    def connection_made(self, transport: Connection) -> None:
+        """The connection is established: remember *transport*."""
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        """Some bytes arrived (never empty).  The default ignores them."""
+
+    def eof_received(self) -> bool | None:
+        """The peer closed its sending side.
+
+        Return a true value to keep the connection open for writing (half-close); the
+        default returns ``None``, and the connection then closes itself once its
+        buffered data is sent.
+        """
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The connection is closed; *exc* is ``None`` for a normal close, else why."""
+
+    def pause_writing(self) -> None:
+        """The write buffer went above its high-water mark.
+
+        The connection has stopped reading by itself; a protocol that also produces
+        data on its own (not in response to reads) should stop writing until
+        :meth:`resume_writing`.
+        """
+
+    def resume_writing(self) -> None:
+        """The write buffer drained to its low-water mark; reading has resumed."""
+
+    def connection_failed(self, exc: BaseException) -> None:
+        """A client connect failed or timed out (called instead of
+        :meth:`connection_made`).  The default logs it."""
+        _log.warning("connect failed: %s", exc)
+
+    def connection_idle(self) -> None:
+        """Nothing was read or written for the connection's idle timeout.
+
+        The default closes the connection gracefully; if it is still not closed one
+        idle timeout later, the service aborts it.
+        """
+        if self.transport is not None:
+            self.transport.close()
+
+    def service_stopping(self) -> None:
+        """The service is stopping.
+
+        The default closes the connection gracefully (buffered data is sent first).
+        Override it to finish the current exchange and close later; connections still
+        open at the stop timeout are aborted.
+        """
+        if self.transport is not None:
+            self.transport.close()
+
+
+class LineProtocol(Protocol):
+    """A protocol for line-based exchanges: override :meth:`line_received`.
+
+    Incoming data is split at :attr:`delimiter`; each line (without the delimiter) is
+    passed to :meth:`line_received`.  A line longer than :attr:`max_line_length` calls
+    :meth:`line_too_long`, which closes the connection by default.  An incomplete line
+    left at EOF is dropped.
+    """
+
+    delimiter: ClassVar[bytes] = b"\n"
+    """The line delimiter."""
+    max_line_length: ClassVar[int] = 64 * 1024
+    """The longest line accepted, in bytes, without the delimiter."""
+
+    _partial: bytes = b""
+
+    def data_received(self, data: bytes) -> None:
+        """Split *data* into lines; call :meth:`line_received` for each."""
+        if self._partial:
+            data = self._partial + data
+        delimiter = self.delimiter
+        lines = data.split(delimiter)
+        self._partial = rest = lines.pop()
+        transport = self.transport
+        for line in lines:
+            if transport is not None and transport.is_closing():
+                return
+            if len(line) > self.max_line_length:
+                self.line_too_long()
+                return
+            self.line_received(line)
+        if len(rest) > self.max_line_length:
+            self._partial = b""
+            self.line_too_long()
+
+    def line_received(self, line: bytes) -> None:
+        """One line arrived, without its delimiter."""
+
+    def line_too_long(self) -> None:
+        """A line exceeded :attr:`max_line_length`; the default closes the connection."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def send_line(self, line: bytes) -> None:
+        """Write *line* followed by :attr:`delimiter`."""
+        if self.transport is not None:
+            self.transport.write(line + self.delimiter)
+
+
+class _Waker:
+    """The read end of a socket pair, registered so that a blocked dispatch can be woken
+    (by another thread, or by a signal through :func:`signal.set_wakeup_fd`)."""
+
+    __slots__ = ("_fileno", "_reader", "_writer")
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._fileno = self._reader.fileno()
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def write_fileno(self) -> int:
+        return self._writer.fileno()
+
+    def handle_read_event(self) -> None:
+        recv = self._reader.recv
+        while True:
+            try:
+                data = recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(data) < 4096:
+                return
+
+    def handle_write_event(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        # Full (BlockingIOError): a wake-up is already pending.  Closed: nothing to wake.
+        with contextlib.suppress(OSError):
+            self._writer.send(b"\0")
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
+class Service:
+    """Runs listeners, connections and timers on one dispatch context.
+
+    The context is created with :func:`~asycamore.create_dispatcher` from *backend*
+    (default: ``$ASYCAMORE_BACKEND`` or the best backend here), unless *dispatcher* is
+    given; the service closes it in :meth:`close` only if it created it.
+
+    All connections share one receive buffer of *recv_buffer_size* bytes.
+    *idle_timeout* (seconds, ``None``: none) and *high_water*/*low_water* are the
+    defaults of :meth:`listen_tcp` and friends.  *stop_timeout* is how long
+    :meth:`stop` waits for connections to close before aborting them.
+
+    Every method must be called from the thread that runs the service, except
+    :meth:`call_soon_threadsafe` and :meth:`stop`, which may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        backend: str | None = None,
+        *,
+        dispatcher: IDispatchContext | None = None,
+        recv_buffer_size: int = DEFAULT_RECV_BUFFER_SIZE,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    ) -> None:
+        if dispatcher is None:
+            from .factory import create_dispatcher
+
+            dispatcher = create_dispatcher(backend)
+            self._owns_dispatcher = True
+        else:
+            self._owns_dispatcher = False
+        self.dispatcher: IDispatchContext = dispatcher
+        """The dispatch context."""
+        self.timers = Timers()
+        """The service's :class:`~asycamore.tcpsocket.Timers`."""
+        self.dispatchvars: dict[str, Any] = {}
+        """The ``dispatchvars`` of :meth:`serve_forever`'s :func:`~asycamore.iterate`."""
+        self.idle_timeout = idle_timeout
+        self.high_water = high_water
+        self.low_water = low_water
+        self.stop_timeout = stop_timeout
+        self._recv_buffer = memoryview(bytearray(recv_buffer_size))
+        self._ready: collections.deque[TimerHandle] = collections.deque()
+        self._connections: dict[Connection, TimerHandle | None] = {}
+        self._listeners: list[Listener] = []
+        self._waker = _Waker()
+        try:
+            dispatcher.register(self._waker, Events.READ)
+        except BaseException:
+            self._waker.close()
+            raise
+        self._thread_id: int | None = None
+        self._running = False
+        self._stopping = False
+        self._stop_timer: TimerHandle | None = None
+        self._signals: list[int] = []
+        self._signal_restore: Callable[[], None] | None = None
+        self._closed = False
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def time(self) -> float:
+        """The service clock (:func:`time.monotonic`)."""
+        return self.timers.clock()
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        """Call ``callback(*args)`` before the next dispatch (in order of calls)."""
+        handle = TimerHandle(0.0, callback, args, None)
+        self._ready.append(handle)
+        return handle
+
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        """Like :meth:`call_soon`, from any thread: wakes the service if it is blocked."""
+        handle = TimerHandle(0.0, callback, args, None)
+        self._ready.append(handle)
+        if threading.get_ident() != self._thread_id:
+            self._waker.wake()
+        return handle
+
+    def wakeup(self) -> None:
+        """Wake a blocked dispatch (from any thread)."""
+        self._waker.wake()
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        """Call ``callback(*args)`` after *delay* seconds; cancel with the handle."""
+        return self.timers.call_later(delay, callback, *args)
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        """Call ``callback(*args)`` at *when* on the :meth:`time` clock."""
+        return self.timers.call_at(when, callback, *args)
+
+    # -- listeners and connections -----------------------------------------------------------
+
+    def _connection_options(
+        self, idle_timeout: float | None, high_water: int | None, low_water: int | None
+    ) -> dict[str, Any]:
+        return {
+            "recv_buffer": self._recv_buffer,
+            "high_water": self.high_water if high_water is None else high_water,
+            "low_water": self.low_water if low_water is None else low_water,
+            "track_activity": idle_timeout is not None,
+        }
+
+    def _listener(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], StreamHandler],
+        idle_timeout: float | None,
+        high_water: int | None,
+        low_water: int | None,
+        options: dict[str, Any],
+    ) -> Listener:
+        self._check_open()
+        if idle_timeout is None:
+            idle_timeout = self.idle_timeout
+        idle = idle_timeout
+
+        def on_connection(conn: Connection) -> None:
+            self._add(conn, idle)
+
+        listener = Listener(
+            self.dispatcher,
+            sock,
+            protocol_factory,
+            timers=self.timers,
+            on_connection=on_connection,
+            on_connection_closed=self._remove,
+            **options,
+            **self._connection_options(idle, high_water, low_water),
+        )
+        self._listeners.append(listener)
+        return listener
+
+    def listen_tcp(
+        self,
+        protocol_factory: Callable[[], StreamHandler],
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        reuse_address: bool = True,
+        reuse_port: bool = False,
+        max_connections: int | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        accept_batch: int = 64,
+        backoff: float = 0.25,
+    ) -> Listener:
+        """Listen on *host*:*port* and serve each connection with a new protocol from
+        *protocol_factory*; return the :class:`~asycamore.tcpsocket.Listener`.
+
+        Raises :class:`OSError` if the address cannot be resolved or bound.  See
+        :class:`~asycamore.tcpsocket.Listener` for *max_connections*, *accept_batch* and
+        *backoff*; *idle_timeout* and the water marks default to the service's.
+        """
+        sock = tcpsocket.create_listening_socket(
+            host, port, backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port
+        )
+        try:
+            return self._listener(
+                sock,
+                protocol_factory,
+                idle_timeout,
+                high_water,
+                low_water,
+                {
+                    "max_connections": max_connections,
+                    "accept_batch": accept_batch,
+                    "backoff": backoff,
+                },
+            )
+        except BaseException:
+            sock.close()
+            raise
+
+    def listen_unix(
+        self,
+        protocol_factory: Callable[[], StreamHandler],
+        path: str,
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        max_connections: int | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+    ) -> Listener:
+        """Like :meth:`listen_tcp`, on the Unix domain socket *path* (removed again when
+        the listener closes)."""
+        sock = tcpsocket.create_unix_listening_socket(path, backlog=backlog)
+        try:
+            listener = self._listener(
+                sock,
+                protocol_factory,
+                idle_timeout,
+                high_water,
+                low_water,
+                {"max_connections": max_connections},
+            )
+        except BaseException:
+            sock.close()
+            tcpsocket._remove_socket_file(path)
+            raise
+        listener._unix_path = path
+        return listener
+
+    def _connect(
+        self,
+        connect: Callable[..., Connection],
+        target: tuple[Any, ...],
+        protocol: StreamHandler,
+        timeout: float | None,
+        idle_timeout: float | None,
+        high_water: int | None,
+        low_water: int | None,
+    ) -> Connection:
+        self._check_open()
+        if idle_timeout is None:
+            idle_timeout = self.idle_timeout
+        conn = connect(
+            self.dispatcher,
+            protocol,
+            *target,
+            timeout=timeout,
+            timers=self.timers,
+            on_close=self._remove,
+            **self._connection_options(idle_timeout, high_water, low_water),
+        )
+        self._add(conn, idle_timeout)
+        return conn
+
+    def connect_tcp(
+        self,
+        protocol: StreamHandler,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+    ) -> Connection:
+        """Connect to *host*:*port* without blocking; *protocol* hears
+        ``connection_made`` or ``connection_failed`` (see
+        :func:`asycamore.tcpsocket.connect_tcp`)."""
+        return self._connect(
+            tcpsocket.connect_tcp,
+            (host, port),
+            protocol,
+            timeout,
+            idle_timeout,
+            high_water,
+            low_water,
+        )
+
+    def connect_unix(
+        self,
+        protocol: StreamHandler,
+        path: str,
+        *,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+    ) -> Connection:
+        """Like :meth:`connect_tcp`, to the Unix domain socket at *path*."""
+        return self._connect(
+            tcpsocket.connect_unix, (path,), protocol, timeout, idle_timeout, high_water, low_water
+        )
+
+    @property
+    def connections(self) -> list[Connection]:
+        """A snapshot of the open connections (accepted and client)."""
+        return list(self._connections)
+
+    @property
+    def connection_count(self) -> int:
+        """How many connections are open."""
+        return len(self._connections)
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The listeners that have not been closed."""
+        return [listener for listener in self._listeners if not listener.closed]
+
+    def _add(self, conn: Connection, idle_timeout: float | None) -> None:
+        if conn.closed:
+            return
+        timer = None
+        if idle_timeout is not None:
+            timer = self.timers.call_at(
+                conn.last_activity + idle_timeout, self._check_idle, conn, idle_timeout
+            )
+        self._connections[conn] = timer
+
+    def _remove(self, conn: Connection) -> None:
+        timer = self._connections.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _check_idle(self, conn: Connection, idle_timeout: float) -> None:
+        if conn not in self._connections:
+            return
+        now = self.timers.clock()
+        due = conn.last_activity + idle_timeout
+        if now >= due:
+            if conn.is_closing():
+                conn.abort(TimeoutError("idle timeout: the connection did not close in time"))
+                return
+            _log.debug("%r idle for %.1f s", conn, now - conn.last_activity)
+            hook = getattr(conn.handler, "connection_idle", None)
+            if hook is not None:
+                hook()
+            else:
+                conn.close()
+            if conn not in self._connections:
+                return
+            due = now + idle_timeout
+        self._connections[conn] = self.timers.call_at(due, self._check_idle, conn, idle_timeout)
+
+    # -- running ---------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`serve_forever` is running."""
+        return self._running
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a :meth:`stop` is in progress."""
+        return self._stopping
+
+    def before_dispatch(
+        self, dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
+    ) -> None:
+        """The service's :func:`~asycamore.iterate` callback.
+
+        Handles received signals, runs queued callbacks and due timers, ends the loop
+        (:class:`StopIteration`) once a stop has completed, and sets
+        ``dispatchvars["timeout"]``: 0 if callbacks are queued, else the time to the
+        next timer, else ``None`` (block).
+        """
+        if self._signals:
+            self._handle_signals()
+        ready = self._ready
+        if ready:
+            for _ in range(len(ready)):
+                handle = ready.popleft()
+                try:
+                    handle._run()
+                except Exception:
+                    _log.exception("error in callback %r", handle)
+        self.timers.run_due()
+        if self._stopping and not self._connections:
+            raise StopIteration
+        dispatchvars["timeout"] = 0 if ready else self.timers.timeout()
+
+    def error_in_handler(self, target: IDispatchTarget, exc: Exception) -> None:
+        """The service's error policy for handlers that raise (see rule 7).
+
+        A connection whose protocol raised is logged and aborted with the exception
+        (its protocol's ``connection_lost(exc)`` is called); any other target is
+        logged, unregistered and closed.
+        """
+        try:
+            if isinstance(target, Connection):
+                _log.error("error in a protocol callback of %r", target, exc_info=exc)
+                target.abort(exc)
+                return
+            _log.error("error in a handler of %r", target, exc_info=exc)
+            if target in self.dispatcher:
+                self.dispatcher.unregister(target)
+            close = getattr(target, "close", None)
+            if close is not None:
+                close()
+        except Exception:
+            _log.exception("error while handling an error of %r", target)
+
+    def run_once(self, timeout: float | None = 0) -> int:
+        """Run callbacks and timers, then one dispatch of at most *timeout* seconds
+        (less if a timer is due sooner; ``None``: until something happens).  Returns
+        the number of handler calls."""
+        dispatchvars: dict[str, Any] = {}
+        try:
+            self.before_dispatch(self.dispatcher, dispatchvars)
+        except StopIteration:
+            self._stopping = False
+            return 0
+        wait = dispatchvars["timeout"]
+        if timeout is not None and (wait is None or timeout < wait):
+            wait = timeout
+        return self.dispatcher.dispatch_once(wait, self.error_in_handler)
+
+    def serve_forever(self, *, handle_signals: bool = True) -> None:
+        """Run the service until :meth:`stop` completes.
+
+        With *handle_signals* (and only in the main thread), SIGINT and SIGTERM start a
+        graceful :meth:`stop` while this runs, and a second one aborts what is left;
+        the previous handlers and wake-up fd are restored afterwards (see
+        :meth:`signal_handling`).
+        """
+        self._check_open()
+        if self._running:
+            raise RuntimeError("the service is already running")
+        self._running = True
+        self._thread_id = threading.get_ident()
+        try:
+            with contextlib.ExitStack() as stack:
+                if handle_signals and self._signal_restore is None:
+                    stack.enter_context(self.signal_handling())
+                iterate(
+                    self.dispatcher,
+                    timeout=None,
+                    dispatchvars=self.dispatchvars,
+                    before_dispatch=self.before_dispatch,
+                    error_in_handler=self.error_in_handler,
+                )
+        finally:
+            self._running = False
+            self._thread_id = None
+            self._stopping = False
+            if self._stop_timer is not None:
+                self._stop_timer.cancel()
+                self._stop_timer = None
+
+    @contextlib.contextmanager
+    def signal_handling(self) -> Iterator[None]:
+        """A context manager: SIGINT and SIGTERM stop the service while it is active.
+
+        The handlers only note the signal; ``signal.set_wakeup_fd`` points at the
+        service's wake-up socket so a blocked dispatch returns at once.  Does nothing
+        outside the main thread.  :meth:`serve_forever` uses it; enter it yourself to
+        cover set-up code that runs before (a signal that arrives then is handled
+        when the service runs).
+        """
+        if threading.current_thread() is not threading.main_thread() or (
+            self._signal_restore is not None
+        ):
+            yield
+            return
+        try:
+            old_fd = signal.set_wakeup_fd(self._waker.write_fileno(), warn_on_full_buffer=False)
+        except ValueError:  # not the main thread of the main interpreter
+            yield
+            return
+        old_handlers = {}
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[signum] = signal.signal(signum, self._on_signal)
+        except BaseException:
+            for signum, old in old_handlers.items():
+                signal.signal(signum, old)
+            signal.set_wakeup_fd(old_fd)
+            raise
+
+        def restore() -> None:
+            for signum, old in old_handlers.items():
+                signal.signal(signum, old)
+            signal.set_wakeup_fd(old_fd)
+
+        self._signal_restore = restore
+        try:
+            yield
+        finally:
+            self._signal_restore = None
+            restore()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Runs between two bytecodes of the main thread: only note it.  The wake-up fd
+        # has already been written to, so a blocked dispatch returns.
+        self._signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            name = signal.Signals(signum).name
+            if self._stopping:
+                _log.info("%s received again: aborting the remaining connections", name)
+                self._abort_all(ConnectionAbortedError(f"{name} received twice"))
+            else:
+                _log.info("%s received: stopping", name)
+                self.stop()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: stop accepting, let the connections finish, end the loop.
+
+        Closes every listener, calls each connection's protocol's
+        ``service_stopping()`` (or closes the connection if it has none), and aborts
+        the connections still open after *timeout* seconds (default
+        :attr:`stop_timeout`).  :meth:`serve_forever` returns once no connection is
+        left.  May be called from any thread.
+        """
+        if self._running and threading.get_ident() != self._thread_id:
+            self.call_soon_threadsafe(self.stop, timeout)
+            return
+        if self._stopping or self._closed:
+            return
+        self._stopping = True
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        for conn in list(self._connections):
+            hook = getattr(conn.handler, "service_stopping", None)
+            try:
+                if hook is not None:
+                    hook()
+                else:
+                    conn.close()
+            except Exception as exc:
+                _log.exception("error in service_stopping of %r", conn)
+                conn.abort(exc)
+        if self._connections:
+            self._stop_timer = self.timers.call_later(
+                self.stop_timeout if timeout is None else timeout, self._stop_timed_out
+            )
+
+    def _stop_timed_out(self) -> None:
+        self._stop_timer = None
+        if self._connections:
+            _log.warning(
+                "stop timeout: aborting %d connection(s) that did not close",
+                len(self._connections),
+            )
+            self._abort_all(TimeoutError("the service stopped; connection aborted"))
+
+    def _abort_all(self, exc: BaseException) -> None:
+        for conn in list(self._connections):
+            try:
+                conn.abort(exc)
+            except Exception:
+                _log.exception("error aborting %r", conn)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the service is closed")
+
+    def close(self) -> None:
+        """Close everything at once: listeners, connections (aborted), the wake-up
+        socket and the dispatch context if the service created it.  Idempotent."""
+        if self._closed:
+            return
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        self._abort_all(ConnectionAbortedError("the service was closed"))
+        self._closed = True
+        with contextlib.suppress(KeyError, ValueError):
+            self.dispatcher.unregister(self._waker)
+        self._waker.close()
+        if self._owns_dispatcher:
+            self.dispatcher.close()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._connections)} connections"
+        return f"<Service {self.dispatcher.name} {state}>"
