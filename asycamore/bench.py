@@ -290,17 +290,20 @@ class LoadgenResult:
     raw: dict[str, Any] = field(default_factory=dict)
     cpus: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per-CPU time shares over the window (``busy``, ``softirq``, ...) from /proc/stat."""
-    generator_softirq: float = 0.0
-    """Share of the generator's CPU spent in (soft) interrupts, which getrusage omits."""
+    generator_core_busy: float | None = None
+    """How busy the generator's CPU was (any process, interrupts included), when pinned."""
 
     @property
     def generator_saturated(self) -> bool:
         """True when the generator, not the server, probably limited the rate.
 
-        The generator's own CPU use plus the interrupt time of its CPU (loopback TCP
-        work done in softirq is charged to no process) reaches :data:`SATURATED`.
+        Either the generator used :data:`SATURATED` of a CPU itself, or it is pinned and
+        its CPU was that busy (loopback TCP work in softirq, or another process, left it
+        no room to go faster).
         """
-        return self.generator_cpu + self.generator_softirq >= SATURATED
+        if self.generator_cpu >= SATURATED:
+            return True
+        return self.generator_core_busy is not None and self.generator_core_busy >= SATURATED
 
 
 def python_loadgen_command() -> list[str]:
@@ -374,7 +377,7 @@ def run_loadgen(
         generator=str(report.get("generator", "?")),
         raw=report,
         cpus=shares,
-        generator_softirq=gen_share.get("softirq", 0.0) + gen_share.get("irq", 0.0),
+        generator_core_busy=gen_share.get("busy"),
     )
 
 
