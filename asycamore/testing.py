@@ -360,7 +360,7 @@ class BackendConformance:
             )
         if not cls.is_available():
             pytest.skip(f"backend {cls.__qualname__} is not available on this platform")
-        return cls  # type: ignore[no-any-return]
+        return cls
 
     @pytest.fixture
     def ctx(self, backend_factory: Callable[[], IDispatchContext]) -> Iterator[IDispatchContext]:
@@ -1249,7 +1249,7 @@ class BackendConformance:
         assert isinstance(static, classmethod), "is_available must be a classmethod"
         assert cls.is_available() is True  # type: ignore[attr-defined]
         assert isinstance(getattr(cls, "name", None), str)
-        assert ctx.name == cls.name  # type: ignore[attr-defined]
+        assert ctx.name == cls.name
 
     # -- randomized -----------------------------------------------------------------------
 

@@ -51,9 +51,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
-from asycamore.backends import kqueue as kqueue_backend
 
 from asycamore import Events
+from asycamore.backends import kqueue as kqueue_backend
 from asycamore.testing import BackendConformance, RecordingTarget, Sockets
 
 pytestmark = pytest.mark.skipif(
@@ -338,8 +338,8 @@ class TestKqueueOverModel(BackendConformance):
 # -- the model's own semantics (so that the kit above means something) --------------------
 
 
-def _kev(fd: int, filter_: int, flags: int) -> ModelKevent:
-    return ModelKevent(fd, filter_, flags)
+def _kev(ident: int | socket.socket, filter_: int, flags: int) -> ModelKevent:
+    return ModelKevent(ident, filter_, flags)
 
 
 def test_model_delete_missing_knote_is_enoent(sockets: Sockets) -> None:
