@@ -8,12 +8,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from asycamore.backends._base import ceil_timeout
 from hypothesis import given
 from hypothesis import strategies as st
 
 import asycamore
 from asycamore import Events
+from asycamore.backends._base import ceil_timeout
 from asycamore.testing import RecordingTarget, Sockets
 
 AVAILABLE_BUILTINS = sorted(

@@ -9,10 +9,10 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from asycamore.backends.select import FD_SETSIZE
 
 import asycamore
 from asycamore import Events
+from asycamore.backends.select import FD_SETSIZE
 from asycamore.testing import RecordingTarget, Sockets
 
 
