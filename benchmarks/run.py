@@ -184,6 +184,9 @@ def echo_subjects(c_server: Path | None) -> tuple[list[Subject], list[str]]:
     else:
         notes.append("asycamore.echo is not installed: no asycamore echo servers")
     subjects.append(Subject("asyncio", [py, str(SERVERS / "asyncio_echo.py")]))
+    subjects.append(
+        Subject("asyncio-buffered", [py, str(SERVERS / "asyncio_echo.py"), "--buffered"])
+    )
     if _importable("uvloop"):
         subjects.append(Subject("uvloop", [py, str(SERVERS / "asyncio_echo.py"), "--uvloop"]))
     else:
