@@ -598,7 +598,7 @@ def rst_table(rows: list[tuple[str, ...]]) -> str:
     rule = "  ".join("=" * w for w in widths)
     lines = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)), rule]
     for row in rows[1:]:
-        lines.append("  ".join((c or "..").ljust(w) for c, w in zip(row, widths, strict=True)))
+        lines.append("  ".join((c or "-").ljust(w) for c, w in zip(row, widths, strict=True)))
     lines.append(rule)
     return "\n".join(line.rstrip() for line in lines)
 
@@ -620,6 +620,9 @@ def plot_idle(results: dict[str, Any], path: Path) -> bool:
         if xs:
             style = "-o" if subject.startswith("asycamore") else "--s"
             ax.plot(xs, ys, style, label=subject, markersize=4)
+    if max(idle["sizes"]) >= 1024:
+        ax.axvline(1024, linestyle=":", color="grey")
+        ax.text(1024, ax.get_ylim()[1], " FD_SETSIZE: select stops", fontsize=7, va="top")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("idle targets registered (N)")
@@ -744,7 +747,107 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "subjects": {s: summarize(v, ref) for s, v in rounds_echo.items()},
         }
     results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    results["targets"] = evaluate_targets(results)
     return results
+
+
+# -- the issue's targets ---------------------------------------------------------------
+
+
+def _rounds(results: dict[str, Any], workload: str, subject: str) -> list[dict[str, Any]]:
+    data = results["workloads"].get(workload, {}).get("subjects", {}).get(subject)
+    return list(data["rounds"]) if data else []
+
+
+def pair_ratio(
+    results: dict[str, Any], workload: str, subject: str, other: str, key: str = "value"
+) -> float | None:
+    """Median over rounds of ``subject[key] / other[key]`` measured in the same round."""
+    ratios = [
+        a[key] / b[key]
+        for a, b in zip(
+            _rounds(results, workload, subject), _rounds(results, workload, other), strict=False
+        )
+        if a.get(key) and b.get(key)
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for ``asycamore echo``, checked against this run's medians."""
+    targets: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, goal: float, higher_is_better: bool = True) -> None:
+        met = None if value is None else (value >= goal if higher_is_better else value <= goal)
+        targets.append({"target": name, "value": value, "goal": goal, "met": met})
+
+    add(
+        "ping-pong: epoll >= 1.15x asyncio",
+        pair_ratio(results, "pingpong", "asycamore-epoll", "asyncio"),
+        1.15,
+    )
+    add(
+        "ping-pong: epoll >= uvloop",
+        pair_ratio(results, "pingpong", "asycamore-epoll", "uvloop"),
+        1.0,
+    )
+    ws = results["workloads"]
+    own = ws.get("pingpong", {}).get("subjects", {}).get("asycamore-epoll", {}).get("median")
+    idle = ws.get("pingpong-idle", {}).get("subjects", {}).get("asycamore-epoll", {}).get("median")
+    add(
+        "10,000 idle: epoll within 5% of its own speed without them",
+        idle / own if idle and own else None,
+        0.95,
+    )
+    add(
+        "10,000 idle: poll >= 10x asyncore's poll loop",
+        pair_ratio(results, "pingpong-idle", "asycamore-poll", "asyncore-poll"),
+        10.0,
+    )
+    add(
+        "bulk: epoll >= 0.95x the C epoll server",
+        pair_ratio(results, "bulk", "asycamore-epoll", "c-epoll"),
+        0.95,
+    )
+    add(
+        "connection rate: epoll >= 1.3x asyncio",
+        pair_ratio(results, "connrate", "asycamore-epoll", "asyncio"),
+        1.3,
+    )
+    add(
+        "RSS with 10,000 idle connections: epoll <= 0.8x asyncio",
+        pair_ratio(results, "pingpong-idle", "asycamore-epoll", "asyncio", key="rss_idle_kib"),
+        0.8,
+        higher_is_better=False,
+    )
+    return targets
+
+
+def target_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows of the targets table."""
+    rows = [("target", "measured", "met")]
+    for t in results.get("targets", []):
+        value = "-" if t["value"] is None else f"{t['value']:.2f}x"
+        met = {True: "yes", False: "NO", None: "not measured"}[t["met"]]
+        rows.append((t["target"], value, met))
+    return rows
+
+
+def machine_rst(results: dict[str, Any]) -> str:
+    """A paragraph naming the machine and how busy it was."""
+    m = results["machine"]
+    pin = results["pinning"]
+    pinning = (
+        f"server pinned to CPU {pin['server_cpu']}, load generator to CPU {pin['generator_cpu']}"
+        if pin["server_cpu"] is not None
+        else "nothing pinned (one CPU)"
+    )
+    return (
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['platform']}, "
+        f"{m['implementation']} {m['python']}; {pinning}; "
+        f"load generator: {results['generator']}.  Load average (1, 5, 15 min) "
+        f"{results['loadavg_before']} before the run, {results['loadavg_after']} after."
+    )
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
@@ -755,10 +858,22 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     (out / f"results-{stamp}.json").write_text(text)
     (out / "latest.json").write_text(text)
     body = [text_table(table_rows(results))]
+    if results.get("targets"):
+        body.append(text_table(target_rows(results)))
     if idle_rows(results):
         body.append(text_table(idle_rows(results)))
     (out / "latest.txt").write_text("\n\n".join(body) + "\n")
     rst = [f"Measured {results['date']} with ``{results['command']}``.", ""]
+    rst += [machine_rst(results), ""]
+    if results.get("targets"):
+        rst += [
+            "The issue's targets for ``asycamore echo``:",
+            "",
+            rst_table(target_rows(results)),
+            "",
+        ]
+    rst += [f"note: {note}" for note in results["notes"]]
+    rst += ["", "All workloads:", ""]
     rst.append(rst_table(table_rows(results)))
     if idle_rows(results):
         rst += [
@@ -808,6 +923,9 @@ def main(argv: list[str] | None = None) -> int:
     if idle_rows(results):
         print("\nIdle scaling (median time per dispatch):")
         print(text_table(idle_rows(results)))
+    if any(t["met"] is not None for t in results["targets"]):
+        print("\nThe issue's targets:")
+        print(text_table(target_rows(results)))
     for note in results["notes"]:
         print(f"note: {note}")
     print(f"load average before/after: {results['loadavg_before']} / {results['loadavg_after']}")
