@@ -622,7 +622,10 @@ def plot_idle(results: dict[str, Any], path: Path) -> bool:
             ax.plot(xs, ys, style, label=subject, markersize=4)
     if max(idle["sizes"]) >= 1024:
         ax.axvline(1024, linestyle=":", color="grey")
-        ax.text(1024, ax.get_ylim()[1], " FD_SETSIZE: select stops", fontsize=7, va="top")
+        ax.text(
+            1024, 0.98, " FD_SETSIZE: select stops", fontsize=7, va="top",
+            transform=ax.get_xaxis_transform(),
+        )  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("idle targets registered (N)")
