@@ -10,10 +10,11 @@ Speed: the venv is made without pip, and the test environment's site-packages ar
 visible in it with a ``.pth`` file (``site.addsitedir``, so an editable install's import
 hook works too), so asycamore, stevedore, pytest, hypothesis and pip itself come from the
 environment running these tests, installed editable or regular alike; only the plugins
-are installed into the venv.  When the environment has no pip (a uv-made venv), the venv
-gets its own through ensurepip; when it has no setuptools, pip builds the plugins in an
-isolated build environment (which downloads setuptools).  Without pip and ensurepip the
-tests are skipped, and only then.
+are installed into the venv.  When the environment has no pip (a uv-made venv), the pip
+wheel bundled with ensurepip is unpacked beside the venv and put on its path; when it has no
+setuptools, pip first installs setuptools into the throwaway venv (one download instead of
+one isolated build environment per plugin).  Without pip and a bundled pip wheel the tests
+are skipped, and only then.
 
 The venv lives outside /tmp when it can (/var/tmp): stevedore skips its entry-point cache
 for interpreters under /tmp, and the uninstall test must run with that cache active to
@@ -32,6 +33,7 @@ import sys
 import sysconfig
 import tempfile
 import textwrap
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +71,22 @@ def _base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("plugins")
 
 
-def _build_flags() -> list[str]:
-    """Build with this environment's setuptools, offline, when it has one."""
-    return ["--no-build-isolation", "--no-index"] if _have("setuptools") else []
+def _bundled_pip_wheel() -> Path | None:
+    """The pip wheel ensurepip would install (CPython's, or a distribution's copy)."""
+    spec = importlib.util.find_spec("ensurepip")
+    places = [Path("/usr/share/python-wheels")]
+    if spec is not None and spec.origin is not None:
+        places.insert(0, Path(spec.origin).parent / "_bundled")
+    for place in places:
+        wheels = sorted(place.glob("pip-*.whl"))
+        if wheels:
+            return wheels[-1]
+    return None
+
+
+# The plugins are built with setuptools from this environment, or from the venv itself
+# (see the venv fixture), never in an isolated build environment: offline and fast.
+BUILD_FLAGS = ["--no-build-isolation", "--no-index"]
 
 
 @dataclass
@@ -120,9 +135,9 @@ class PluginVenv:
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PluginVenv]:
-    parent_has_pip = _have("pip")
-    if not parent_has_pip and not _have("ensurepip"):
-        pytest.skip("pip is not available: neither here nor through ensurepip")
+    pip_wheel = None if _have("pip") else _bundled_pip_wheel()
+    if not _have("pip") and pip_wheel is None:
+        pytest.skip("pip is not available: neither here nor as ensurepip's wheel")
     root = _base_dir(tmp_path_factory)
     try:
         env = {
@@ -134,12 +149,10 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PluginVenv]:
             XDG_CACHE_HOME=str(root / "cache"),
             PIP_DISABLE_PIP_VERSION_CHECK="1",
             PIP_NO_INPUT="1",
-            PYTHONDONTWRITEBYTECODE="1",
         )
         venv_dir = root / "venv"
         subprocess.run(
-            [sys.executable, "-m", "venv", *(["--without-pip"] if parent_has_pip else []),
-             str(venv_dir)],
+            [sys.executable, "-m", "venv", "--without-pip", str(venv_dir)],
             check=True, capture_output=True, timeout=300,
         )  # fmt: skip
         python = venv_dir / "bin" / "python"
@@ -148,8 +161,15 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PluginVenv]:
             check=True, capture_output=True, text=True, timeout=60,
         ).stdout.strip()  # fmt: skip
         lines = [f"import site; site.addsitedir({d!r})" for d in _parent_site_dirs()]
+        if pip_wheel is not None:
+            # This environment (made by uv, say) has no pip: unpack ensurepip's.
+            with zipfile.ZipFile(pip_wheel) as wheel_zip:
+                wheel_zip.extractall(root / "pip")
+            lines.append(str(root / "pip"))
         (Path(purelib) / "_asycamore_test_parent.pth").write_text("\n".join(lines) + "\n")
         plugin_venv = PluginVenv(root, python, {}, env)
+        if not _have("setuptools"):
+            plugin_venv.pip("install", "setuptools>=61")
 
         # Build the wheels from copies (a build writes into the source tree), then
         # install them: what `pip install <dir>` does, in two steps, so that a test can
@@ -157,7 +177,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PluginVenv]:
         sources = root / "src"
         shutil.copytree(PLUGINS, sources, ignore=shutil.ignore_patterns("__pycache__"))
         plugin_venv.pip(
-            "wheel", "--no-deps", *_build_flags(), "-w", root / "wheels",
+            "wheel", "--no-deps", *BUILD_FLAGS, "-w", root / "wheels",
             sources / "good", sources / "broken",
         )  # fmt: skip
         for wheel in (root / "wheels").glob("*.whl"):
@@ -311,28 +331,17 @@ print(json.dumps(sorted(manager.entry_points_names())))
 """
 
 
-def test_uninstalled_plugin_disappears_at_once(venv: PluginVenv) -> None:
-    """Install, list, uninstall: a new process no longer lists the plugin, even though
-    stevedore's entry-point cache is active (the factory reads importlib.metadata)."""
-    assert "demo" in venv.backends()
-    # Another program in this venv reads the group through stevedore, filling its cache.
-    assert "demo" in venv.script(_STEVEDORE_NAMES)
-    venv.pip("uninstall", "--yes", "asycamore-plugin-demo")
-    try:
-        backends = venv.backends()
-        assert "demo" not in backends
-        assert [name for name, row in backends.items() if row["default"]] == [BUILTIN_DEFAULT]
-        assert "broken" in backends  # the other plugin is untouched
-        assert venv.script(_CHOOSE.format(name="None"))[0] == BUILTIN_DEFAULT
-    finally:
-        venv.pip("install", "--no-deps", "--no-index", venv.wheels["asycamore_plugin_demo"])
-    assert "demo" in venv.backends()
+def test_listing_follows_reinstall_and_uninstall_at_once(venv: PluginVenv) -> None:
+    """Each new process sees the plugins as installed right now:
 
+    - reinstalling the same name and version with a changed entry point (a developer's
+      ``pip install -e .`` after editing pyproject.toml) is the case where stevedore's
+      entry-point cache serves the old list for a while; the listing shows the new one;
+    - after an uninstall the plugin is gone from the listing and from the choice.
 
-def test_reinstall_with_other_entry_points_shows_at_once(venv: PluginVenv) -> None:
-    """Reinstalling the same name and version with a changed entry point (a developer's
-    ``pip install -e .`` after editing pyproject.toml) is the case where stevedore's cache
-    serves the old list for a while; asycamore's listing must show the new one at once."""
+    stevedore's cache is active here (XDG_CACHE_HOME in the venv root, interpreter outside
+    /tmp) and filled by another program; asycamore reads importlib.metadata itself.
+    """
     variant = venv.root / "src-variant"
     shutil.copytree(PLUGINS / "good", variant, ignore=shutil.ignore_patterns("__pycache__"))
     pyproject = variant / "pyproject.toml"
@@ -340,20 +349,25 @@ def test_reinstall_with_other_entry_points_shows_at_once(venv: PluginVenv) -> No
     text = pyproject.read_text()
     assert old_line in text
     pyproject.write_text(text.replace(old_line, old_line.replace("demo =", "demo-renamed =")))
-    venv.pip("wheel", "--no-deps", *_build_flags(), "-w", venv.root / "wheels-variant", variant)
-    (wheel,) = (venv.root / "wheels-variant").glob("*.whl")
+    venv.pip("wheel", "--no-deps", *BUILD_FLAGS, "-w", venv.root / "wheels-variant", variant)
+    (variant_wheel,) = (venv.root / "wheels-variant").glob("*.whl")
 
     assert "demo" in venv.backends()
     assert "demo" in venv.script(_STEVEDORE_NAMES)  # another program fills the cache
-    venv.pip("install", "--force-reinstall", "--no-deps", "--no-index", wheel)
     try:
+        venv.pip("install", "--force-reinstall", "--no-deps", "--no-index", variant_wheel)
         backends = venv.backends()
         assert "demo-renamed" in backends
         assert "demo" not in backends
         assert backends["demo-renamed"]["default"] is True
+
+        venv.pip("uninstall", "--yes", "asycamore-plugin-demo")
+        backends = venv.backends()
+        assert "demo" not in backends
+        assert "demo-renamed" not in backends
+        assert [name for name, row in backends.items() if row["default"]] == [BUILTIN_DEFAULT]
+        assert "broken" in backends  # the other plugin is untouched
+        assert venv.script(_CHOOSE.format(name="None"))[0] == BUILTIN_DEFAULT
     finally:
-        venv.pip(
-            "install", "--force-reinstall", "--no-deps", "--no-index",
-            venv.wheels["asycamore_plugin_demo"],
-        )  # fmt: skip
+        venv.pip("install", "--no-deps", "--no-index", venv.wheels["asycamore_plugin_demo"])
     assert "demo" in venv.backends()
