@@ -876,12 +876,12 @@ class Connection:
     # -- client connects ---------------------------------------------------------------
 
     def _start_connect(self, timeout: float | None, timers: Timers | None) -> None:
+        if timeout is not None and timers is None:
+            raise ValueError("a connect timeout needs timers")
         self._state = _CONNECTING
         self._rblock |= _RB_CONNECTING
         self._register(_WRITE)
-        if timeout is not None:
-            if timers is None:
-                raise ValueError("a connect timeout needs timers")
+        if timeout is not None and timers is not None:
             self._timer = timers.call_later(timeout, self._connect_timed_out)
 
     def _connect_timed_out(self) -> None:
@@ -906,12 +906,16 @@ class Connection:
         self._rblock &= ~_RB_CONNECTING
         _set_nodelay(self._sock)
         self._made()
-        if self._state == _OPEN:
-            if self._wbuf:
-                self._check_flow()
-            if self._eof == _EOF_PENDING and not self._wbuf:
-                self._shutdown_write()
+        if self._state != _OPEN:
+            return
+        if self._wbuf:
+            # Written while connecting: the socket is writable now, send it at once.
+            self._check_flow()
             self._update_interest()
+            self.handle_write_event()
+        elif self._eof == _EOF_PENDING:
+            self._shutdown_write()
+        self._update_interest()
 
     def _fail_connect(self, exc: BaseException) -> None:
         if self._state == _CLOSED:

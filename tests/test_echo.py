@@ -236,7 +236,7 @@ def _rst(sock: socket.socket) -> None:
     sock.close()
 
 
-# -- the command line ---------------------------------------------------------------------
+# -- the command line ----------
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -413,7 +413,7 @@ def test_half_close_keeps_echoing_until_everything_is_back(tmp_path: Path) -> No
         assert bytes(received) == data
 
 
-# -- signals ---------------------------------------------------------------------------------
+# -- signals ----------
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -450,7 +450,7 @@ def test_idle_server_does_not_spin(tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
-# -- descriptor limits -----------------------------------------------------------------------
+# -- descriptor limits ----------
 
 
 def test_fd_exhaustion_backs_off_and_recovers(tmp_path: Path) -> None:
