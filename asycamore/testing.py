@@ -53,10 +53,10 @@ __all__ = [
     "deadline",
 ]
 
-READ = Events.READ
-WRITE = Events.WRITE
-NONE = Events.NONE
-READ_WRITE = Events.READ | Events.WRITE
+_READ = Events.READ
+_WRITE = Events.WRITE
+_NONE = Events.NONE
+_READ_WRITE = Events.READ | Events.WRITE
 
 # Bounds for every loop the kit runs, so a broken backend fails rather than hangs.
 _MAX_SENDS = 4096
@@ -399,11 +399,11 @@ class BackendConformance:
         """Registering the same target twice raises KeyError and changes nothing."""
         sock, _ = sockets.pair()
         target = RecordingTarget(sock)
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         with pytest.raises(KeyError):
-            ctx.register(target, READ)
+            ctx.register(target, _READ)
         with pytest.raises(KeyError):
-            ctx.register(target, WRITE)
+            ctx.register(target, _WRITE)
         assert target in ctx
         assert len(ctx) == 1
 
@@ -414,9 +414,9 @@ class BackendConformance:
         sock, peer = sockets.pair()
         first = RecordingTarget(sock, name="first")
         second = RecordingTarget(sock, first.log, name="second")
-        ctx.register(first, READ)
+        ctx.register(first, _READ)
         with pytest.raises(KeyError):
-            ctx.register(second, WRITE)
+            ctx.register(second, _WRITE)
         assert first in ctx
         assert second not in ctx
         assert len(ctx) == 1
@@ -433,32 +433,32 @@ class BackendConformance:
         sock, _ = sockets.pair()
         target = RecordingTarget(sock)
         with pytest.raises(KeyError):
-            ctx.modify(target, READ)
+            ctx.modify(target, _READ)
         with pytest.raises(KeyError):
             ctx.unregister(target)
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         ctx.unregister(target)
         with pytest.raises(KeyError):
             ctx.unregister(target)
         with pytest.raises(KeyError):
-            ctx.modify(target, WRITE)
+            ctx.modify(target, _WRITE)
         assert len(ctx) == 0
 
     @pytest.mark.parametrize("events", [4, 8, -1, 0x10, 7, 0x7FFFFFFF])
     def test_rule1_bad_events_raise_valueerror(
         self, ctx: IDispatchContext, sockets: Sockets, events: int
     ) -> None:
-        """Events outside READ|WRITE raise ValueError at register and nothing is kept."""
+        """Events outside _READ|_WRITE raise ValueError at register and nothing is kept."""
         sock, _ = sockets.pair()
         target = RecordingTarget(sock)
         with pytest.raises(ValueError):
             ctx.register(target, events)  # type: ignore[arg-type]
         assert target not in ctx
         assert len(ctx) == 0
-        ctx.register(target, READ)  # a failed register left nothing behind
+        ctx.register(target, _READ)  # a failed register left nothing behind
         assert target in ctx
 
-    @pytest.mark.parametrize("events", [READ, WRITE, READ_WRITE, NONE])
+    @pytest.mark.parametrize("events", [_READ, _WRITE, _READ_WRITE, _NONE])
     def test_rule1_negative_fd_raises_valueerror(
         self, ctx: IDispatchContext, sockets: Sockets, events: Events
     ) -> None:
@@ -484,7 +484,7 @@ class BackendConformance:
         """A target registered with Events.NONE gets no calls, not even for a hang-up."""
         sock, peer = sockets.pair()
         target = RecordingTarget(sock)
-        ctx.register(target, NONE)
+        ctx.register(target, _NONE)
         assert target in ctx
         assert len(ctx) == 1
         peer.send(b"data")
@@ -496,21 +496,21 @@ class BackendConformance:
         assert time.monotonic() - start >= 0.05
         assert target.log == []
         # Still registered: interest can be given back, and then it is served.
-        ctx.modify(target, READ)
+        ctx.modify(target, _READ)
         with deadline(10):
             assert ctx.dispatch_once(5.0) == 1
         assert target.log == [("target", "read")]
         assert target.eof
 
     def test_rule1_modify_to_none_silences(self, ctx: IDispatchContext, sockets: Sockets) -> None:
-        """modify(target, NONE) silences a ready target, including its hang-up."""
+        """modify(target, _NONE) silences a ready target, including its hang-up."""
         sock, peer = sockets.pair()
         target = RecordingTarget(sock, on_read=lambda t: None)  # never drains
-        ctx.register(target, READ_WRITE)
+        ctx.register(target, _READ_WRITE)
         peer.send(b"x")
         peer.close()
         assert ctx.dispatch_once(0) == 2
-        ctx.modify(target, NONE)
+        ctx.modify(target, _NONE)
         start = time.monotonic()
         for _ in range(3):
             assert ctx.dispatch_once(0.02) == 0
@@ -528,8 +528,8 @@ class BackendConformance:
         sock_b, peer_b = sockets.pair()
         a = _Unhashable(sock_a, log, "a")
         b = _Unhashable(sock_b, log, "b")
-        ctx.register(a, READ)
-        ctx.register(b, READ)
+        ctx.register(a, _READ)
+        ctx.register(b, _READ)
         assert len(ctx) == 2
         peer_b.send(b"x")
         with deadline(10):
@@ -543,7 +543,7 @@ class BackendConformance:
 
     # -- rule 2: unregister after close ---------------------------------------------------
 
-    @pytest.mark.parametrize("events", [READ, WRITE, READ_WRITE, NONE])
+    @pytest.mark.parametrize("events", [_READ, _WRITE, _READ_WRITE, _NONE])
     def test_rule2_unregister_after_close(
         self, ctx: IDispatchContext, sockets: Sockets, events: Events
     ) -> None:
@@ -558,7 +558,7 @@ class BackendConformance:
         # The context is healthy afterwards, even when the number is reused at once.
         new_sock, new_peer = sockets.pair()
         newcomer = RecordingTarget(new_sock, name="new")
-        ctx.register(newcomer, READ)
+        ctx.register(newcomer, _READ)
         new_peer.send(b"x")
         with deadline(10):
             assert ctx.dispatch_once(5.0) == 1
@@ -570,7 +570,7 @@ class BackendConformance:
         """unregister after close, when another socket already took the fd number."""
         sock, _ = sockets.pair()
         old = RecordingTarget(sock, name="old")
-        ctx.register(old, READ_WRITE)
+        ctx.register(old, _READ_WRITE)
         fd = sock.fileno()
         sock.close()
         new_sock, new_peer = sockets.pair()
@@ -582,7 +582,7 @@ class BackendConformance:
         ctx.unregister(old)
         assert len(ctx) == 0
         newcomer = RecordingTarget(new_sock, name="new")
-        ctx.register(newcomer, READ)
+        ctx.register(newcomer, _READ)
         new_peer.send(b"x")
         with deadline(10):
             assert ctx.dispatch_once(5.0) == 1
@@ -597,7 +597,7 @@ class BackendConformance:
         """dispatch_once(None) waits for readiness that arrives later, then serves it."""
         sock, peer = sockets.pair()
         target = RecordingTarget(sock)
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         timer = _later(0.2, lambda: peer.send(b"x"))
         start = time.monotonic()
         try:
@@ -616,7 +616,7 @@ class BackendConformance:
         """dispatch_once(timeout <= 0) returns at once when nothing is ready."""
         sock, _ = sockets.pair()
         target = RecordingTarget(sock)
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         with deadline(3, f"dispatch_once({timeout!r}) on an idle context"):
             for _ in range(20):
                 assert ctx.dispatch_once(timeout) == 0
@@ -627,14 +627,14 @@ class BackendConformance:
     ) -> None:
         """A non-blocking dispatch still serves what is ready."""
         target, _ = self._ready_target(sockets)
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         assert ctx.dispatch_once(0) == 1
         assert target.log == [("target", "read")]
 
     def test_rule3_timeout_waits(self, ctx: IDispatchContext, sockets: Sockets) -> None:
         """An idle dispatch_once(timeout) waits about that long (a lower bound only)."""
         sock, _ = sockets.pair()
-        ctx.register(RecordingTarget(sock), READ)
+        ctx.register(RecordingTarget(sock), _READ)
         start = time.monotonic()
         with deadline(10):
             assert ctx.dispatch_once(0.1) == 0
@@ -652,7 +652,7 @@ class BackendConformance:
     ) -> None:
         """A 0.4 ms timeout waits at least 0.4 ms: it is not rounded down to a busy poll."""
         sock, _ = sockets.pair()
-        ctx.register(RecordingTarget(sock), READ)
+        ctx.register(RecordingTarget(sock), _READ)
         rounds = 200
         start = time.monotonic()
         with deadline(20):
@@ -672,10 +672,10 @@ class BackendConformance:
         writer = RecordingTarget(writer_sock, log, "writer")
         idle_sock, _ = sockets.pair()
         idle = RecordingTarget(idle_sock, log, "idle")
-        ctx.register(reader, READ)
-        ctx.register(both, READ_WRITE)
-        ctx.register(writer, WRITE)
-        ctx.register(idle, READ)
+        ctx.register(reader, _READ)
+        ctx.register(both, _READ_WRITE)
+        ctx.register(writer, _WRITE)
+        ctx.register(idle, _READ)
         assert ctx.dispatch_once(0) == 4
         assert sorted(log) == [
             ("both", "read"),
@@ -695,7 +695,7 @@ class BackendConformance:
         log: list[tuple[str, str]] = []
         targets = [self._ready_target(sockets, log, f"t{i}")[0] for i in range(4)]
         for target in targets:
-            ctx.register(target, READ_WRITE)
+            ctx.register(target, _READ_WRITE)
         assert ctx.dispatch_once(0) == 8
         for target in targets:
             mine = [kind for name, kind in log if name == target.name]
@@ -707,7 +707,7 @@ class BackendConformance:
     def test_rule4_other_target_changed_by_handler(
         self, ctx: IDispatchContext, sockets: Sockets, change: str
     ) -> None:
-        """A handler that unregisters (or takes READ from) another ready target drops
+        """A handler that unregisters (or takes _READ from) another ready target drops
         that target's pending read in the same dispatch."""
         log: list[tuple[str, str]] = []
         first: list[RecordingTarget] = []
@@ -721,18 +721,18 @@ class BackendConformance:
             if change == "unregister":
                 ctx.unregister(other)
             elif change == "modify-none":
-                ctx.modify(other, NONE)
+                ctx.modify(other, _NONE)
             elif change == "modify-write":
-                ctx.modify(other, WRITE)
+                ctx.modify(other, _WRITE)
             else:  # a new registration of the same target is a new registration
                 ctx.unregister(other)
-                ctx.register(other, READ)
+                ctx.register(other, _READ)
 
         a, _ = self._ready_target(sockets, log, "a")
         b, _ = self._ready_target(sockets, log, "b")
         a.on_read = b.on_read = on_read
-        ctx.register(a, READ)
-        ctx.register(b, READ)
+        ctx.register(a, _READ)
+        ctx.register(b, _READ)
         assert ctx.dispatch_once(0) == 1
         assert log == [(first[0].name, "read")]
 
@@ -761,14 +761,14 @@ class BackendConformance:
                 new_sock.setblocking(False)
             new_peer.send(b"c")  # C is readable and writable at once
             c = RecordingTarget(new_sock, log, "c")
-            ctx.register(c, READ_WRITE)
+            ctx.register(c, _READ_WRITE)
             swapped.extend([me, c])
 
         a, _ = self._ready_target(sockets, log, "a")
         b, _ = self._ready_target(sockets, log, "b")
         a.on_read = b.on_read = on_read
-        ctx.register(a, READ)
-        ctx.register(b, READ)
+        ctx.register(a, _READ)
+        ctx.register(b, _READ)
         assert ctx.dispatch_once(0) == 1
         first, c = swapped
         assert log == [(first.name, "read")]
@@ -780,10 +780,10 @@ class BackendConformance:
     @pytest.mark.parametrize(
         ("new_interest", "expected"),
         [
-            (WRITE, ["read", "write"]),
-            (READ_WRITE, ["read", "write"]),
-            (READ, ["read"]),
-            (NONE, ["read"]),
+            (_WRITE, ["read", "write"]),
+            (_READ_WRITE, ["read", "write"]),
+            (_READ, ["read"]),
+            (_NONE, ["read"]),
             (None, ["read"]),  # None: the handler unregisters its own target
         ],
     )
@@ -794,7 +794,7 @@ class BackendConformance:
         new_interest: Events | None,
         expected: list[str],
     ) -> None:
-        """The write handler runs only if the target still wants WRITE after its read
+        """The write handler runs only if the target still wants _WRITE after its read
         handler ran."""
 
         def on_read(me: RecordingTarget) -> None:
@@ -806,18 +806,18 @@ class BackendConformance:
 
         target, _ = self._ready_target(sockets)
         target.on_read = on_read
-        ctx.register(target, READ_WRITE)
+        ctx.register(target, _READ_WRITE)
         assert ctx.dispatch_once(0) == len(expected)
         assert [kind for _, kind in target.log] == expected
 
     # -- rule 5: hang-ups and errors are readiness ----------------------------------------
 
     def test_rule5_peer_closed_is_readable(self, ctx: IDispatchContext, sockets: Sockets) -> None:
-        """A READ target whose peer closed gets handle_read_event (and recv sees EOF), and
+        """A _READ target whose peer closed gets handle_read_event (and recv sees EOF), and
         no write call: only the registered interest is reported."""
         sock, peer = sockets.pair()
         target = RecordingTarget(sock)
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         peer.close()
         with deadline(10):
             assert ctx.dispatch_once(5.0) == 1
@@ -825,7 +825,7 @@ class BackendConformance:
         assert target.eof
 
     def test_rule5_peer_closed_is_writable(self, ctx: IDispatchContext, sockets: Sockets) -> None:
-        """A WRITE-only target with a full send buffer gets handle_write_event when its
+        """A _WRITE-only target with a full send buffer gets handle_write_event when its
         peer closes, and no read call; its next send reveals the error."""
         sock, peer = sockets.pair()
         _fill_send_buffer(sock)
@@ -838,7 +838,7 @@ class BackendConformance:
                 errors.append(exc)
 
         target = RecordingTarget(sock, on_write=on_write)
-        ctx.register(target, WRITE)
+        ctx.register(target, _WRITE)
         assert ctx.dispatch_once(0.02) == 0  # not writable yet
         peer.close()
         with deadline(10):
@@ -850,10 +850,10 @@ class BackendConformance:
     def test_rule5_peer_closed_both_interests(
         self, ctx: IDispatchContext, sockets: Sockets
     ) -> None:
-        """A READ|WRITE target whose peer closed gets both calls, read first."""
+        """A _READ|_WRITE target whose peer closed gets both calls, read first."""
         sock, peer = sockets.pair()
         target = RecordingTarget(sock)
-        ctx.register(target, READ_WRITE)
+        ctx.register(target, _READ_WRITE)
         peer.close()
         assert ctx.dispatch_once(0) == 2
         assert target.log == [("target", "read"), ("target", "write")]
@@ -865,7 +865,7 @@ class BackendConformance:
         sock.close()
 
     def test_rule5_reset_is_readable(self, ctx: IDispatchContext, sockets: Sockets) -> None:
-        """A TCP reset (SO_LINGER 0 on the peer) is reported to a READ target, whose recv
+        """A TCP reset (SO_LINGER 0 on the peer) is reported to a _READ target, whose recv
         then fails or sees EOF."""
         client, server = sockets.tcp_pair()
         outcome: list[object] = []
@@ -877,7 +877,7 @@ class BackendConformance:
                 outcome.append(exc)
 
         target = RecordingTarget(client, on_read=on_read)
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         assert ctx.dispatch_once(0.02) == 0
         self._reset(server)
         with deadline(10):
@@ -886,7 +886,7 @@ class BackendConformance:
         assert outcome == [b""] or isinstance(outcome[0], ConnectionResetError), outcome
 
     def test_rule5_reset_is_writable(self, ctx: IDispatchContext, sockets: Sockets) -> None:
-        """A TCP reset is reported to a WRITE-only target whose send buffer is full."""
+        """A TCP reset is reported to a _WRITE-only target whose send buffer is full."""
         client, server = sockets.tcp_pair(buffer_size=4096)
         _fill_send_buffer(client)
         errors: list[OSError] = []
@@ -898,7 +898,7 @@ class BackendConformance:
                 errors.append(exc)
 
         target = RecordingTarget(client, on_write=on_write)
-        ctx.register(target, WRITE)
+        ctx.register(target, _WRITE)
         assert ctx.dispatch_once(0.02) == 0
         self._reset(server)
         with deadline(10):
@@ -923,8 +923,8 @@ class BackendConformance:
         sock_b, peer_b = sockets.pair()
         a = RecordingTarget(sock_a, name="a")
         b = RecordingTarget(sock_b, name="b")
-        ctx.register(a, READ)
-        ctx.register(b, READ)
+        ctx.register(a, _READ)
+        ctx.register(b, _READ)
         if keep_file_open:
             # Another descriptor keeps the socket alive, and it is readable.
             sockets.adopt_fd(os.dup(sock_a.fileno()))
@@ -1005,9 +1005,9 @@ class BackendConformance:
         bad, _ = self._ready_target(sockets, log, "bad")
         bad.on_read = self._failing(boom)
         goods = [self._ready_target(sockets, log, f"good{i}")[0] for i in range(3)]
-        ctx.register(bad, READ)
+        ctx.register(bad, _READ)
         for good in goods:
-            ctx.register(good, READ)
+            ctx.register(good, _READ)
         errors = _Errors()
         assert ctx.dispatch_once(0, errors) == 4
         assert len(errors.calls) == 1
@@ -1023,7 +1023,7 @@ class BackendConformance:
         sock, _ = sockets.pair()
         boom = OSError(errno.EPIPE, "boom")
         target = RecordingTarget(sock, on_write=self._failing(boom))
-        ctx.register(target, WRITE)
+        ctx.register(target, _WRITE)
         errors = _Errors()
         assert ctx.dispatch_once(0, errors) == 1
         assert errors.calls == [(target, boom)]
@@ -1041,7 +1041,7 @@ class BackendConformance:
 
         target, _ = self._ready_target(sockets)
         target.on_read = self._failing(ValueError("boom"))
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         with pytest.raises(Escalated) as info:
             ctx.dispatch_once(0, escalate)
         assert isinstance(info.value.__cause__, ValueError)
@@ -1056,9 +1056,9 @@ class BackendConformance:
         bad, _ = self._ready_target(sockets, log, "bad")
         bad.on_read = self._failing(boom)
         goods = [self._ready_target(sockets, log, f"good{i}")[0] for i in range(3)]
-        ctx.register(bad, READ_WRITE)
+        ctx.register(bad, _READ_WRITE)
         for good in goods:
-            ctx.register(good, READ)
+            ctx.register(good, _READ)
         with caplog.at_level(logging.ERROR, logger="asycamore"):
             calls = ctx.dispatch_once(0)
         # bad's write handler does not run: the policy unregistered it after its read.
@@ -1086,7 +1086,7 @@ class BackendConformance:
 
         target, _ = self._ready_target(sockets)
         target.on_read = on_read
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         with caplog.at_level(logging.ERROR, logger="asycamore"):
             assert ctx.dispatch_once(0) == 1
         assert target not in ctx
@@ -1100,7 +1100,7 @@ class BackendConformance:
         sock, peer = sockets.pair()
         peer.send(b"x")
         target = _NoClose(sock)
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         with caplog.at_level(logging.ERROR, logger="asycamore"):
             assert ctx.dispatch_once(0) == 1
         assert target.reads == 1
@@ -1123,7 +1123,7 @@ class BackendConformance:
         targets = [self._ready_target(sockets, log, f"t{i}")[0] for i in range(3)]
         for target in targets:
             target.on_read = self._failing(exc_type())
-            ctx.register(target, READ_WRITE)
+            ctx.register(target, _READ_WRITE)
         errors = _Errors()
         with caplog.at_level(logging.ERROR, logger="asycamore"), pytest.raises(exc_type):
             ctx.dispatch_once(0, errors if with_error_handler else None)
@@ -1149,7 +1149,7 @@ class BackendConformance:
         previous = signal.signal(signal.SIGALRM, lambda signum, frame: hits.append(signum))
         sock, peer = sockets.pair()
         target = RecordingTarget(sock)
-        ctx.register(target, READ)
+        ctx.register(target, _READ)
         try:
             signal.setitimer(signal.ITIMER_REAL, 0.03, 0.03)
             with deadline(10):
@@ -1185,8 +1185,8 @@ class BackendConformance:
         context = backend_factory()
         sock_a, _ = sockets.pair()
         sock_b, _ = sockets.pair()
-        context.register(RecordingTarget(sock_a), READ)
-        context.register(RecordingTarget(sock_b), READ_WRITE)
+        context.register(RecordingTarget(sock_a), _READ)
+        context.register(RecordingTarget(sock_b), _READ_WRITE)
         sock_a.close()
         context.close()
         context.close()
@@ -1208,7 +1208,7 @@ class BackendConformance:
         with context as entered:
             assert entered is context
             sock, _ = sockets.pair()
-            entered.register(RecordingTarget(sock), READ)
+            entered.register(RecordingTarget(sock), _READ)
         assert closes, "__exit__ did not close the context"
         context.close()  # still idempotent after __exit__
 
@@ -1224,10 +1224,10 @@ class BackendConformance:
         assert object() not in ctx
         assert targets[0] not in ctx
         for count, target in enumerate(targets, 1):
-            ctx.register(target, NONE if count == 3 else READ)
+            ctx.register(target, _NONE if count == 3 else _READ)
             assert len(ctx) == count
             assert target in ctx
-        ctx.modify(targets[0], WRITE)
+        ctx.modify(targets[0], _WRITE)
         assert len(ctx) == 3
         ctx.unregister(targets[1])
         assert targets[1] not in ctx
@@ -1267,8 +1267,8 @@ def _run_model_machine(backend_factory: Callable[[], IDispatchContext]) -> None:
 
     Four socketpairs; the model knows, per slot, the registered interest (or None), whether
     data is pending and whether the peer has closed.  A non-blocking dispatch must call
-    ``read`` exactly for the slots with READ interest and data or EOF, ``write`` exactly
-    for the slots with WRITE interest (an idle socketpair is always writable), read before
+    ``read`` exactly for the slots with _READ interest and data or EOF, ``write`` exactly
+    for the slots with _WRITE interest (an idle socketpair is always writable), read before
     write, and return the number of calls.  The read handler drains the socket.
     """
     from hypothesis import HealthCheck, settings
@@ -1282,7 +1282,7 @@ def _run_model_machine(backend_factory: Callable[[], IDispatchContext]) -> None:
     )
 
     slots = st.integers(min_value=0, max_value=3)
-    interests = st.sampled_from([NONE, READ, WRITE, READ_WRITE])
+    interests = st.sampled_from([_NONE, _READ, _WRITE, _READ_WRITE])
 
     class DispatchModel(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -1356,9 +1356,9 @@ def _run_model_machine(backend_factory: Callable[[], IDispatchContext]) -> None:
             for slot, events in enumerate(self.interest):
                 if events is None:
                     continue
-                if events & READ and (self.pending[slot] or self.eof[slot]):
+                if events & _READ and (self.pending[slot] or self.eof[slot]):
                     expected.append((str(slot), "read"))
-                if events & WRITE:
+                if events & _WRITE:
                     expected.append((str(slot), "write"))
             self.log.clear()
             calls = self.ctx.dispatch_once(0)
