@@ -39,13 +39,12 @@ class EchoProtocol(asyncio.Protocol):
 
 
 class BufferedEchoProtocol(asyncio.BufferedProtocol):
-    """Reads into one reused buffer and writes back a copy of what arrived."""
+    """Reads into one buffer shared by every connection and writes back a copy of what
+    arrived (the copy is made before the next read, so sharing is safe)."""
 
     transport: asyncio.Transport
-
-    def __init__(self) -> None:
-        self.buffer = bytearray(65536)
-        self.view = memoryview(self.buffer)
+    buffer = bytearray(256 * 1024)
+    view = memoryview(buffer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
