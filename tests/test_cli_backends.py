@@ -156,3 +156,26 @@ def test_version(run: Run) -> None:
     result = run("--version")
     assert result.returncode == 0
     assert asycamore.__version__ in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["echo", "--backend", "no-such-backend"], {}, "no-such-backend"),
+        (["echo"], {"ASYCAMORE_BACKEND": "no-such-backend"}, "no-such-backend"),
+        (["echo", "--backend", "kqueue"], {}, "kqueue"),
+    ],
+    ids=["unknown-name", "unknown-preference", "unavailable"],
+)
+def test_bad_backend_is_one_line_and_status_2(
+    run: Run, args: list[str], env: dict[str, str], expected: str
+) -> None:
+    if "kqueue" in args and KQUEUE_HERE:
+        pytest.skip("kqueue is available here")
+    result = run(*args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+    assert "listening" not in result.stdout
