@@ -1,0 +1,442 @@
+"""asycamore.servicemodel: protocols, timers, wake-ups, idle timeouts, stop and signals."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import asycamore
+from asycamore.servicemodel import Connection, LineProtocol, Protocol, Service
+
+BACKENDS = [info.name for info in asycamore.list_backends() if info.available]
+
+
+@pytest.fixture(params=BACKENDS)
+def service(request: pytest.FixtureRequest) -> Iterator[Service]:
+    with Service(request.param) as svc:
+        yield svc
+
+
+class Echo(Protocol):
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Recorder(Protocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[Any] = []
+        self.data = bytearray()
+
+    def connection_made(self, transport: Connection) -> None:
+        super().connection_made(transport)
+        self.events.append("made")
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.events.append(("lost", exc))
+
+    def connection_failed(self, exc: BaseException) -> None:
+        self.events.append(("failed", exc))
+
+
+def run_until(service: Service, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached in time")
+        service.run_once(0.01)
+
+
+class Background:
+    """Runs ``serve_forever`` in a thread; joins it (bounded) on exit."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.service.serve_forever()
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> Background:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.service.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "serve_forever did not return"
+        assert self.error is None
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "unexpected EOF"
+        data += chunk
+    return bytes(data)
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+def test_serve_forever_in_a_thread_and_stop_from_another(service: Service) -> None:
+    listener = service.listen_tcp(Echo, "127.0.0.1", 0)
+    with Background(service):
+        clients = [socket.create_connection(listener.address, timeout=5) for _ in range(20)]
+        for i, client in enumerate(clients):
+            client.sendall(b"message %d" % i)
+        for i, client in enumerate(clients):
+            expected = b"message %d" % i
+            assert recv_exactly(client, len(expected)) == expected
+    for client in clients:
+        assert client.recv(10) == b""  # the stop closed them
+        client.close()
+    assert service.connection_count == 0 and not service.listeners
+
+
+def test_client_connections(service: Service) -> None:
+    listener = service.listen_tcp(Echo, "127.0.0.1", 0)
+    client = Recorder()
+    conn = service.connect_tcp(client, "127.0.0.1", listener.port, timeout=5)
+    conn.write(b"ping")
+    run_until(service, lambda: client.data == b"ping")
+    assert service.connection_count == 2
+    conn.close()
+    run_until(service, lambda: service.connection_count == 0)
+    assert client.events == ["made", ("lost", None)]
+
+
+def test_failed_connect_is_reported(service: Service) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    client = Recorder()
+    try:
+        service.connect_tcp(client, "127.0.0.1", port, timeout=5)
+    except ConnectionRefusedError:
+        return
+    run_until(service, lambda: bool(client.events))
+    assert client.events[0][0] == "failed"
+    assert isinstance(client.events[0][1], ConnectionRefusedError)
+    assert service.connection_count == 0
+
+
+def test_unix_socket_service(service: Service, tmp_path: Any) -> None:
+    path = str(tmp_path / "s.sock")
+    service.listen_unix(Echo, path)
+    client = Recorder()
+    service.connect_unix(client, path)
+    assert client.transport is None
+    run_until(service, lambda: client.transport is not None)
+    assert client.transport is not None
+    client.transport.write(b"unix")
+    run_until(service, lambda: client.data == b"unix")
+
+
+def test_protocol_error_aborts_only_that_connection(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    lost: list[BaseException | None] = []
+
+    class Fragile(Echo):
+        def data_received(self, data: bytes) -> None:
+            if data == b"boom":
+                raise ValueError("protocol bug")
+            super().data_received(data)
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            lost.append(exc)
+
+    listener = service.listen_tcp(Fragile, "127.0.0.1", 0)
+    with Background(service):
+        good = socket.create_connection(listener.address, timeout=5)
+        bad = socket.create_connection(listener.address, timeout=5)
+        with caplog.at_level(logging.ERROR, logger="asycamore"):
+            bad.sendall(b"boom")
+            assert bad.recv(10) == b""
+        good.sendall(b"fine")
+        assert recv_exactly(good, 4) == b"fine"
+    assert "protocol bug" in caplog.text
+    assert isinstance(lost[0], ValueError)
+
+
+def test_line_protocol() -> None:
+    lines: list[bytes] = []
+
+    class Lines(LineProtocol):
+        max_line_length = 10
+
+        def line_received(self, line: bytes) -> None:
+            lines.append(line)
+            if line == b"echo":
+                self.send_line(b"echoed")
+
+    with Service() as service:
+        listener = service.listen_tcp(Lines, "127.0.0.1", 0)
+        with Background(service):
+            client = socket.create_connection(listener.address, timeout=5)
+            for piece in [b"one\ntw", b"o\n", b"", b"three\nech", b"o\n"]:
+                client.sendall(piece)
+                time.sleep(0.01)
+            assert recv_exactly(client, 7) == b"echoed\n"
+            client.sendall(b"x" * 20)  # too long: closed
+            assert client.recv(10) == b""
+    assert lines == [b"one", b"two", b"three", b"echo"]
+
+
+# -- scheduling -------------------------------------------------------------------------------
+
+
+def test_timers_and_call_soon_order(service: Service) -> None:
+    calls: list[str] = []
+    service.call_later(0.05, calls.append, "later")
+    cancelled = service.call_later(0.01, calls.append, "cancelled")
+    service.call_at(service.time() + 0.02, calls.append, "at")
+    service.call_soon(calls.append, "soon 1")
+    service.call_soon(calls.append, "soon 2").cancel()
+    service.call_soon(calls.append, "soon 3")
+    cancelled.cancel()
+    run_until(service, lambda: "later" in calls)
+    assert calls == ["soon 1", "soon 3", "at", "later"]
+
+
+def test_before_dispatch_timeout(service: Service) -> None:
+    dispatchvars: dict[str, Any] = {}
+    service.before_dispatch(service.dispatcher, dispatchvars)
+    assert dispatchvars["timeout"] is None  # nothing scheduled: block
+    handle = service.call_later(10, print)
+    service.before_dispatch(service.dispatcher, dispatchvars)
+    assert 9 < dispatchvars["timeout"] <= 10
+    handle.cancel()
+
+    def queue_more() -> None:
+        service.call_soon(print)
+
+    service.call_soon(queue_more)
+    service.before_dispatch(service.dispatcher, dispatchvars)
+    assert dispatchvars["timeout"] == 0  # work queued while running: do not block
+    service.run_once()
+
+
+def test_call_soon_threadsafe_wakes_a_blocked_service(service: Service) -> None:
+    woken: list[float] = []
+    with Background(service):
+        time.sleep(0.2)  # blocked in dispatch: nothing scheduled
+        sent = time.monotonic()
+        service.call_soon_threadsafe(lambda: woken.append(time.monotonic() - sent))
+        deadline = time.monotonic() + 5
+        while not woken and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert woken and woken[0] < 0.5
+
+
+def test_idle_timeout_closes_quiet_connections_only(service: Service) -> None:
+    listener = service.listen_tcp(Echo, "127.0.0.1", 0, idle_timeout=0.3)
+    with Background(service):
+        quiet = socket.create_connection(listener.address, timeout=5)
+        chatty = socket.create_connection(listener.address, timeout=5)
+        started = time.monotonic()
+        for _ in range(10):
+            chatty.sendall(b".")
+            assert chatty.recv(1) == b"."
+            time.sleep(0.06)
+        assert quiet.recv(1) == b""  # closed for being idle
+        assert 0.25 < time.monotonic() - started < 2
+        chatty.sendall(b"!")
+        assert chatty.recv(1) == b"!"  # the active one is still open
+        assert chatty.recv(1) == b""  # ...until it is quiet too
+        quiet.close()
+        chatty.close()
+
+
+def test_idle_connection_that_cannot_flush_is_aborted(service: Service) -> None:
+    class Flood(Protocol):
+        def connection_made(self, transport: Connection) -> None:
+            super().connection_made(transport)
+            transport.write(b"z" * (8 << 20))
+
+    listener = service.listen_tcp(Flood, "127.0.0.1", 0, idle_timeout=0.2)
+    with Background(service):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(listener.address)
+        deadline = time.monotonic() + 5
+        while service.connection_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        while service.connection_count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.connection_count == 0  # closed, then aborted: nothing flushes
+        sock.close()
+
+
+# -- stopping ----------------------------------------------------------------------------------
+
+
+def test_stop_flushes_then_closes(service: Service) -> None:
+    class Greeter(Protocol):
+        def connection_made(self, transport: Connection) -> None:
+            super().connection_made(transport)
+            transport.write(b"g" * (1 << 20))
+
+    listener = service.listen_tcp(Greeter, "127.0.0.1", 0)
+    sock = socket.create_connection(listener.address, timeout=5)
+    run_until(service, lambda: service.connection_count == 1)
+    service.stop()
+    assert service.stopping and not service.listeners
+    received = 0
+    sock.setblocking(False)
+    deadline = time.monotonic() + 5
+    while service.connection_count:
+        assert time.monotonic() < deadline
+        service.run_once(0.01)
+        with contextlib.suppress(BlockingIOError):
+            received += len(sock.recv(1 << 20))
+    sock.setblocking(True)
+    while chunk := sock.recv(1 << 20):
+        received += len(chunk)
+    assert received == 1 << 20
+
+
+def test_stop_aborts_what_does_not_finish_in_time(service: Service) -> None:
+    lost: list[BaseException | None] = []
+
+    class Stubborn(Protocol):
+        def service_stopping(self) -> None:
+            pass  # keeps going
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            lost.append(exc)
+
+    listener = service.listen_tcp(Stubborn, "127.0.0.1", 0)
+    sock = socket.create_connection(listener.address, timeout=5)
+    run_until(service, lambda: service.connection_count == 1)
+    thread = threading.Thread(target=service.serve_forever)
+    started = time.monotonic()
+    thread.start()
+    service.stop(timeout=0.3)
+    thread.join(5)
+    assert not thread.is_alive()
+    assert 0.25 < time.monotonic() - started < 3
+    assert len(lost) == 1 and isinstance(lost[0], TimeoutError)
+    assert sock.recv(10) == b""
+    sock.close()
+
+
+def test_close_aborts_everything_and_keeps_a_given_dispatcher() -> None:
+    dispatcher = asycamore.create_dispatcher()
+    service = Service(dispatcher=dispatcher)
+    listener = service.listen_tcp(Echo, "127.0.0.1", 0)
+    sock = socket.create_connection(listener.address, timeout=5)
+    run_until(service, lambda: service.connection_count == 1)
+    service.close()
+    service.close()
+    assert len(dispatcher) == 0
+    assert sock.recv(10) == b""
+    with pytest.raises(RuntimeError):
+        service.listen_tcp(Echo)
+    dispatcher.close()
+    sock.close()
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def safe_signals() -> Iterator[list[int]]:
+    """Handlers that record SIGINT/SIGTERM, so that a failure cannot kill pytest."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals need the main thread")
+    received: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    old = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _kill_later(delay: float, *signums: int) -> threading.Thread:
+    def send() -> None:
+        for signum in signums:
+            time.sleep(delay)
+            os.kill(os.getpid(), signum)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def _watchdog(service: Service, after: float) -> threading.Timer:
+    timer = threading.Timer(after, lambda: service.stop(timeout=0))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_wakes_a_blocked_service_and_stops_it(safe_signals: list[int], signum: int) -> None:
+    recorder = signal.getsignal(signal.SIGTERM)
+    with Service() as service:
+        listener = service.listen_tcp(Echo, "127.0.0.1", 0)
+        sock = socket.create_connection(listener.address, timeout=5)
+        _kill_later(0.3, signum)
+        watchdog = _watchdog(service, 5)
+        started = time.monotonic()
+        service.serve_forever()  # blocks in dispatch: nothing is scheduled
+        elapsed = time.monotonic() - started
+        watchdog.cancel()
+        assert elapsed < 2, "the signal did not wake the dispatch"
+        assert sock.recv(10) == b""
+        sock.close()
+    assert safe_signals == []  # the service handled it, not the previous handler
+    assert signal.getsignal(signal.SIGTERM) is recorder  # restored
+    assert signal.set_wakeup_fd(-1) == -1  # restored (pytest sets none)
+
+
+def test_second_signal_aborts(safe_signals: list[int]) -> None:
+    class Stubborn(Protocol):
+        def service_stopping(self) -> None:
+            pass
+
+    with Service(stop_timeout=30) as service:
+        listener = service.listen_tcp(Stubborn, "127.0.0.1", 0)
+        sock = socket.create_connection(listener.address, timeout=5)
+        _kill_later(0.2, signal.SIGTERM, signal.SIGINT)
+        watchdog = _watchdog(service, 5)
+        started = time.monotonic()
+        service.serve_forever()
+        watchdog.cancel()
+        assert time.monotonic() - started < 3
+        assert sock.recv(10) == b""
+        sock.close()
+    assert safe_signals == []
+
+
+def test_no_signal_handling_outside_the_main_thread() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with Service() as service, Background(service):
+        time.sleep(0.05)
+        assert signal.getsignal(signal.SIGTERM) is before
