@@ -1,0 +1,185 @@
+"""The programs in examples/ run, as real subprocesses, and do what they say."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SCRIPTS = sorted(path.name for path in EXAMPLES.glob("*.py"))
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def server(*args: str) -> Iterator[int]:
+    """Start a server that prints ``listening on HOST:PORT``; yield the port; stop it
+    with SIGTERM and check that it exits 0."""
+    proc = subprocess.Popen(
+        [sys.executable, *args, "--port", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "the server did not start"
+        line = proc.stdout.readline().decode()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        yield int(line.rsplit(":", 1)[1])
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+        assert proc.returncode == 0, stderr
+        assert b"Traceback" not in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
+def test_all_examples_are_tested() -> None:
+    assert SCRIPTS == ["chat_server.py", "echo_client.py", "echo_server.py", "many_clients.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script: str) -> None:
+    result = run(str(EXAMPLES / script), "--help", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+def test_echo_server_and_client() -> None:
+    with server(str(EXAMPLES / "echo_server.py")) as port:
+        result = run(
+            str(EXAMPLES / "echo_client.py"),
+            "--port",
+            str(port),
+            "--connections",
+            "20",
+            "--count",
+            "200",
+            "--size",
+            "3000",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "4000 messages echoed on 20 connection(s)" in result.stdout
+        assert "0 failure(s)" in result.stdout
+
+
+def test_echo_client_against_asycamore_echo() -> None:
+    with server("-m", "asycamore", "echo") as port:
+        result = run(str(EXAMPLES / "echo_client.py"), "--port", str(port), "--count", "500")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_echo_client_reports_a_refused_connect() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run(str(EXAMPLES / "echo_client.py"), "--port", str(port), "--timeout", "10")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_echo_server_duration_is_bounded() -> None:
+    started = time.monotonic()
+    result = run(str(EXAMPLES / "echo_server.py"), "--duration", "0.3", timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("listening on 127.0.0.1:")
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("target", ["asycamore", "example"])
+def test_many_clients(target: str) -> None:
+    args = (
+        ("-m", "asycamore", "echo")
+        if target == "asycamore"
+        else (str(EXAMPLES / "echo_server.py"),)
+    )
+    with server(*args) as port:
+        result = run(
+            str(EXAMPLES / "many_clients.py"),
+            "--port",
+            str(port),
+            "--connections",
+            "300",
+            "--rounds",
+            "3",
+            "--interval",
+            "0.05",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "300 connections, 900/900 messages echoed" in result.stdout
+
+
+class ChatUser:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def say(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\n")
+
+    def hear(self) -> str:
+        return self.file.readline().decode().rstrip("\n")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def test_chat_server() -> None:
+    with server(str(EXAMPLES / "chat_server.py")) as port:
+        alice = ChatUser(port)
+        assert alice.hear().startswith("* welcome, guest")
+        alice.say("/nick alice")
+        assert alice.hear() == "* you are now alice"
+        bob = ChatUser(port)
+        assert bob.hear().startswith("* welcome, guest")
+        assert alice.hear().endswith(" joined")
+        bob.say("/nick bob")
+        assert bob.hear() == "* you are now bob"
+        assert alice.hear().endswith(" is now bob")
+        alice.say("hello bob")
+        assert bob.hear() == "<alice> hello bob"
+        bob.sock.sendall(b"hi al")
+        bob.sock.sendall(b"ice\n")  # one line in two pieces
+        assert alice.hear() == "<bob> hi alice"
+        bob.say("/who")
+        assert bob.hear() == "* here: alice, bob"
+        bob.say("/quit")
+        assert bob.hear() == "* bye"
+        assert bob.hear() == ""  # closed
+        assert alice.hear() == "* bob left"
+        alice.close()
+        bob.close()
+
+
+def test_chat_server_idle_timeout() -> None:
+    with server(str(EXAMPLES / "chat_server.py"), "--idle-timeout", "0.3") as port:
+        user = ChatUser(port)
+        assert user.hear().startswith("* welcome")
+        started = time.monotonic()
+        assert user.hear() == "* disconnected for inactivity"
+        assert user.hear() == ""
+        assert 0.25 < time.monotonic() - started < 5
+        user.close()
