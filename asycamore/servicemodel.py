@@ -277,9 +277,14 @@ class Service:
         self.dispatchvars: dict[str, Any] = {}
         """The ``dispatchvars`` of :meth:`serve_forever`'s :func:`~asycamore.iterate`."""
         self.idle_timeout = idle_timeout
+        """Default idle timeout of new connections, in seconds (``None``: none)."""
         self.high_water = high_water
+        """Default high-water mark of new connections' write buffers (``None``: the
+        :data:`~asycamore.tcpsocket.DEFAULT_HIGH_WATER`)."""
         self.low_water = low_water
+        """Default low-water mark (``None``: a quarter of the high-water mark)."""
         self.stop_timeout = stop_timeout
+        """Seconds :meth:`stop` waits before aborting the connections left."""
         self._recv_buffer = memoryview(bytearray(recv_buffer_size))
         self._ready: collections.deque[TimerHandle] = collections.deque()
         self._connections: dict[Connection, TimerHandle | None] = {}

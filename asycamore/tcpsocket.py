@@ -1070,7 +1070,9 @@ class Listener:
         self.backoff = backoff
         """Seconds to stop accepting after ``EMFILE``/``ENFILE``."""
         self.on_connection = on_connection
+        """Called with each new connection, before its handler's ``connection_made``."""
         self.on_connection_closed = on_connection_closed
+        """Called with each connection after its handler's ``connection_lost``."""
         self._options = connection_options
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         self._count = 0
