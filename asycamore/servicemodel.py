@@ -130,8 +130,9 @@ class Protocol:
         The default closes the connection gracefully; if it is still not closed one
         idle timeout later, the service aborts it.
         """
-        if self.transport is not None:
-            self.transport.close()
+        transport = getattr(self, "transport", None)  # robust to a missing super() call
+        if transport is not None:
+            transport.close()
 
     def service_stopping(self) -> None:
         """The service is stopping.
@@ -140,8 +141,9 @@ class Protocol:
         Override it to finish the current exchange and close later; connections still
         open at the stop timeout are aborted.
         """
-        if self.transport is not None:
-            self.transport.close()
+        transport = getattr(self, "transport", None)  # robust to a missing super() call
+        if transport is not None:
+            transport.close()
 
 
 class LineProtocol(Protocol):
@@ -167,7 +169,7 @@ class LineProtocol(Protocol):
         delimiter = self.delimiter
         lines = data.split(delimiter)
         self._partial = rest = lines.pop()
-        transport = self.transport
+        transport = getattr(self, "transport", None)
         for line in lines:
             if transport is not None and transport.is_closing():
                 return
@@ -184,13 +186,15 @@ class LineProtocol(Protocol):
 
     def line_too_long(self) -> None:
         """A line exceeded :attr:`max_line_length`; the default closes the connection."""
-        if self.transport is not None:
-            self.transport.close()
+        transport = getattr(self, "transport", None)  # robust to a missing super() call
+        if transport is not None:
+            transport.close()
 
     def send_line(self, line: bytes) -> None:
         """Write *line* followed by :attr:`delimiter`."""
-        if self.transport is not None:
-            self.transport.write(line + self.delimiter)
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            transport.write(line + self.delimiter)
 
 
 class _Waker:

@@ -416,9 +416,10 @@ def test_half_close_keeps_echoing_until_everything_is_back(tmp_path: Path) -> No
 # -- signals ----------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_with_open_connections_closes_them_and_exits_0(tmp_path: Path, signum: int) -> None:
-    with echo_server(tmp_path) as server:
+def test_signal_closes_connections_and_exits_0(tmp_path: Path, signum: int, backend: str) -> None:
+    with echo_server(tmp_path, backend) as server:
         idle = [server.connect() for _ in range(20)]
         busy = server.connect()
         busy.sendall(b"z" * 100_000)
