@@ -724,3 +724,47 @@ def test_timers_drive_iterate() -> None:
     with asycamore.create_dispatcher() as dispatcher:
         asycamore.iterate(dispatcher, timeout=None, before_dispatch=before)
     assert 0.09 < fired[0] < 1
+
+
+def test_close_while_connecting_reports_a_failure(context: IDispatchContext) -> None:
+    server = create_listening_socket("127.0.0.1", 0)
+    handler = Recorder()
+    conn = connect_tcp(context, handler, *server.getsockname())
+    conn.close()
+    assert conn.closed and conn not in context
+    assert handler.events == ["failed"]
+    assert isinstance(handler.failed[0], ConnectionAbortedError)
+    server.close()
+
+
+def test_write_eof_while_connecting_is_sent_after_the_data(context: IDispatchContext) -> None:
+    server = create_listening_socket("127.0.0.1", 0)
+    handler = Recorder()
+    conn = connect_tcp(context, handler, *server.getsockname())
+    conn.write(b"all of it")
+    conn.write_eof()
+    pump(context, lambda: "made" in handler.events)
+    accepted, _ = server.accept()
+    accepted.settimeout(5)
+    received = b""
+    while chunk := accepted.recv(100):
+        received += chunk
+    assert received == b"all of it"
+    accepted.close()
+    pump(context, lambda: conn.closed)  # EOF both ways: closed by itself
+    server.close()
+
+
+def test_activity_tracking(context: IDispatchContext) -> None:
+    handler = Recorder()
+    conn, peer = pair(context, handler, track_activity=True)
+    first = conn.last_activity
+    time.sleep(0.02)
+    peer.sendall(b"x")
+    pump(context, lambda: handler.data == b"x")
+    assert conn.last_activity > first
+    second = conn.last_activity
+    time.sleep(0.02)
+    conn.write(b"y")
+    assert conn.last_activity > second
+    conn.abort()
