@@ -1028,9 +1028,10 @@ class Listener:
       skipped.
     - ``EMFILE``/``ENFILE`` (and ``ENOBUFS``/``ENOMEM``): the listener stops accepting
       for *backoff* seconds (the pending connections wait in the kernel's backlog)
-      instead of spinning on a socket that stays readable, logs one warning per episode
-      on logger ``"asycamore"``, then tries again.  The resume needs *timers*; it also
-      happens early when one of the listener's own connections closes.
+      instead of spinning on a socket that stays readable, logs a warning on logger
+      ``"asycamore"`` (once per episode, at most every 30 s), then tries again.  The
+      resume needs *timers*; it also happens early when one of the listener's own
+      connections closes.
     - A connection the context refuses (the ``select`` backend refuses descriptors at or
       above ``FD_SETSIZE``) is closed and logged; the listener goes on.
     - With *max_connections*, the listener stops accepting while that many of its
@@ -1084,6 +1085,7 @@ class Listener:
         self._episode = False
         self._resume_timer: TimerHandle | None = None
         self._refused = _Throttle()
+        self._exhaustion_log = _Throttle(30.0)
         self._unix_path: str | None = None
         self.accepted = 0
         """How many connections were accepted and started."""
@@ -1110,6 +1112,10 @@ class Listener:
             try:
                 sock, _address = accept()
             except (BlockingIOError, InterruptedError):
+                if self._episode:
+                    # The backlog is drained without running out: the episode is over.
+                    self._episode = False
+                    _log.info("accepting connections again on %s", self._where())
                 return
             except OSError as exc:
                 if exc.errno in _ACCEPT_RETRY:
@@ -1118,9 +1124,6 @@ class Listener:
                     self._exhausted(exc)
                     return
                 raise
-            if self._episode:
-                self._episode = False
-                _log.warning("accepting connections again on %s", self._where())
             self._start(sock)
             if self._closed:
                 return
@@ -1248,8 +1251,10 @@ class Listener:
 
     def _exhausted(self, exc: OSError) -> None:
         if not self._episode:
+            # Once per episode (until the backlog drains), and at most every few
+            # seconds when the process keeps running into the limit.
             self._episode = True
-            _log.warning(
+            self._exhaustion_log.warning(
                 "cannot accept on %s: %s; pausing accepts for %.2f s",
                 self._where(),
                 exc.strerror,
