@@ -964,6 +964,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--python-generator", action="store_true", help="do not use the C generator"
     )
+    parser.add_argument(
+        "--quiet-wait", type=float, help="max seconds to wait for idle CPUs before each run (20)"
+    )
+    parser.add_argument(
+        "--retries", type=int, help="re-measure a run other processes disturbed (default 2)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--no-save", action="store_true", help="print only, write no files")
     args = parser.parse_args(argv)
