@@ -14,13 +14,20 @@ from typing import ClassVar, Final, Self
 
 from asycamore.dispatcher import ErrorHandler, Events, IDispatchTarget
 
-__all__ = ["CLOSED", "READ", "WRITE", "DispatcherBase", "Registration", "ceil_timeout"]
+__all__ = ["CLOSED", "MAX_WAIT", "READ", "WRITE", "DispatcherBase", "Registration", "ceil_timeout"]
 
 _log = logging.getLogger("asycamore")
 
 READ: Final = int(Events.READ)
 WRITE: Final = int(Events.WRITE)
 _ALL_EVENTS: Final = READ | WRITE
+MAX_EVENTS_PER_WAIT: Final = 1024
+"""The most readiness reports epoll/kqueue return per wait.
+
+Their result array is allocated per call, so sizing it by every registered fd would make
+an idle fd cost memory on each dispatch.  Both are level-triggered here: whatever does
+not fit is reported again by the next wait.
+"""
 CLOSED: Final = 4
 """A pseudo-event `_poll` reports for a fd the OS says is closed (POLLNVAL, EBADF)."""
 
@@ -44,18 +51,28 @@ class Registration:
         return f"Registration(fd={self.fd}, events={Events(self.events)!r}, {self.target!r})"
 
 
+MAX_WAIT: Final = 2_000_000.0
+"""The longest single wait, in seconds (about 23 days).
+
+poll and epoll take a C ``int`` of milliseconds (at most about 24.8 days).  A longer
+finite timeout waits this long and ``dispatch_once`` returns 0: it waits *at most* its
+timeout, as the contract allows, instead of failing with ``OverflowError``.
+"""
+
+
 def ceil_timeout(timeout: float | None, resolution: float) -> float | None:
     """*timeout* in units of *resolution* seconds, rounded up; ``None`` stays ``None``.
 
     Rounding up matters: a 0.4 ms wait on a millisecond clock must wait 1 ms, not turn
     into a non-blocking poll that the caller's loop would repeat as a busy spin.
-    Non-positive timeouts become 0 (poll without blocking).
+    Non-positive timeouts become 0 (poll without blocking); an infinite one becomes
+    ``None`` (block); a finite one is capped at `MAX_WAIT`.  NaN raises ValueError.
     """
-    if timeout is None:
+    if timeout is None or timeout == math.inf:
         return None
     if timeout <= 0:
         return 0
-    return math.ceil(timeout / resolution)
+    return math.ceil(min(timeout, MAX_WAIT) / resolution)
 
 
 class DispatcherBase:
@@ -103,9 +120,13 @@ class DispatcherBase:
 
     @staticmethod
     def _check_events(events: int) -> int:
-        if not isinstance(events, int) or events & ~_ALL_EVENTS or events < 0:
+        # Plain int arithmetic: IntFlag operators build enum members, a measurable cost
+        # on the register/modify path of every connection.  A negative number has bits
+        # outside READ|WRITE, so the one test refuses it too.
+        mask = int(events) if isinstance(events, int) else -1
+        if mask & ~_ALL_EVENTS:
             raise ValueError(f"invalid events: {events!r} (expected a combination of READ|WRITE)")
-        return int(events)
+        return mask
 
     def _check_fd(self, fd: int) -> None:
         """Refuse a descriptor this mechanism cannot watch (override to add limits)."""

@@ -7,7 +7,7 @@ import os
 import select
 from typing import ClassVar
 
-from ._base import READ, WRITE, DispatcherBase, Registration, ceil_timeout
+from ._base import MAX_EVENTS_PER_WAIT, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["EpollDispatcher"]
 
@@ -96,7 +96,7 @@ class EpollDispatcher(DispatcherBase):
             self._rebuild()
         ms = ceil_timeout(timeout, 1e-3)
         # epoll takes seconds but waits in whole milliseconds; -1 blocks.
-        ready = self._epoll.poll(-1 if ms is None else ms * 1e-3, max(len(self._by_fd), 1))
+        ready = self._epoll.poll(-1 if ms is None else ms * 1e-3, self._max_events())
         by_fd = self._by_fd
         result = []
         for fd, mask in ready:
@@ -111,6 +111,9 @@ class EpollDispatcher(DispatcherBase):
                 events = (READ if mask & _EPOLLIN else 0) | (WRITE if mask & _EPOLLOUT else 0)
             result.append((registration, events))
         return result
+
+    def _max_events(self) -> int:
+        return min(max(len(self._by_fd), 1), MAX_EVENTS_PER_WAIT)
 
     def _close_kernel(self) -> None:
         self._epoll.close()

@@ -11,7 +11,7 @@ import errno
 import select
 from typing import Any, ClassVar
 
-from ._base import READ, WRITE, DispatcherBase, Registration, ceil_timeout
+from ._base import MAX_EVENTS_PER_WAIT, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["KqueueDispatcher"]
 
@@ -84,7 +84,7 @@ class KqueueDispatcher(DispatcherBase):
     def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         ns = ceil_timeout(timeout, 1e-9)
         kevents = self._kqueue.control(
-            None, max(self._knotes, 1), None if ns is None else ns * 1e-9
+            None, min(max(self._knotes, 1), MAX_EVENTS_PER_WAIT), None if ns is None else ns * 1e-9
         )
         by_fd = self._by_fd
         ready: dict[int, int] = {}
