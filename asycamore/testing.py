@@ -62,6 +62,7 @@ _READ_WRITE = Events.READ | Events.WRITE
 _MAX_SENDS = 4096
 _MAX_RECVS = 4096
 _CHUNK = 65536
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # in case a test hands in a blocking socket
 
 
 class DispatchHung(BaseException):
@@ -162,11 +163,11 @@ class RecordingTarget:
             self.on_write(self)
 
     def drain(self) -> bytes:
-        """Read everything the socket holds now (non-blocking); set :attr:`eof` on EOF."""
+        """Read everything the socket holds now (never blocks); set :attr:`eof` on EOF."""
         data = bytearray()
         for _ in range(_MAX_RECVS):
             try:
-                chunk = self.sock.recv(_CHUNK)
+                chunk = self.sock.recv(_CHUNK, _DONTWAIT)
             except BlockingIOError:
                 break
             if not chunk:
@@ -660,6 +661,19 @@ class BackendConformance:
                 assert ctx.dispatch_once(0.0004) == 0
         # Rounded down to 0, 200 rounds would take a few hundred microseconds in all.
         assert time.monotonic() - start >= 0.9 * rounds * 0.0004
+
+    @pytest.mark.parametrize("timeout", [1e7, 1e10, float("inf")])
+    def test_rule3_long_timeouts_are_accepted(
+        self, ctx: IDispatchContext, sockets: Sockets, timeout: float
+    ) -> None:
+        """Timeouts beyond what the OS call takes (poll's int of milliseconds is about
+        24.8 days), and an infinite one, are accepted: with a target ready, the dispatch
+        serves it at once."""
+        target, _ = self._ready_target(sockets)
+        ctx.register(target, _READ)
+        with deadline(10, f"dispatch_once({timeout}) with a target ready"):
+            assert ctx.dispatch_once(timeout) == 1
+        assert target.log == [("target", "read")]
 
     def test_rule3_returns_number_of_handler_calls(
         self, ctx: IDispatchContext, sockets: Sockets

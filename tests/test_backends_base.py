@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import asycamore
 from asycamore import Events
-from asycamore.backends._base import ceil_timeout
+from asycamore.backends._base import MAX_WAIT, ceil_timeout
 from asycamore.testing import RecordingTarget, Sockets
 
 AVAILABLE_BUILTINS = sorted(
@@ -50,14 +50,22 @@ def ctx(request: pytest.FixtureRequest) -> Iterator[asycamore.IDispatchContext]:
         (0.0011, 1e-3, 2),
         (1e-12, 1e-9, 1),
         (2.5, 1e-3, 2500),
+        (float("inf"), 1e-3, None),
+        (float("-inf"), 1e-3, 0),
+        (1e12, 1e-3, 2_000_000_000),  # capped at MAX_WAIT: within poll's C int of ms
     ],
 )
 def test_ceil_timeout(timeout: float | None, resolution: float, expected: int | None) -> None:
     assert ceil_timeout(timeout, resolution) == expected
 
 
+def test_ceil_timeout_nan_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        ceil_timeout(float("nan"), 1e-3)
+
+
 @given(
-    timeout=st.floats(min_value=1e-12, max_value=1e7, allow_nan=False),
+    timeout=st.floats(min_value=1e-12, max_value=MAX_WAIT, allow_nan=False),
     resolution=st.sampled_from([1e-3, 1e-6, 1e-9]),
 )
 def test_ceil_timeout_never_rounds_down(timeout: float, resolution: float) -> None:

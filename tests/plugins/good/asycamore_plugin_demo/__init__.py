@@ -24,6 +24,7 @@ READ = int(Events.READ)
 WRITE = int(Events.WRITE)
 _TO_POLL = (0, select.POLLIN, select.POLLOUT, select.POLLIN | select.POLLOUT)
 _FAILED = select.POLLERR | select.POLLHUP
+_MAX_MS = 2**31 - 1
 
 
 class _Registration:
@@ -105,12 +106,14 @@ class DemoDispatcher:
         """Wait up to *timeout* seconds and call the ready handlers; return how many."""
         if self._closed:
             raise ValueError("the dispatcher is closed")
-        if timeout is None:
+        if timeout is None or timeout == math.inf:
             ms = None
         elif timeout <= 0:
             ms = 0
         else:
-            ms = math.ceil(timeout * 1000)  # round up: 0.4 ms must not become 0
+            # Round up (0.4 ms must not become 0), within poll's C int of milliseconds:
+            # a longer wait returns early, which "waits at most timeout" allows.
+            ms = min(math.ceil(timeout * 1000), _MAX_MS)
         ready: list[tuple[_Registration, int]] = []
         for fd, revents in self._pollster.poll(ms):
             registration = self._by_fd.get(fd)
