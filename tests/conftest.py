@@ -13,21 +13,21 @@ import pytest
 @pytest.fixture
 def fresh_factory() -> Iterator[None]:
     """Forget asycamore's cached backend discovery before and after the test, and the
-    modules the test's plugins imported."""
+    test plugins' modules (named ``asycamore_test_*``) it imported."""
     from asycamore import factory
 
-    modules = set(sys.modules)
     factory._discover.cache_clear()
     yield
     factory._discover.cache_clear()
-    for name in set(sys.modules) - modules:
-        if not name.startswith(("asycamore", "stevedore", "importlib")):
-            del sys.modules[name]
+    for name in [name for name in sys.modules if name.startswith("asycamore_test_")]:
+        del sys.modules[name]
 
 
 @pytest.fixture
 def write_distribution(tmp_path: Path) -> Callable[..., Path]:
     """``write_distribution(dist, entry_points, modules=None, version="1.0") -> site``.
+
+    Name test plugin modules ``asycamore_test_*`` so ``fresh_factory`` unloads them.
 
     Writes an installed distribution as an installer would leave it: the modules, and a
     ``<dist>-<version>.dist-info`` with ``METADATA`` and ``entry_points.txt`` declaring
