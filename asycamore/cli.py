@@ -78,10 +78,12 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     from .factory import best_backend, list_backends
 
     infos = list_backends()
+    no_default = ""
     try:
         default: str | None = best_backend()
-    except BackendError:
-        default = None
+    except BackendError as exc:
+        # Say why (a bad $ASYCAMORE_BACKEND, say), not just that there is no default.
+        default, no_default = None, str(exc)
     if args.json:
         rows = [
             {
@@ -115,7 +117,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
     if default is None:
-        print("\nno backend is available here")
+        print(f"\nno default backend here: {no_default}")
     else:
         print(f"\n* default here: {default}")
     return 0

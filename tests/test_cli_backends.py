@@ -107,6 +107,15 @@ def test_backends_table(run: Run) -> None:
     assert "default" in lines[-1]
 
 
+def test_backends_table_says_why_there_is_no_default(run: Run) -> None:
+    result = run("backends", env={"ASYCAMORE_BACKEND": "nope"})
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert "no default backend here" in last
+    assert "'nope'" in last
+    assert "installed: " in last
+
+
 def test_backends_lists_a_broken_plugin(run: Run, write_distribution: Callable[..., Path]) -> None:
     """A plugin that fails to import is listed with its reason; the command succeeds and
     the default is unchanged."""
