@@ -7,6 +7,8 @@ import os
 import select
 from typing import ClassVar
 
+from typing_extensions import override
+
 from ._base import MAX_EVENTS_PER_WAIT, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["EpollDispatcher"]
@@ -47,6 +49,7 @@ class EpollDispatcher(DispatcherBase):
         # True when the kernel set may hold a file no registration accounts for.
         self._stale = False
 
+    @override
     @classmethod
     def is_available(cls) -> bool:
         """True where :func:`select.epoll` exists (Linux)."""
@@ -56,12 +59,15 @@ class EpollDispatcher(DispatcherBase):
         """The epoll descriptor, for nesting this context in another loop."""
         return self._epoll.fileno()
 
+    @override
     def _kernel_add(self, fd: int, events: int) -> None:
         self._epoll.register(fd, _TO_EPOLL[events])
 
+    @override
     def _kernel_modify(self, fd: int, old: int, new: int) -> None:
         self._epoll.modify(fd, _TO_EPOLL[new])
 
+    @override
     def _kernel_remove(self, fd: int, events: int) -> None:
         try:
             self._epoll.unregister(fd)
@@ -91,6 +97,7 @@ class EpollDispatcher(DispatcherBase):
         finally:
             fresh.close()
 
+    @override
     def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         if self._stale:
             self._rebuild()
@@ -115,5 +122,6 @@ class EpollDispatcher(DispatcherBase):
     def _max_events(self) -> int:
         return min(max(len(self._by_fd), 1), MAX_EVENTS_PER_WAIT)
 
+    @override
     def _close_kernel(self) -> None:
         self._epoll.close()

@@ -11,6 +11,8 @@ import errno
 import select
 from typing import Any, ClassVar
 
+from typing_extensions import override
+
 from ._base import MAX_EVENTS_PER_WAIT, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["KqueueDispatcher"]
@@ -43,6 +45,7 @@ class KqueueDispatcher(DispatcherBase):
         self._failed_flags: int = _select.KQ_EV_EOF | _select.KQ_EV_ERROR
         self._knotes = 0  # the number of filters in the kernel, to size the result list
 
+    @override
     @classmethod
     def is_available(cls) -> bool:
         """True where :func:`select.kqueue` exists (macOS and the BSDs)."""
@@ -61,14 +64,17 @@ class KqueueDispatcher(DispatcherBase):
         if changes:
             self._kqueue.control(changes, 0, 0)
 
+    @override
     def _kernel_add(self, fd: int, events: int) -> None:
         self._change(fd, events, _select.KQ_EV_ADD)
         self._knotes += bin(events).count("1")
 
+    @override
     def _kernel_modify(self, fd: int, old: int, new: int) -> None:
         self._kernel_remove(fd, old & ~new)
         self._kernel_add(fd, new & ~old)
 
+    @override
     def _kernel_remove(self, fd: int, events: int) -> None:
         self._knotes -= bin(events).count("1")
         # One filter at a time: when the fd is already closed the kernel has dropped its
@@ -81,6 +87,7 @@ class KqueueDispatcher(DispatcherBase):
                     if exc.errno not in _GONE:
                         raise
 
+    @override
     def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         ns = ceil_timeout(timeout, 1e-9)
         kevents = self._kqueue.control(
@@ -104,5 +111,6 @@ class KqueueDispatcher(DispatcherBase):
             ready[fd] = ready.get(fd, 0) | events
         return [(by_fd[fd], events) for fd, events in ready.items()]
 
+    @override
     def _close_kernel(self) -> None:
         self._kqueue.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import select
 from typing import ClassVar
 
+from typing_extensions import override
+
 from ._base import CLOSED, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["PollDispatcher"]
@@ -37,21 +39,26 @@ class PollDispatcher(DispatcherBase):
         super().__init__()
         self._pollster = select.poll()
 
+    @override
     @classmethod
     def is_available(cls) -> bool:
         """True where :func:`select.poll` exists (every POSIX system)."""
         return hasattr(select, "poll")
 
+    @override
     def _kernel_add(self, fd: int, events: int) -> None:
         self._pollster.register(fd, _TO_POLL[events])
 
+    @override
     def _kernel_modify(self, fd: int, old: int, new: int) -> None:
         self._pollster.modify(fd, _TO_POLL[new])
 
+    @override
     def _kernel_remove(self, fd: int, events: int) -> None:
         # poll keeps plain numbers in user space: unregistering a closed fd is fine.
         self._pollster.unregister(fd)
 
+    @override
     def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         ms = ceil_timeout(timeout, 1e-3)
         ready = self._pollster.poll(ms)

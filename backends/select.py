@@ -7,6 +7,8 @@ import os
 import select
 from typing import ClassVar
 
+from typing_extensions import override
+
 from ._base import CLOSED, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["FD_SETSIZE", "SelectDispatcher"]
@@ -32,11 +34,13 @@ class SelectDispatcher(DispatcherBase):
         self._readers: set[int] = set()
         self._writers: set[int] = set()
 
+    @override
     @classmethod
     def is_available(cls) -> bool:
         """Always true: every platform has select."""
         return True
 
+    @override
     def _check_fd(self, fd: int) -> None:
         super()._check_fd(fd)
         if fd >= FD_SETSIZE:
@@ -45,20 +49,24 @@ class SelectDispatcher(DispatcherBase):
                 "cannot watch; use the poll or epoll backend"
             )
 
+    @override
     def _kernel_add(self, fd: int, events: int) -> None:
         if events & READ:
             self._readers.add(fd)
         if events & WRITE:
             self._writers.add(fd)
 
+    @override
     def _kernel_modify(self, fd: int, old: int, new: int) -> None:
         self._kernel_remove(fd, old)
         self._kernel_add(fd, new)
 
+    @override
     def _kernel_remove(self, fd: int, events: int) -> None:
         self._readers.discard(fd)
         self._writers.discard(fd)
 
+    @override
     def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         us = ceil_timeout(timeout, 1e-6)
         try:
