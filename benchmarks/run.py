@@ -549,7 +549,7 @@ def _fmt(value: float | None, unit: str) -> str:
 
 def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     """Rows of the main table: one per workload and subject, medians over the rounds."""
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             "workload",
             "subject",
@@ -748,9 +748,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         for subject, by_n in per.items():
             idle_doc["subjects"][subject] = {}
-            for n, vals in by_n.items():
+            for size_key, vals in by_n.items():
                 got = [v for v in vals if v is not None]
-                idle_doc["subjects"][subject][n] = {
+                idle_doc["subjects"][subject][size_key] = {
                     "rounds": vals,
                     "median": statistics.median(got) if got else None,
                     "min": min(got) if got else None,
@@ -761,22 +761,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bench._pin(None)
     for workload in [w for w in workloads if w in ECHO_WORKLOADS]:
         rounds_echo: dict[str, list[dict[str, Any]]] = {s.name: [] for s in subjects}
-        for r in range(cfg.rounds):
-            for subject in subjects:
-                tag = f"[{workload} round {r + 1}/{cfg.rounds}] {subject.name}"
+        for round_no in range(cfg.rounds):
+            for server in subjects:
+                tag = f"[{workload} round {round_no + 1}/{cfg.rounds}] {server.name}"
                 if (
                     workload == "pingpong-idle"
-                    and subject.max_fds
-                    and cfg.idle_conns + 100 > subject.max_fds
+                    and server.max_fds
+                    and cfg.idle_conns + 100 > server.max_fds
                 ):
-                    rounds_echo[subject.name].append({"value": None, "note": "FD_SETSIZE"})
+                    rounds_echo[server.name].append({"value": None, "note": "FD_SETSIZE"})
                     continue
                 log(f"{tag} ...")
                 discarded: list[dict[str, Any]] = []
                 for attempt in range(1 + cfg.retries):
                     waited = wait_quiet(cpus, cfg.quiet_wait)
                     try:
-                        result = measure_echo(subject, workload, cfg, loadgen, cpus)
+                        result = measure_echo(server, workload, cfg, loadgen, cpus)
                     except (RuntimeError, TimeoutError, OSError) as exc:
                         log(f"    failed: {exc}")
                         result = {"value": None, "note": f"failed: {exc}"[:200]}
@@ -790,7 +790,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     discarded.append({"value": result["value"], "foreign_cpu": foreign})
                 if discarded:
                     result["discarded"] = discarded
-                rounds_echo[subject.name].append(result)
+                rounds_echo[server.name].append(result)
                 if result.get("value") is not None:
                     cpu = result.get("server_cpu") or 0
                     gen = result["generator_cpu"]
@@ -880,7 +880,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def target_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     """Rows of the targets table."""
-    rows = [("target", "measured", "met")]
+    rows: list[tuple[str, ...]] = [("target", "measured", "met")]
     for t in results.get("targets", []):
         value = "-" if t["value"] is None else f"{t['value']:.2f}x"
         met = {True: "yes", False: "NO", None: "not measured"}[t["met"]]

@@ -67,6 +67,7 @@ class EchoServer(asyncore.dispatcher):
     def handle_accept(self) -> None:
         # Accept everything queued, not one per loop iteration: otherwise opening 10,000
         # connections costs 10,000 O(N) poll rounds before the measurement can start.
+        assert self.socket is not None
         while True:
             try:
                 sock, _addr = self.socket.accept()
@@ -86,6 +87,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, _on_signal)
     socket_map: dict[int, asyncore.dispatcher] = {}
     server = EchoServer(args.host, args.port, socket_map)
+    assert server.socket is not None
     bound = server.socket.getsockname()
     print(f"listening on {bound[0]}:{bound[1]}", flush=True)
     try:
