@@ -107,3 +107,18 @@ def test_benchmarks_run_quick(tmp_path: Path) -> None:
     assert (tmp_path / "latest.txt").read_text().startswith("workload")
     assert (tmp_path / "latest-table.rst").exists()
     assert "load average" in proc.stdout
+
+
+@pytest.mark.parametrize(("mode", "conns", "size"), [("bulk", 2, 65536), ("connrate", 4, 64)])
+def test_python_loadgen_modes(mode: str, conns: int, size: int) -> None:
+    with bench.ServerProcess(bench.asyncio_echo_command()) as server:
+        command = [
+            *bench.python_loadgen_command(),
+            "--port", str(server.port), "--mode", mode, "--conns", str(conns),
+            "--size", str(size), "--seconds", "0.1", "--warmup", "0.02",
+        ]  # fmt: skip
+        result = bench.run_loadgen(command, server, timeout=60)
+    assert result.mode == mode
+    assert result.errors == 0
+    assert result.rate > 0
+    assert result.generator == "python"
