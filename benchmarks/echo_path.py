@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from asycamore import Events, bench, create_dispatcher
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="per layer and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", action="append", help="asycamore backend(s) (epoll, poll)")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     backends = args.backend or ["epoll", "poll"]
     cpu, _ = bench.cpu_layout()
@@ -230,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             with tcp_pairs(args.conns) as pairs:
                 results[name].append(fn(pairs, args.size, args.seconds))
     floor = statistics.median(results["raw epoll"])
-    print(f"server CPU per {args.size}-byte message, {args.conns} connections, one CPU")
-    print(f"{'layer':22s} {'median':>9s} {'min-max':>17s} {'over raw':>9s} {'over previous':>14s}")
+    lines = [
+        f"server CPU per {args.size}-byte message, {args.conns} connections, one CPU, "
+        f"{args.rounds} rounds (python {sys.version.split()[0]})",
+        f"{'layer':22s} {'median':>9s} {'min-max':>17s} {'over raw':>9s} {'over previous':>14s}",
+    ]
     previous = None
     for name, _ in layers:
         vals = results[name]
@@ -243,9 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         if name.endswith("dispatcher"):
             step = f"{(med - statistics.median(results['selectors'])) * 1e6:+.2f} us vs sel"
-        print(f"{name:22s} {med * 1e6:7.2f} us {min(vals) * 1e6:7.2f}-{max(vals) * 1e6:6.2f} us "
-              f"{(med - floor) * 1e6:+7.2f} us {step:>14s}")  # fmt: skip
+        lines.append(
+            f"{name:22s} {med * 1e6:7.2f} us {min(vals) * 1e6:7.2f}-{max(vals) * 1e6:6.2f} us "
+            f"{(med - floor) * 1e6:+7.2f} us {step:>14s}".rstrip()
+        )
         previous = med
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
     return 0
 
 
