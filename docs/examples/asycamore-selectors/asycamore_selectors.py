@@ -18,6 +18,7 @@ _TO_SELECTORS = {
     Events.READ: selectors.EVENT_READ,
     Events.WRITE: selectors.EVENT_WRITE,
 }
+_MAX_WAIT = 2_000_000.0  # seconds, about 23 days: fits poll/epoll's int of milliseconds
 
 
 class _Registration:
@@ -108,8 +109,12 @@ class SelectorsDispatcher:
     def dispatch_once(
         self, timeout: float | None = None, error_in_handler: ErrorHandler | None = None
     ) -> int:
-        if timeout is not None and timeout > 0:
-            timeout = math.ceil(timeout * 1000) / 1000  # rule 3: round up, never to 0
+        if timeout == math.inf:
+            timeout = None  # wait forever
+        elif timeout is not None and timeout > 0:
+            # Rule 3: round up, never down to a busy 0; and cap what epoll/poll's C int of
+            # milliseconds can hold (waiting *at most* the timeout is allowed).
+            timeout = math.ceil(min(timeout, _MAX_WAIT) * 1000) / 1000
         ready = self._selector.select(timeout)
         calls = 0
         for key, mask in ready:
