@@ -74,10 +74,17 @@ def raise_nofile_limit() -> int:
     except ImportError:  # pragma: no cover - not POSIX
         return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+    # An unlimited hard limit (macOS) still has a kernel ceiling: try sizes below it.
+    wanted = [hard] if hard != resource.RLIM_INFINITY else [1 << 20, 65536, 10240]
+    for limit in wanted:
+        if soft >= limit:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        except (ValueError, OSError):
+            continue
+        soft = limit
+        break
     return int(soft)
 
 

@@ -138,17 +138,24 @@ def cache_dir() -> Path:
 
 
 def compile_c(name: str) -> Path | None:
-    """Compile ``benchmarks/c/<name>.c`` with gcc (cached by source hash); None without gcc."""
+    """Compile ``benchmarks/c/<name>.c`` with gcc (cached by source hash).
+
+    None without gcc, off Linux (the programs use epoll), or if the build fails.
+    """
     source = C_SOURCES / f"{name}.c"
     compiler = shutil.which(os.environ.get("CC", "gcc"))
-    if compiler is None:
+    if compiler is None or not sys.platform.startswith("linux"):
         return None
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     binary = cache_dir() / f"{name}-{digest}"
     if not binary.exists():
         binary.parent.mkdir(parents=True, exist_ok=True)
-        tmp = binary.with_suffix(".tmp")
-        subprocess.run([compiler, "-O2", "-o", str(tmp), str(source)], check=True)
+        tmp = binary.with_name(f"{binary.name}.{os.getpid()}.tmp")
+        command = [compiler, "-O2", "-o", str(tmp), str(source)]
+        build = subprocess.run(command, check=False, capture_output=True, text=True)
+        if build.returncode != 0:
+            log(f"could not build {source.name}: {build.stderr.strip()[-500:]}")
+            return None
         tmp.replace(binary)
     return binary
 
@@ -209,7 +216,7 @@ def echo_subjects(c_server: Path | None) -> tuple[list[Subject], list[str]]:
     if c_server is not None:
         subjects.append(Subject("c-epoll", [str(c_server)]))
     else:
-        notes.append("gcc not found: no C epoll echo server")
+        notes.append("no C epoll echo server (needs gcc on Linux)")
     return subjects, notes
 
 
