@@ -625,7 +625,11 @@ class Connection:
                 raise RuntimeError("write() after write_eof()")
             if state != _CONNECTING:
                 return
-        if type(data) is bytes:
+        if type(data) is bytes or (
+            type(data) is memoryview and data.itemsize == 1 and data.ndim == 1
+        ):
+            # bytes, and a byte view like the receive buffer's slices (the echo path):
+            # len() is the size, no cast needed (a cast costs more than the checks).
             size = len(data)
         else:
             data = memoryview(data).cast("B")

@@ -68,11 +68,14 @@ def ceil_timeout(timeout: float | None, resolution: float) -> float | None:
     Non-positive timeouts become 0 (poll without blocking); an infinite one becomes
     ``None`` (block); a finite one is capped at `MAX_WAIT`.  NaN raises ValueError.
     """
-    if timeout is None or timeout == math.inf:
+    # The common cases (block, poll) first: this runs on every dispatch.
+    if timeout is None:
         return None
     if timeout <= 0:
         return 0
-    return math.ceil(min(timeout, MAX_WAIT) / resolution)
+    if timeout > MAX_WAIT:
+        return None if timeout == math.inf else math.ceil(MAX_WAIT / resolution)
+    return math.ceil(timeout / resolution)
 
 
 class DispatcherBase:

@@ -103,7 +103,9 @@ class EpollDispatcher(DispatcherBase):
             self._rebuild()
         ms = ceil_timeout(timeout, 1e-3)
         # epoll takes seconds but waits in whole milliseconds; -1 blocks.
-        ready = self._epoll.poll(-1 if ms is None else ms * 1e-3, self._max_events())
+        max_events = len(self._by_fd) or 1
+        max_events = min(max_events, MAX_EVENTS_PER_WAIT)
+        ready = self._epoll.poll(-1 if ms is None else ms * 1e-3, max_events)
         by_fd = self._by_fd
         result = []
         for fd, mask in ready:
@@ -118,9 +120,6 @@ class EpollDispatcher(DispatcherBase):
                 events = (READ if mask & _EPOLLIN else 0) | (WRITE if mask & _EPOLLOUT else 0)
             result.append((registration, events))
         return result
-
-    def _max_events(self) -> int:
-        return min(max(len(self._by_fd), 1), MAX_EVENTS_PER_WAIT)
 
     @override
     def _close_kernel(self) -> None:
