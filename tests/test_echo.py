@@ -12,6 +12,7 @@ import random
 import resource
 import select
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -29,6 +30,24 @@ import asycamore
 BACKENDS = [info.name for info in asycamore.list_backends() if info.available]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# Linux reads a process's CPU time and RSS from /proc; macOS and the BSDs ask ps(1).
+HAVE_PROC = Path("/proc/self/stat").exists()
+
+
+def _ps(pid: int, field: str) -> str:
+    result = subprocess.run(
+        ["ps", "-o", f"{field}=", "-p", str(pid)], capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+def _ps_cpu_seconds(text: str) -> float:
+    """ps's cumulative CPU time, ``[[dd-]hh:]mm:ss[.ss]``, in seconds."""
+    days, _, clock = text.rpartition("-")
+    seconds = 0.0
+    for part in clock.split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds + (int(days) * 86400 if days else 0)
 
 
 @dataclass
@@ -43,10 +62,14 @@ class EchoServer:
         return self.stderr_path.read_text(errors="replace")
 
     def cpu_seconds(self) -> float:
+        if not HAVE_PROC:
+            return _ps_cpu_seconds(_ps(self.proc.pid, "time"))
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
     def rss_bytes(self) -> int:
+        if not HAVE_PROC:
+            return int(_ps(self.proc.pid, "rss")) * 1024  # ps reports KiB
         return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * PAGE
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
@@ -519,3 +542,18 @@ def test_select_backend_closes_connections_past_fd_setsize(tmp_path: Path) -> No
         assert len(stderr.splitlines()) < 20  # rate-limited
         assert server.stop() == 0
         assert "Traceback" not in stderr
+
+
+def test_ps_cpu_time_parsing() -> None:
+    """The fallback that macOS/BSD runs use instead of /proc (ps's time formats)."""
+    assert _ps_cpu_seconds("0:00.12") == pytest.approx(0.12)
+    assert _ps_cpu_seconds("01:02:03") == 3723
+    assert _ps_cpu_seconds("1-00:00:01") == 86401
+
+
+@pytest.mark.skipif(not HAVE_PROC or shutil.which("ps") is None, reason="needs /proc and ps")
+def test_ps_fallback_agrees_with_proc() -> None:
+    rss_kib = int(_ps(os.getpid(), "rss"))
+    statm = int(Path("/proc/self/statm").read_text().split()[1]) * PAGE // 1024
+    assert abs(rss_kib - statm) < max(statm // 10, 1024)
+    _ps_cpu_seconds(_ps(os.getpid(), "time"))  # parses what this system's ps prints
