@@ -39,8 +39,8 @@ def tests(session: nox.Session) -> None:
     """Run pytest against the installed package (posargs go to pytest)."""
     session.install(".[test]")
     # The `pytest` command, not `python -m pytest`: the latter puts the repo root on
-    # sys.path, where the source `asycamore/` (without `backends/` inside) shadows the
-    # installed package.  pyproject sets --import-mode=importlib for the test modules.
+    # sys.path, so the source tree (whose asycamore/backends links to backends/) would be
+    # tested instead of the installed package.  pyproject sets --import-mode=importlib.
     session.run("pytest", *session.posargs)
 
 
