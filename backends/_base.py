@@ -199,7 +199,8 @@ class DispatcherBase:
         self, timeout: float | None = None, error_in_handler: ErrorHandler | None = None
     ) -> int:
         """Wait up to *timeout* seconds, then call the ready handlers; return how many ran."""
-        self._check_open()
+        if self._closed:  # _check_open(), inlined: this runs on every dispatch
+            self._check_open()
         return self._dispatch(self._poll(timeout), error_in_handler)
 
     def _dispatch(
