@@ -138,9 +138,10 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return list(chosen.values())
 
 
-def _make_manager(
+def _load(
     entry_points: list[importlib.metadata.EntryPoint],
-) -> stevedore.ExtensionManager[Any]:
+) -> tuple[stevedore.ExtensionManager[Any], dict[str, BaseException]]:
+    """Load *entry_points* with stevedore; return the manager and the failures by name."""
     import stevedore
 
     class _Manager(stevedore.ExtensionManager[Any]):
@@ -155,16 +156,14 @@ def _make_manager(
         failures[entry_point.name] = exc
 
     manager = _Manager(ENTRY_POINT_GROUP, on_load_failure_callback=on_failure)
-    manager.failures = failures  # type: ignore[attr-defined]
-    return manager
+    return manager, failures
 
 
 @functools.cache
 def _discover() -> dict[str, _Backend]:
     # One entry point per name, so stevedore's results can be keyed by name.
     entry_points = _entry_points()
-    manager = _make_manager(entry_points)
-    failures: dict[str, BaseException] = manager.failures  # type: ignore[attr-defined]
+    manager, failures = _load(entry_points)
     loaded = {ext.name: ext for ext in manager.extensions}
     backends: dict[str, _Backend] = {}
     for entry_point in entry_points:
