@@ -619,49 +619,60 @@ class Connection:
         :meth:`abort`, or once the connection is lost, are silently dropped; a write
         after :meth:`write_eof` raises :class:`RuntimeError`.
         """
+        if self._wbuf or self._state != _OPEN or self._eof:
+            self._write_later(data)
+            return
+        # Nothing is buffered: send at once.  This is the echo path, so it is kept to
+        # the fewest operations: bytes and memoryviews (the receive buffer's slices)
+        # are sized without a conversion.
+        kind = type(data)
+        if kind is bytes:
+            size = len(data)
+        elif kind is memoryview:
+            size = data.nbytes  # type: ignore[union-attr]
+        else:
+            data = memoryview(data).cast("B")
+            size = data.nbytes
+        if not size:
+            return
+        try:
+            n = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self._lose(exc)
+            return
+        if n and self._track:
+            self.last_activity = _monotonic()
+        if n == size:
+            return
+        # The socket took part (or none): keep the rest, a view if *data* is immutable.
+        if kind is bytes:
+            rest: bytes | bytearray | memoryview = memoryview(data)[n:] if n else data
+        else:
+            rest = bytes(memoryview(data).cast("B")[n:])
+        wbuf = self._wbuf
+        if wbuf is None:
+            wbuf = self._wbuf = collections.deque()
+        wbuf.append(rest)
+        self._wsize = size - n
+        self._check_flow()
+        self._update_interest()
+
+    def _write_later(self, data: bytes | bytearray | memoryview) -> None:
+        """`write` when data is already buffered, or the connection is not open."""
         state = self._state
         if state != _OPEN or self._eof:
             if state <= _OPEN and self._eof:
                 raise RuntimeError("write() after write_eof()")
             if state != _CONNECTING:
                 return
-        if type(data) is bytes or (
-            type(data) is memoryview and data.itemsize == 1 and data.ndim == 1
-        ):
-            # bytes, and a byte view like the receive buffer's slices (the echo path):
-            # len() is the size, no cast needed (a cast costs more than the checks).
-            size = len(data)
-        else:
+        if type(data) is not bytes:
             data = memoryview(data).cast("B")
-            size = data.nbytes
+        size = len(data)
         if not size:
             return
         wbuf = self._wbuf
-        if not wbuf and state == _OPEN:
-            try:
-                n = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as exc:
-                self._lose(exc)
-                return
-            if n == size:
-                if self._track:
-                    self.last_activity = _monotonic()
-                return
-            if n and self._track:
-                self.last_activity = _monotonic()
-            if type(data) is bytes:
-                chunk: bytes | bytearray | memoryview = memoryview(data)[n:] if n else data
-            else:
-                chunk = bytes(data[n:])
-            if wbuf is None:
-                wbuf = self._wbuf = collections.deque()
-            wbuf.append(chunk)
-            self._wsize = size - n
-            self._check_flow()
-            self._update_interest()
-            return
         if wbuf is None:
             wbuf = self._wbuf = collections.deque()
         self._append(wbuf, data, size)

@@ -1205,6 +1205,21 @@ class BackendConformance:
         context.close()
         context.close()
 
+    def test_close_from_a_handler_ends_the_round(
+        self, backend_factory: Callable[[], IDispatchContext], sockets: Sockets
+    ) -> None:
+        """A handler that closes the context: no other handler runs in that dispatch
+        (the closed context has forgotten its targets), and dispatch_once returns."""
+        context = backend_factory()
+        log: list[tuple[str, str]] = []
+        targets = [self._ready_target(sockets, log, f"t{i}")[0] for i in range(3)]
+        for target in targets:
+            target.on_read = lambda me: context.close()
+            context.register(target, _READ_WRITE)
+        assert context.dispatch_once(0) == 1
+        assert len(log) == 1
+        assert len(context) == 0
+
     def test_context_manager(
         self, backend_factory: Callable[[], IDispatchContext], sockets: Sockets
     ) -> None:

@@ -35,9 +35,11 @@ CLOSED: Final = 4
 class Registration:
     """One target's registration: the descriptor it had at `register` and its interest.
 
-    A new object is made by every `register`, and `modify` changes ``events`` in place, so
-    a readiness report that holds a `Registration` can tell, when its turn comes, whether
-    that very registration is still current (identity) and still wants the event.
+    A new object is made by every `register`; `modify` changes ``events`` in place, and
+    `unregister` (and closing the context) sets it to 0 for good.  So a readiness report
+    that holds a `Registration` only has to look at ``events`` when its turn comes: a
+    retired registration wants nothing, and a target that took over the descriptor
+    number since has a registration of its own that the report does not hold.
     """
 
     __slots__ = ("events", "fd", "target")
@@ -177,9 +179,11 @@ class DispatcherBase:
         registration = self._registration(target)
         del self._by_target[id(target)]
         del self._by_fd[registration.fd]
-        if registration.events and not self._closed:
-            self._kernel_remove(registration.fd, registration.events)
-        # Pending readiness for this registration is now stale: see _dispatch.
+        events = registration.events
+        # Retire it: readiness already collected for it is now stale (see Registration).
+        registration.events = 0
+        if events and not self._closed:
+            self._kernel_remove(registration.fd, events)
 
     def _registration(self, target: IDispatchTarget) -> Registration:
         try:
@@ -207,29 +211,19 @@ class DispatcherBase:
         self, ready: list[tuple[Registration, int]], error_in_handler: ErrorHandler | None
     ) -> int:
         calls = 0
-        by_fd = self._by_fd
         for registration, events in ready:
             if events & CLOSED:
                 self._evict_closed(registration, error_in_handler)
                 continue
-            # Re-check before each handler: an earlier handler in this round may have
-            # unregistered this target (its report is then stale, even if a new target
-            # has taken the fd number since) or changed its interest.
-            if (
-                events & READ
-                and by_fd.get(registration.fd) is registration
-                and registration.events & READ
-            ):
+            # Re-check the interest before each handler: an earlier handler in this
+            # round may have changed it, or unregistered the target (which zeroes it).
+            if events & READ and registration.events & READ:
                 calls += 1
                 try:
                     registration.target.handle_read_event()
                 except Exception as exc:
                     self._handler_failed(registration.target, exc, error_in_handler)
-            if (
-                events & WRITE
-                and by_fd.get(registration.fd) is registration
-                and registration.events & WRITE
-            ):
+            if events & WRITE and registration.events & WRITE:
                 calls += 1
                 try:
                     registration.target.handle_write_event()
@@ -272,6 +266,8 @@ class DispatcherBase:
         if self._closed:
             return
         self._closed = True
+        for registration in self._by_fd.values():
+            registration.events = 0
         self._by_fd.clear()
         self._by_target.clear()
         self._close_kernel()

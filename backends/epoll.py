@@ -15,12 +15,12 @@ __all__ = ["EpollDispatcher"]
 
 _EPOLLIN = getattr(select, "EPOLLIN", 0x001)
 _EPOLLOUT = getattr(select, "EPOLLOUT", 0x004)
-# Hang-up and error are reported whatever the interest; the contract turns them into
-# readiness for everything the target registered (rule 5).
-_EPOLL_FAILED = getattr(select, "EPOLLERR", 0x008) | getattr(select, "EPOLLHUP", 0x010)
-
-# Interest (READ|WRITE bits) -> epoll mask, and epoll-reported READ bit by index.
+# Interest (READ|WRITE bits) -> epoll mask.
 _TO_EPOLL = (0, _EPOLLIN, _EPOLLOUT, _EPOLLIN | _EPOLLOUT)
+# Reported mask -> events, for the masks a healthy descriptor gets: one lookup per
+# report.  Any other mask holds EPOLLERR or EPOLLHUP, the only bits epoll adds to those
+# asked for; the contract turns them into readiness for every interest (rule 5).
+_EVENTS_OF_MASK = {_EPOLLIN: READ, _EPOLLOUT: WRITE, _EPOLLIN | _EPOLLOUT: READ | WRITE}
 _GONE = frozenset({errno.EBADF, errno.ENOENT})
 
 
@@ -114,10 +114,10 @@ class EpollDispatcher(DispatcherBase):
                 # A file the set should not hold (see the class docstring).
                 self._stale = True
                 continue
-            if mask & _EPOLL_FAILED:
+            events = _EVENTS_OF_MASK.get(mask)
+            if events is None:
+                # EPOLLERR or EPOLLHUP (perhaps with IN/OUT): see _EVENTS_OF_MASK.
                 events = registration.events
-            else:
-                events = (READ if mask & _EPOLLIN else 0) | (WRITE if mask & _EPOLLOUT else 0)
             result.append((registration, events))
         return result
 

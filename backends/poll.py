@@ -13,14 +13,15 @@ __all__ = ["PollDispatcher"]
 
 _POLLIN = getattr(select, "POLLIN", 0x001)
 _POLLOUT = getattr(select, "POLLOUT", 0x004)
-_POLLERR = getattr(select, "POLLERR", 0x008)
-_POLLHUP = getattr(select, "POLLHUP", 0x010)
 _POLLNVAL = getattr(select, "POLLNVAL", 0x020)
-_POLL_FAILED = _POLLERR | _POLLHUP
 
 # POLLPRI is deliberately left out: urgent data that the handler's recv() does not
 # consume would be reported again on every call, a busy loop.
 _TO_POLL = (0, _POLLIN, _POLLOUT, _POLLIN | _POLLOUT)
+# Reported mask -> events, for the masks a healthy descriptor gets: one lookup per
+# report.  Any other mask holds POLLNVAL (closed: rule 6) or POLLERR/POLLHUP, the only
+# bits poll adds to those asked for (readiness for every interest: rule 5).
+_EVENTS_OF_MASK = {_POLLIN: READ, _POLLOUT: WRITE, _POLLIN | _POLLOUT: READ | WRITE}
 
 
 class PollDispatcher(DispatcherBase):
@@ -68,11 +69,8 @@ class PollDispatcher(DispatcherBase):
             registration = by_fd.get(fd)
             if registration is None:
                 continue
-            if mask & _POLLNVAL:
-                events = CLOSED
-            elif mask & _POLL_FAILED:
-                events = registration.events
-            else:
-                events = (READ if mask & _POLLIN else 0) | (WRITE if mask & _POLLOUT else 0)
+            events = _EVENTS_OF_MASK.get(mask)
+            if events is None:  # see _EVENTS_OF_MASK
+                events = CLOSED if mask & _POLLNVAL else registration.events
             result.append((registration, events))
         return result

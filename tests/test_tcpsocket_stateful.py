@@ -7,6 +7,7 @@ test allows, and a fake context that records the registered interest and fails o
 
 from __future__ import annotations
 
+import array
 import random
 import socket
 from typing import Any
@@ -17,6 +18,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from asycamore import Events
 from asycamore.tcpsocket import Connection
+
+WRITE_KINDS = ["bytes", "bytearray", "memoryview", "array", "2-d memoryview"]
+"""What a write may be given: bytes, and buffers it must copy (sized in bytes)."""
 
 
 class FakeSocket:
@@ -155,17 +159,22 @@ class ConnectionMachine(RuleBasedStateMachine):
     @precondition(lambda self: not self.conn.is_closing() and not self.eof_requested)
     @rule(
         data=st.binary(max_size=100) | st.binary(min_size=4000, max_size=12_000),
-        kind=st.sampled_from(["bytes", "bytearray", "memoryview"]),
+        kind=st.sampled_from(WRITE_KINDS),
     )
     def write(self, data: bytes, kind: str) -> None:
-        obj: bytes | bytearray | memoryview = data
+        obj: bytes | bytearray | memoryview | array.array[int] = data
         if kind == "bytearray":
             obj = bytearray(data)
         elif kind == "memoryview":
             source = bytearray(b"\xff" + data)
             obj = memoryview(source)[1:]
-        self.conn.write(obj)
-        if kind != "bytes":
+        elif kind == "array":
+            obj = array.array("B", data)
+        elif kind == "2-d memoryview" and data:
+            # Not a byte view: its len() is 1, its size in bytes is len(data).
+            obj = memoryview(bytearray(data)).cast("B", (1, len(data)))
+        self.conn.write(obj)  # type: ignore[arg-type]
+        if not isinstance(obj, bytes):
             # The caller may reuse its buffer at once: the connection must have copied.
             memoryview(obj).cast("B")[:] = b"\0" * len(data)
         self.written += data
@@ -303,9 +312,7 @@ def test_random_walks() -> None:
                 break
             if roll < 0.35 and not conn.is_closing() and not machine.eof_requested:
                 size = rng.choice([rng.randint(1, 100), rng.randint(1, 12_000)])
-                machine.write(
-                    rng.randbytes(size), rng.choice(["bytes", "bytearray", "memoryview"])
-                )
+                machine.write(rng.randbytes(size), rng.choice(WRITE_KINDS))
             elif roll < 0.5 and not conn.is_closing() and not machine.eof_requested:
                 machine.write_burst([rng.randbytes(rng.randint(1, 9000)) for _ in range(4)])
             elif roll < 0.9:
