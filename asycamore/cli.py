@@ -12,15 +12,11 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
-from .errors import BackendError
+from .errors import BackendError, UsageError
 
 __all__ = ["UsageError", "main"]
 
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input on the command line: reported as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -10,6 +10,7 @@ models and client programs run their own logic between dispatches through its
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -19,8 +20,11 @@ __all__ = [
     "Events",
     "IDispatchContext",
     "IDispatchTarget",
+    "close_on_error",
     "iterate",
 ]
+
+_log = logging.getLogger("asycamore")
 
 
 class Events(enum.IntFlag):
@@ -114,6 +118,25 @@ class IDispatchContext(Protocol):
     def __exit__(self, *exc_info: object) -> None:
         """Close the context."""
         ...
+
+
+def close_on_error(context: IDispatchContext, target: IDispatchTarget, exc: Exception) -> None:
+    """The default error policy of rule 7, for a *target* whose handler raised *exc*.
+
+    Logs the traceback on logger ``"asycamore"``, unregisters the target if it is still
+    registered in *context* and calls its ``close()`` if it has one (an error there is
+    logged too).  Backends apply it when ``dispatch_once`` gets no ``error_in_handler``;
+    an ``error_in_handler`` of one's own can fall back on it.
+    """
+    _log.error("unhandled error in a handler of %r", target, exc_info=exc)
+    if target in context:
+        context.unregister(target)
+    close = getattr(target, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            _log.exception("error closing %r after a handler error", target)
 
 
 DispatchCallback = Callable[[IDispatchContext, MutableMapping[str, Any]], object]

@@ -12,6 +12,7 @@ import logging
 import socket
 import sys
 
+from .errors import UsageError
 from .servicemodel import Protocol, Service
 from .tcpsocket import Connection
 
@@ -58,10 +59,8 @@ def serve_echo(backend: str | None = None, host: str = "127.0.0.1", port: int = 
     signal, stops accepting, lets the connections flush for up to
     :data:`STOP_TIMEOUT` seconds, closes them and returns 0.  A bad backend raises a
     :class:`~asycamore.BackendError`, a bad or busy address a
-    :class:`~asycamore.cli.UsageError`.
+    :class:`~asycamore.errors.UsageError`.
     """
-    from .cli import UsageError
-
     handler = _log_to_stderr()
     try:
         with Service(backend, stop_timeout=STOP_TIMEOUT) as service:

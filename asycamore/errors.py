@@ -1,8 +1,15 @@
-"""The exceptions raised when a backend cannot be found, run or loaded."""
+"""asycamore's own exceptions: a backend that cannot be found, run or loaded, and bad
+input to a command or service (:class:`UsageError`)."""
 
 from __future__ import annotations
 
-__all__ = ["BackendError", "BackendLoadError", "BackendNotFound", "BackendUnavailable"]
+__all__ = [
+    "BackendError",
+    "BackendLoadError",
+    "BackendNotFound",
+    "BackendUnavailable",
+    "UsageError",
+]
 
 
 class BackendError(Exception):
@@ -21,4 +28,13 @@ class BackendLoadError(BackendError):
     """The plugin failed to import, or its object does not implement the protocol.
 
     The original exception is chained as ``__cause__``.
+    """
+
+
+class UsageError(Exception):
+    """Bad input from the user (an address, a port, an option value).
+
+    The command line reports it as one line on stderr and exits with status 2; the
+    services the commands run raise it so that they need not know about the command
+    line.
     """

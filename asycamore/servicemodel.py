@@ -30,27 +30,24 @@ defaults::
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import signal
-import socket
 import threading
 from collections.abc import Callable, Iterator, MutableMapping
-from types import FrameType
 from typing import Any, ClassVar
 
 from . import tcpsocket
-from .dispatcher import Events, IDispatchContext, IDispatchTarget, iterate
+from .dispatcher import Events, IDispatchContext, IDispatchTarget, close_on_error, iterate
 from .tcpsocket import (
     DEFAULT_BACKLOG,
     DEFAULT_RECV_BUFFER_SIZE,
     Connection,
     Listener,
     StreamHandler,
-    TimerHandle,
-    Timers,
 )
+from .timers import ReadyQueue, TimerHandle, Timers
+from .wakeup import SignalCatcher, Waker
 
 __all__ = [
     "DEFAULT_STOP_TIMEOUT",
@@ -197,49 +194,6 @@ class LineProtocol(Protocol):
             transport.write(line + self.delimiter)
 
 
-class _Waker:
-    """The read end of a socket pair, registered so that a blocked dispatch can be woken
-    (by another thread, or by a signal through :func:`signal.set_wakeup_fd`)."""
-
-    __slots__ = ("_fileno", "_reader", "_writer")
-
-    def __init__(self) -> None:
-        self._reader, self._writer = socket.socketpair()
-        self._reader.setblocking(False)
-        self._writer.setblocking(False)
-        self._fileno = self._reader.fileno()
-
-    def fileno(self) -> int:
-        return self._fileno
-
-    def write_fileno(self) -> int:
-        return self._writer.fileno()
-
-    def handle_read_event(self) -> None:
-        recv = self._reader.recv
-        while True:
-            try:
-                data = recv(4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            if len(data) < 4096:
-                return
-
-    def handle_write_event(self) -> None:
-        pass
-
-    def wake(self) -> None:
-        # Full (BlockingIOError): a wake-up is already pending.  Closed: nothing to wake.
-        with contextlib.suppress(OSError):
-            self._writer.send(b"\0")
-
-    def close(self) -> None:
-        self._reader.close()
-        self._writer.close()
-
-
 class Service:
     """Runs listeners, connections and timers on one dispatch context.
 
@@ -277,7 +231,7 @@ class Service:
         self.dispatcher: IDispatchContext = dispatcher
         """The dispatch context."""
         self.timers = Timers()
-        """The service's :class:`~asycamore.tcpsocket.Timers`."""
+        """The service's :class:`~asycamore.timers.Timers`."""
         self.dispatchvars: dict[str, Any] = {}
         """The ``dispatchvars`` of :meth:`serve_forever`'s :func:`~asycamore.iterate`."""
         self.idle_timeout = idle_timeout
@@ -290,10 +244,10 @@ class Service:
         self.stop_timeout = stop_timeout
         """Seconds :meth:`stop` waits before aborting the connections left."""
         self._recv_buffer = memoryview(bytearray(recv_buffer_size))
-        self._ready: collections.deque[TimerHandle] = collections.deque()
+        self._ready = ReadyQueue()
         self._connections: dict[Connection, TimerHandle | None] = {}
         self._listeners: list[Listener] = []
-        self._waker = _Waker()
+        self._waker = Waker()
         try:
             dispatcher.register(self._waker, Events.READ)
         except BaseException:
@@ -303,8 +257,7 @@ class Service:
         self._running = False
         self._stopping = False
         self._stop_timer: TimerHandle | None = None
-        self._signals: list[int] = []
-        self._signal_restore: Callable[[], None] | None = None
+        self._signals = SignalCatcher(self._waker)
         self._closed = False
 
     # -- scheduling ------------------------------------------------------------------------
@@ -315,14 +268,11 @@ class Service:
 
     def call_soon(self, callback: Callable[..., object], *args: Any) -> TimerHandle:
         """Call ``callback(*args)`` before the next dispatch (in order of calls)."""
-        handle = TimerHandle(0.0, callback, args, None)
-        self._ready.append(handle)
-        return handle
+        return self._ready.append(callback, *args)
 
     def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> TimerHandle:
         """Like :meth:`call_soon`, from any thread: wakes the service if it is blocked."""
-        handle = TimerHandle(0.0, callback, args, None)
-        self._ready.append(handle)
+        handle = self._ready.append(callback, *args)
         if threading.get_ident() != self._thread_id:
             self._waker.wake()
         return handle
@@ -351,35 +301,22 @@ class Service:
             "track_activity": idle_timeout is not None,
         }
 
-    def _listener(
-        self,
-        sock: socket.socket,
-        protocol_factory: Callable[[], StreamHandler],
-        idle_timeout: float | None,
-        high_water: int | None,
-        low_water: int | None,
-        options: dict[str, Any],
-    ) -> Listener:
+    def _listener_options(
+        self, idle_timeout: float | None, high_water: int | None, low_water: int | None
+    ) -> dict[str, Any]:
+        """The options that make a listener's connections the service's own."""
         self._check_open()
-        if idle_timeout is None:
-            idle_timeout = self.idle_timeout
-        idle = idle_timeout
+        idle = self.idle_timeout if idle_timeout is None else idle_timeout
 
         def on_connection(conn: Connection) -> None:
             self._add(conn, idle)
 
-        listener = Listener(
-            self.dispatcher,
-            sock,
-            protocol_factory,
-            timers=self.timers,
-            on_connection=on_connection,
-            on_connection_closed=self._remove,
-            **options,
+        return {
+            "timers": self.timers,
+            "on_connection": on_connection,
+            "on_connection_closed": self._remove,
             **self._connection_options(idle, high_water, low_water),
-        )
-        self._listeners.append(listener)
-        return listener
+        }
 
     def listen_tcp(
         self,
@@ -404,25 +341,21 @@ class Service:
         :class:`~asycamore.tcpsocket.Listener` for *max_connections*, *accept_batch* and
         *backoff*; *idle_timeout* and the water marks default to the service's.
         """
-        sock = tcpsocket.create_listening_socket(
-            host, port, backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port
+        listener = tcpsocket.listen_tcp(
+            self.dispatcher,
+            protocol_factory,
+            host,
+            port,
+            backlog=backlog,
+            reuse_address=reuse_address,
+            reuse_port=reuse_port,
+            max_connections=max_connections,
+            accept_batch=accept_batch,
+            backoff=backoff,
+            **self._listener_options(idle_timeout, high_water, low_water),
         )
-        try:
-            return self._listener(
-                sock,
-                protocol_factory,
-                idle_timeout,
-                high_water,
-                low_water,
-                {
-                    "max_connections": max_connections,
-                    "accept_batch": accept_batch,
-                    "backoff": backoff,
-                },
-            )
-        except BaseException:
-            sock.close()
-            raise
+        self._listeners.append(listener)
+        return listener
 
     def listen_unix(
         self,
@@ -437,21 +370,15 @@ class Service:
     ) -> Listener:
         """Like :meth:`listen_tcp`, on the Unix domain socket *path* (removed again when
         the listener closes)."""
-        sock = tcpsocket.create_unix_listening_socket(path, backlog=backlog)
-        try:
-            listener = self._listener(
-                sock,
-                protocol_factory,
-                idle_timeout,
-                high_water,
-                low_water,
-                {"max_connections": max_connections},
-            )
-        except BaseException:
-            sock.close()
-            tcpsocket._remove_socket_file(path)
-            raise
-        listener._unix_path = path
+        listener = tcpsocket.listen_unix(
+            self.dispatcher,
+            protocol_factory,
+            path,
+            backlog=backlog,
+            max_connections=max_connections,
+            **self._listener_options(idle_timeout, high_water, low_water),
+        )
+        self._listeners.append(listener)
         return listener
 
     def _connect(
@@ -590,16 +517,11 @@ class Service:
         ``dispatchvars["timeout"]``: 0 if callbacks are queued, else the time to the
         next timer, else ``None`` (block).
         """
-        if self._signals:
+        if self._signals.pending:
             self._handle_signals()
         ready = self._ready
         if ready:
-            for _ in range(len(ready)):
-                handle = ready.popleft()
-                try:
-                    handle._run()
-                except Exception:
-                    _log.exception("error in callback %r", handle)
+            ready.run()
         self.timers.run_due()
         if self._stopping and not self._connections:
             raise StopIteration
@@ -617,12 +539,7 @@ class Service:
                 _log.error("error in a protocol callback of %r", target, exc_info=exc)
                 target.abort(exc)
                 return
-            _log.error("error in a handler of %r", target, exc_info=exc)
-            if target in self.dispatcher:
-                self.dispatcher.unregister(target)
-            close = getattr(target, "close", None)
-            if close is not None:
-                close()
+            close_on_error(self.dispatcher, target, exc)
         except Exception:
             _log.exception("error while handling an error of %r", target)
 
@@ -656,7 +573,7 @@ class Service:
         self._thread_id = threading.get_ident()
         try:
             with contextlib.ExitStack() as stack:
-                if handle_signals and self._signal_restore is None:
+                if handle_signals:
                     stack.enter_context(self.signal_handling())
                 iterate(
                     self.dispatcher,
@@ -678,51 +595,19 @@ class Service:
         """A context manager: SIGINT and SIGTERM stop the service while it is active.
 
         The handlers only note the signal; ``signal.set_wakeup_fd`` points at the
-        service's wake-up socket so a blocked dispatch returns at once.  Does nothing
-        outside the main thread.  :meth:`serve_forever` uses it; enter it yourself to
-        cover set-up code that runs before (a signal that arrives then is handled
-        when the service runs).
+        service's wake-up socket so a blocked dispatch returns at once (see
+        :class:`~asycamore.wakeup.SignalCatcher`).  Does nothing outside the main
+        thread.  :meth:`serve_forever` uses it; enter it yourself to cover set-up code
+        that runs before (a signal that arrives then is handled when the service
+        runs).
         """
-        if threading.current_thread() is not threading.main_thread() or (
-            self._signal_restore is not None
-        ):
+        with self._signals.installed():
             yield
-            return
-        try:
-            old_fd = signal.set_wakeup_fd(self._waker.write_fileno(), warn_on_full_buffer=False)
-        except ValueError:  # not the main thread of the main interpreter
-            yield
-            return
-        old_handlers = {}
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                old_handlers[signum] = signal.signal(signum, self._on_signal)
-        except BaseException:
-            for signum, old in old_handlers.items():
-                signal.signal(signum, old)
-            signal.set_wakeup_fd(old_fd)
-            raise
-
-        def restore() -> None:
-            for signum, old in old_handlers.items():
-                signal.signal(signum, old)
-            signal.set_wakeup_fd(old_fd)
-
-        self._signal_restore = restore
-        try:
-            yield
-        finally:
-            self._signal_restore = None
-            restore()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Runs between two bytecodes of the main thread: only note it.  The wake-up fd
-        # has already been written to, so a blocked dispatch returns.
-        self._signals.append(signum)
 
     def _handle_signals(self) -> None:
-        while self._signals:
-            signum = self._signals.pop(0)
+        pending = self._signals.pending
+        while pending:
+            signum = pending.pop(0)
             name = signal.Signals(signum).name
             if self._stopping:
                 _log.info("%s received again: aborting the remaining connections", name)

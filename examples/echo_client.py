@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 import asycamore
-from asycamore.tcpsocket import Connection, Timers, connect_tcp
+from asycamore.tcpsocket import Connection, connect_tcp
+from asycamore.timers import Timers
 
 
 class PingPong:

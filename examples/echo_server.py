@@ -19,7 +19,8 @@ import sys
 from typing import Any
 
 import asycamore
-from asycamore.tcpsocket import Connection, Timers, listen_tcp
+from asycamore.tcpsocket import Connection, listen_tcp
+from asycamore.timers import Timers
 
 
 class EchoHandler:

@@ -1,0 +1,439 @@
+"""Listening sockets and :class:`Listener`, which accepts connections for handlers."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Callable
+from time import monotonic
+from typing import Any, Final
+
+from ..dispatcher import Events, IDispatchContext
+from ..timers import TimerHandle, Timers
+from .base import DEFAULT_BACKLOG, EVENTS, READ, log
+from .stream import Connection, StreamHandler
+
+__all__ = [
+    "Listener",
+    "create_listening_socket",
+    "create_unix_listening_socket",
+    "listen_tcp",
+    "listen_unix",
+    "remove_socket_file",
+]
+
+# accept() errors that concern only the one connection being accepted (see accept(2)).
+_ACCEPT_RETRY: Final = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETDOWN",
+        "ENETUNREACH",
+        "EPERM",
+    )
+    if hasattr(errno, name)
+)
+# accept() errors that mean the process or system is out of a resource: back off.
+_ACCEPT_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _Throttle:
+    """Log a recurring warning at most once per *interval* seconds, with a count."""
+
+    __slots__ = ("_interval", "_next", "_suppressed")
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += " (%d similar messages suppressed)"
+            args = (*args, self._suppressed)
+        self._suppressed = 0
+        self._next = now + self._interval
+        log.warning(message, *args)
+
+
+class Listener:
+    """A listening socket as a dispatch target: accepts connections for handlers.
+
+    For each accepted socket, ``handler_factory()`` makes a handler and a
+    :class:`Connection` is started with it (*connection_options* are passed to the
+    connection: ``recv_buffer``, ``high_water``, ``low_water``, ``track_activity``).
+    Up to *accept_batch* connections are accepted per readable event.
+
+    - ``ECONNABORTED`` and the other errors that concern a single pending connection are
+      skipped.
+    - ``EMFILE``/``ENFILE`` (and ``ENOBUFS``/``ENOMEM``): the listener stops accepting
+      for *backoff* seconds (the pending connections wait in the kernel's backlog)
+      instead of spinning on a socket that stays readable, logs a warning on logger
+      ``"asycamore"`` (once per episode, at most every 30 s), then tries again.  The
+      resume needs *timers*; it also happens early when one of the listener's own
+      connections closes.
+    - A connection the context refuses (the ``select`` backend refuses descriptors at or
+      above ``FD_SETSIZE``) is closed and logged; the listener goes on.
+    - With *max_connections*, the listener stops accepting while that many of its
+      connections are open.
+
+    *on_connection* is called with each new connection before its handler's
+    ``connection_made``, *on_connection_closed* after its ``connection_lost``.
+    *socket_file*, if given, is removed when the listener closes (the file of a Unix
+    domain socket: see :func:`listen_unix`).
+    """
+
+    def __init__(
+        self,
+        context: IDispatchContext,
+        sock: socket.socket,
+        handler_factory: Callable[[], StreamHandler],
+        *,
+        timers: Timers | None = None,
+        max_connections: int | None = None,
+        accept_batch: int = 64,
+        backoff: float = 0.25,
+        on_connection: Callable[[Connection], object] | None = None,
+        on_connection_closed: Callable[[Connection], object] | None = None,
+        socket_file: str | None = None,
+        **connection_options: Any,
+    ) -> None:
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if accept_batch < 1:
+            raise ValueError("accept_batch must be at least 1")
+        self._context = context
+        self._sock = sock
+        sock.setblocking(False)
+        self._fileno = sock.fileno()
+        self._factory = handler_factory
+        self._timers = timers
+        self.max_connections = max_connections
+        """The connection limit (``None``: no limit)."""
+        self.accept_batch = accept_batch
+        """How many connections one readable event accepts at most."""
+        self.backoff = backoff
+        """Seconds to stop accepting after ``EMFILE``/``ENFILE``."""
+        self.on_connection = on_connection
+        """Called with each new connection, before its handler's ``connection_made``."""
+        self.on_connection_closed = on_connection_closed
+        """Called with each connection after its handler's ``connection_lost``."""
+        self._options = connection_options
+        self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._count = 0
+        self._events = 0
+        self._closed = False
+        self._at_limit = False
+        self._backing_off = False
+        self._episode = False
+        self._resume_timer: TimerHandle | None = None
+        self._refused = _Throttle()
+        self._exhaustion_log = _Throttle(30.0)
+        self._socket_file = socket_file
+        self.accepted = 0
+        """How many connections were accepted and started."""
+        self.refused = 0
+        """How many accepted connections the context refused (FD_SETSIZE)."""
+        context.register(self, Events.READ)
+        self._events = READ
+
+    # -- the dispatch target ---------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor (``-1`` once closed)."""
+        return self._fileno
+
+    def handle_read_event(self) -> None:
+        """Accept up to :attr:`accept_batch` pending connections."""
+        accept = self._sock.accept
+        limit = self.max_connections
+        for _ in range(self.accept_batch):
+            if limit is not None and self._count >= limit:
+                self._at_limit = True
+                self._set_events(0)
+                return
+            try:
+                sock, _address = accept()
+            except (BlockingIOError, InterruptedError):
+                if self._episode:
+                    # The backlog is drained without running out: the episode is over.
+                    self._episode = False
+                    log.info("accepting connections again on %s", self._where())
+                return
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY:
+                    continue
+                if exc.errno in _ACCEPT_EXHAUSTED:
+                    self._exhausted(exc)
+                    return
+                raise
+            self._start(sock)
+            if self._closed:
+                return
+
+    def handle_write_event(self) -> None:
+        """Never called: a listener only registers for reading."""
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def sock(self) -> socket.socket:
+        """The listening socket."""
+        return self._sock
+
+    @property
+    def address(self) -> Any:
+        """The address the socket is bound to (``getsockname()``)."""
+        return self._sock.getsockname()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (``0`` for a Unix domain socket)."""
+        address = self.address
+        return int(address[1]) if isinstance(address, tuple) else 0
+
+    @property
+    def connection_count(self) -> int:
+        """How many of this listener's connections are open."""
+        return self._count
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the listener currently watches for new connections."""
+        return self._events == READ
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket; connections stay open."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        with contextlib.suppress(KeyError, ValueError):
+            self._context.unregister(self)
+        self._events = 0
+        self._sock.close()
+        self._fileno = -1
+        path = self._socket_file
+        if path is not None:
+            self._socket_file = None
+            remove_socket_file(path)
+
+    def __repr__(self) -> str:
+        return f"<Listener fd={self._fileno} connections={self._count}>"
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        try:
+            return repr(self._sock.getsockname())
+        except OSError:
+            return f"fd {self._fileno}"
+
+    def _set_events(self, events: int) -> None:
+        if events != self._events and not self._closed:
+            self._context.modify(self, EVENTS[events])
+            self._events = events
+
+    def _start(self, sock: socket.socket) -> None:
+        try:
+            if self._tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            sock.close()  # reset before we got to it
+            return
+        try:
+            handler = self._factory()
+            conn = Connection(
+                self._context,
+                sock,
+                handler,
+                on_close=self._connection_closed,
+                start=False,
+                **self._options,
+            )
+        except Exception:
+            log.exception("cannot create a handler for a connection on %s", self._where())
+            sock.close()
+            return
+        try:
+            conn.attach()
+        except (ValueError, KeyError) as exc:
+            self.refused += 1
+            self._refused.warning("closing a new connection: %s", exc)
+            return
+        self._count += 1
+        self.accepted += 1
+        try:
+            if self.on_connection is not None:
+                self.on_connection(conn)
+            conn.start()
+        except Exception as exc:
+            log.exception("error in connection_made of %r", conn)
+            conn.abort(exc)
+
+    def _connection_closed(self, conn: Connection) -> None:
+        self._count -= 1
+        if self.on_connection_closed is not None:
+            self.on_connection_closed(conn)
+        if self._closed:
+            return
+        if self._at_limit and (self.max_connections is None or self._count < self.max_connections):
+            self._at_limit = False
+            self._resume()
+        elif self._backing_off:
+            # A descriptor was just freed: try again now rather than at the timer.
+            self._backoff_over()
+
+    def _exhausted(self, exc: OSError) -> None:
+        if not self._episode:
+            # Once per episode (until the backlog drains), and at most every few
+            # seconds when the process keeps running into the limit.
+            self._episode = True
+            self._exhaustion_log.warning(
+                "cannot accept on %s: %s; pausing accepts for %.2f s",
+                self._where(),
+                exc.strerror,
+                self.backoff,
+            )
+        self._backing_off = True
+        self._set_events(0)
+        if self._timers is not None and self._resume_timer is None:
+            self._resume_timer = self._timers.call_later(self.backoff, self._backoff_over)
+
+    def _backoff_over(self) -> None:
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        self._backing_off = False
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self._closed and not self._at_limit and not self._backing_off:
+            self._set_events(READ)
+
+
+def remove_socket_file(path: str) -> None:
+    """Remove *path* if it is a socket file (a stale Unix socket); ignore errors."""
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def create_listening_socket(
+    host: str | None = "127.0.0.1",
+    port: int = 0,
+    *,
+    family: int = socket.AF_UNSPEC,
+    backlog: int = DEFAULT_BACKLOG,
+    reuse_address: bool = True,
+    reuse_port: bool = False,
+) -> socket.socket:
+    """A non-blocking TCP socket bound to *host*:*port* and listening.
+
+    *host* is resolved with :func:`socket.getaddrinfo` (``None`` or ``""``: all
+    interfaces) and the first address is used.  ``SO_REUSEADDR`` is set unless
+    *reuse_address* is false; ``SO_REUSEPORT`` only with *reuse_port*.  Raises
+    :class:`OSError` (:class:`socket.gaierror` for a bad address) on failure.
+    """
+    infos = socket.getaddrinfo(
+        host or None, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
+    af, type_, proto, _, address = infos[0]
+    sock = socket.socket(af, type_, proto)
+    try:
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            if not hasattr(socket, "SO_REUSEPORT"):
+                raise ValueError("SO_REUSEPORT is not supported on this platform")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def create_unix_listening_socket(path: str, *, backlog: int = DEFAULT_BACKLOG) -> socket.socket:
+    """A non-blocking Unix domain stream socket bound to *path* and listening.
+
+    A stale socket file at *path* is removed first (any other kind of file is left
+    alone, and ``bind`` fails).
+    """
+    remove_socket_file(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def listen_tcp(
+    context: IDispatchContext,
+    handler_factory: Callable[[], StreamHandler],
+    host: str | None = "127.0.0.1",
+    port: int = 0,
+    *,
+    backlog: int = DEFAULT_BACKLOG,
+    reuse_address: bool = True,
+    reuse_port: bool = False,
+    **listener_options: Any,
+) -> Listener:
+    """Listen on *host*:*port* (see :func:`create_listening_socket`); return the
+    :class:`Listener`, already registered in *context*.  *listener_options* are passed
+    to :class:`Listener`."""
+    sock = create_listening_socket(
+        host, port, backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port
+    )
+    try:
+        return Listener(context, sock, handler_factory, **listener_options)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def listen_unix(
+    context: IDispatchContext,
+    handler_factory: Callable[[], StreamHandler],
+    path: str,
+    *,
+    backlog: int = DEFAULT_BACKLOG,
+    **listener_options: Any,
+) -> Listener:
+    """Listen on the Unix domain socket *path*; the socket file is removed again when
+    the listener is closed."""
+    sock = create_unix_listening_socket(path, backlog=backlog)
+    try:
+        return Listener(context, sock, handler_factory, socket_file=path, **listener_options)
+    except BaseException:
+        sock.close()
+        remove_socket_file(path)
+        raise

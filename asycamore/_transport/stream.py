@@ -1,0 +1,678 @@
+"""A connected stream socket (TCP or Unix) as a transport: :class:`Connection`.
+
+How a connection works, and why
+===============================
+
+A connection is a dispatch target, so all it ever learns from the OS is "readable" and
+"writable".  Everything else is its own state, kept in a few small integers so that
+the two hot paths -- one ``recv_into`` per readable event, one ``send`` per write --
+test as little as possible.
+
+``_state`` is where the connection is in its life: CONNECTING (a client connect is in
+progress; only writability is watched, because that is how a non-blocking connect
+reports its end), OPEN, CLOSING (``close()`` was called with data still buffered: it
+is being flushed, nothing more is read) and CLOSED (socket closed, handler told).  It
+only moves forward, and ``connection_lost`` (or ``connection_failed``) is called
+exactly once, on the move to CLOSED.
+
+``_read_off`` is a set of reasons *not* to read: the user paused (``pause_reading``),
+flow control (the write buffer is above the high-water mark, so reading more would
+only buffer more: the peer is not keeping up), the peer's EOF, a closing flush, an
+unfinished connect.  Reading is on exactly when the set is empty, so every reason is
+added and removed independently and none can undo another.  The interest registered
+in the context is derived from it and from the write buffer (``_update_interest``):
+READ when ``_read_off`` is empty, WRITE when something is buffered.  Interest changes
+reach the context -- a system call on epoll and kqueue -- only when they change.
+
+``_shut_wr`` is the sending side's EOF: NONE, PENDING (``write_eof()`` was called
+with data still buffered: the ``shutdown(SHUT_WR)`` waits for the buffer to drain)
+and DONE.  The receiving side's EOF is the ``_OFF_EOF`` reason in ``_read_off``.
+Once both are in, the connection closes itself: nothing can move either way.
+
+The write buffer, ``_chunks``, is a deque of chunks that is never re-copied: a
+partial send advances ``_head_sent`` into the head chunk, and ``_buffered`` counts the
+bytes not yet sent (what the water marks apply to).  Small writes are coalesced into
+a tail ``bytearray`` -- fewer iovecs for ``sendmsg`` -- but the head is never extended,
+because a ``send`` may hold a memoryview of it.
+
+Reads go into a receive buffer shared by every connection of the loop (one per
+thread, or one per :class:`~asycamore.servicemodel.Service`): an idle connection owns
+no read buffer at all.  The handler gets a ``bytes`` copy of what arrived, or a
+memoryview of the shared buffer if it asked for one (``receive_memoryview``), valid
+only during the call.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import itertools
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from time import monotonic
+from typing import Any, Final, Protocol
+
+from ..dispatcher import IDispatchContext
+from ..timers import TimerHandle, Timers
+from .base import DEFAULT_RECV_BUFFER_SIZE, EVENTS, READ, WRITE, Transport, log, set_nodelay
+
+__all__ = ["Connection", "StreamHandler", "default_recv_buffer"]
+
+# _state: only moves forward.
+_CONNECTING: Final = 0
+_OPEN: Final = 1
+_CLOSING: Final = 2
+_CLOSED: Final = 3
+
+# _read_off: why reading is off (reading is on only when no bit is set).
+_OFF_USER: Final = 1  # pause_reading()
+_OFF_FLOW: Final = 2  # the write buffer is above the high-water mark
+_OFF_EOF: Final = 4  # the peer sent EOF
+_OFF_CLOSING: Final = 8  # close() is flushing
+_OFF_CONNECTING: Final = 16  # not connected yet
+
+# _shut_wr: write_eof() progress.
+_SHUT_WR_NONE: Final = 0
+_SHUT_WR_PENDING: Final = 1  # shutdown(SHUT_WR) once the buffer is flushed
+_SHUT_WR_DONE: Final = 2
+
+_IOV_MAX: Final = 64  # chunks per sendmsg() call
+_COALESCE_BELOW: Final = 4096  # small writes are copied into a shared tail chunk...
+_COALESCE_LIMIT: Final = 64 * 1024  # ...until it is this big
+
+
+class StreamHandler(Protocol):
+    """The callbacks a :class:`Connection` makes; any object with them will do.
+
+    :class:`asycamore.servicemodel.Protocol` is a ready-made base class.  Optional
+    extras, looked up once when the connection is made:
+
+    ``receive_memoryview`` (attribute, default false)
+        When true, :meth:`data_received` gets a :class:`memoryview` of the shared receive
+        buffer instead of :class:`bytes`: no copy, but the view is valid only during the
+        call (copy what you keep; writing it back with :meth:`Connection.write` is safe).
+    ``pause_writing()`` / ``resume_writing()``
+        Called when the write buffer goes above the high-water mark and back to the
+        low-water mark (the connection also stops reading meanwhile, by itself).
+    ``connection_failed(exc)``
+        Called instead of :meth:`connection_made` when a client connect fails or times
+        out; without it the failure is logged.
+    """
+
+    def connection_made(self, connection: Connection) -> None:
+        """The connection is established; *connection* is its transport."""
+        ...
+
+    def data_received(self, data: bytes) -> None:
+        """Some bytes arrived (never empty)."""
+        ...
+
+    def eof_received(self) -> bool | None:
+        """The peer closed its sending side.
+
+        Return a true value to keep the connection open for writing (half-close);
+        otherwise the connection closes itself gracefully, flushing what is buffered.
+        """
+        ...
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The connection is closed: *exc* is ``None`` for a normal close, else why."""
+        ...
+
+
+_local = threading.local()
+
+
+def default_recv_buffer() -> memoryview:
+    """This thread's shared receive buffer (:data:`DEFAULT_RECV_BUFFER_SIZE` bytes).
+
+    Connections created without an explicit ``recv_buffer`` read into it.  A handler's
+    data is copied out of it before :meth:`StreamHandler.data_received` (unless the
+    handler asked for memoryviews), so sharing one buffer among every connection of a
+    loop is safe and keeps per-connection memory small.
+    """
+    view: memoryview | None = getattr(_local, "recv_buffer", None)
+    if view is None:
+        view = memoryview(bytearray(DEFAULT_RECV_BUFFER_SIZE))
+        _local.recv_buffer = view
+    return view
+
+
+def _no_data(data: bytes) -> None:
+    pass
+
+
+class Connection(Transport):
+    """A connected stream socket as a dispatch target: the transport of one handler.
+
+    *sock* must be connected (or connecting, see :func:`connect_tcp`); it is made
+    non-blocking.  With ``start=True`` (the default) the connection registers itself in
+    *context* for reading and calls ``handler.connection_made(self)``.
+
+    Reading: each readable event makes one ``recv_into`` the shared receive buffer
+    (*recv_buffer*, default :func:`default_recv_buffer`) and hands the bytes to
+    ``handler.data_received``.  Writing: :meth:`write` sends at once when nothing is
+    buffered and buffers only what the socket did not take; the buffer is a queue of
+    chunks drained with ``send``/``sendmsg``, never re-copied.  When more than
+    *high_water* bytes are buffered the connection stops reading (and calls the
+    handler's ``pause_writing()``, if any) until the buffer is down to *low_water*
+    (default a quarter of *high_water*), so memory stays bounded when the peer does
+    not read.
+
+    A reset or any other socket error closes the connection and reports the error to
+    ``handler.connection_lost(exc)``, which is called exactly once.  *on_close*, if
+    given, is called with the connection after that (owners use it for bookkeeping).
+    When *track_activity* is true, :attr:`last_activity` is updated on every successful
+    read and write (for idle timeouts).
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_deliver",
+        "_head_sent",
+        "_read_off",
+        "_recv_buffer",
+        "_shut_wr",
+        "_state",
+        "_timer",
+        "_wants_views",
+    )
+
+    _handler: StreamHandler | None
+
+    def __init__(
+        self,
+        context: IDispatchContext,
+        sock: socket.socket,
+        handler: StreamHandler,
+        *,
+        recv_buffer: memoryview | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        track_activity: bool = False,
+        on_close: Callable[[Connection], object] | None = None,
+        start: bool = True,
+    ) -> None:
+        super().__init__(context, sock, handler, high_water, low_water, track_activity, on_close)
+        self._wants_views = bool(getattr(handler, "receive_memoryview", False))
+        self._deliver: Callable[[Any], object] = handler.data_received
+        self._recv_buffer = default_recv_buffer() if recv_buffer is None else recv_buffer
+        self._chunks: collections.deque[bytes | bytearray | memoryview] | None = None
+        self._head_sent = 0
+        self._state = _OPEN
+        self._read_off = 0
+        self._shut_wr = _SHUT_WR_NONE
+        self._timer: TimerHandle | None = None
+        if start:
+            self.start()
+
+    # -- starting -------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Register for reading in the context, without telling the handler yet.
+
+        For a connection made with ``start=False`` whose owner has bookkeeping to do
+        between the two steps (a listener counts it first).  If the context refuses the
+        descriptor (the ``select`` backend refuses those at or above ``FD_SETSIZE``),
+        the socket is closed, the handler is never told, and the context's error
+        propagates.
+        """
+        try:
+            self._register(READ)
+        except BaseException:
+            self._release()
+            raise
+
+    def start(self) -> None:
+        """:meth:`attach` if not yet done, then call ``handler.connection_made(self)``."""
+        if self._state == _OPEN and not self._events:
+            self.attach()
+        handler = self._handler
+        if handler is not None:
+            handler.connection_made(self)
+
+    def _register(self, events: int) -> None:
+        self._context.register(self, EVENTS[events])
+        self._events = events
+
+    # -- the dispatch target ---------------------------------------------------------------------
+
+    def handle_read_event(self) -> None:
+        """Read once into the shared buffer and deliver the data (or the EOF)."""
+        recv_buffer = self._recv_buffer
+        try:
+            n = self._sock.recv_into(recv_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(exc)
+            return
+        if n:
+            if self._track_activity:
+                self.last_activity = monotonic()
+            if self._wants_views:
+                self._deliver(recv_buffer[:n])
+            else:
+                self._deliver(bytes(recv_buffer[:n]))
+        else:
+            self._read_eof()
+
+    def handle_write_event(self) -> None:
+        """Send what is buffered (or finish a connect)."""
+        if self._state == _CONNECTING:
+            self._finish_connect()
+            return
+        chunks = self._chunks
+        if not chunks:
+            self._update_interest()
+            return
+        try:
+            if len(chunks) == 1:
+                off = self._head_sent
+                n = self._sock.send(memoryview(chunks[0])[off:] if off else chunks[0])
+            else:
+                n = self._sock.sendmsg(self._iov(chunks))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(exc)
+            return
+        if self._track_activity:
+            self.last_activity = monotonic()
+        self._advance(chunks, n)
+        if not chunks:
+            self._drained()
+        elif self._read_off & _OFF_FLOW and self._buffered <= self._low:
+            self._flow_resume()
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def handler(self) -> StreamHandler | None:
+        """The handler (``None`` once the connection is closed)."""
+        return self._handler
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (the socket is closed, the handler told)."""
+        return self._state == _CLOSED
+
+    def is_closing(self) -> bool:
+        """Whether :meth:`close` or :meth:`abort` was called or the connection is lost."""
+        return self._state >= _CLOSING
+
+    @property
+    def connecting(self) -> bool:
+        """Whether a client connect is still in progress."""
+        return self._state == _CONNECTING
+
+    @property
+    def reading(self) -> bool:
+        """Whether the connection is currently reading from its socket."""
+        return self._state == _OPEN and not self._read_off
+
+    @property
+    def eof_received(self) -> bool:
+        """Whether the peer has closed its sending side."""
+        return bool(self._read_off & _OFF_EOF)
+
+    @property
+    def eof_written(self) -> bool:
+        """Whether :meth:`write_eof` was called."""
+        return self._shut_wr != _SHUT_WR_NONE
+
+    def _limits_changed(self) -> None:
+        if self._state == _OPEN:
+            self._check_flow()
+            self._update_interest()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket until :meth:`resume_reading`."""
+        if not self._read_off & _OFF_USER:
+            self._read_off |= _OFF_USER
+            self._update_interest()
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading` (reading may stay off for flow control or EOF)."""
+        if self._read_off & _OFF_USER:
+            self._read_off &= ~_OFF_USER
+            self._update_interest()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send *data*, buffering whatever the socket does not take at once.
+
+        Never blocks.  *data* is not referenced after the call unless it is
+        :class:`bytes` (what is buffered of any other object is copied), so a
+        memoryview of a reused buffer may be written.  Writes after :meth:`close` or
+        :meth:`abort`, or once the connection is lost, are silently dropped; a write
+        after :meth:`write_eof` raises :class:`RuntimeError`.
+        """
+        if self._chunks or self._state != _OPEN or self._shut_wr:
+            self._write_later(data)
+            return
+        # Nothing is buffered: send at once.  This is the echo path, so it is kept to
+        # the fewest operations: bytes and memoryviews (the receive buffer's slices)
+        # are sized without a conversion.
+        kind = type(data)
+        if kind is bytes:
+            size = len(data)
+        elif kind is memoryview:
+            size = data.nbytes  # type: ignore[union-attr]
+        else:
+            data = memoryview(data).cast("B")
+            size = data.nbytes
+        if not size:
+            return
+        try:
+            n = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self._lose(exc)
+            return
+        if n and self._track_activity:
+            self.last_activity = monotonic()
+        if n == size:
+            return
+        # The socket took part (or none): keep the rest, a view if *data* is immutable.
+        if kind is bytes:
+            rest: bytes | bytearray | memoryview = memoryview(data)[n:] if n else data
+        else:
+            rest = bytes(memoryview(data).cast("B")[n:])
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = collections.deque()
+        chunks.append(rest)
+        self._buffered = size - n
+        self._check_flow()
+        self._update_interest()
+
+    def _write_later(self, data: bytes | bytearray | memoryview) -> None:
+        """`write` when data is already buffered, or the connection is not open."""
+        state = self._state
+        if state != _OPEN or self._shut_wr:
+            if state <= _OPEN and self._shut_wr:
+                raise RuntimeError("write() after write_eof()")
+            if state != _CONNECTING:
+                return
+        if type(data) is not bytes:
+            data = memoryview(data).cast("B")
+        size = len(data)
+        if not size:
+            return
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = collections.deque()
+        self._append(chunks, data, size)
+        self._buffered += size
+        if self._buffered > self._high and not self._read_off & _OFF_FLOW and state == _OPEN:
+            self._check_flow()
+            self._update_interest()
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write several chunks, as one :meth:`write` of their concatenation."""
+        self.write(b"".join(chunks))
+
+    def write_eof(self) -> None:
+        """Half-close: shut down the sending side once the buffer is flushed.
+
+        The connection keeps reading.  It closes itself once both sides have sent EOF.
+        """
+        if self._state > _OPEN or self._shut_wr:
+            return
+        if self._chunks or self._state == _CONNECTING:
+            self._shut_wr = _SHUT_WR_PENDING
+            return
+        self._shutdown_write()
+
+    def can_write_eof(self) -> bool:
+        """Always true: stream sockets support half-close."""
+        return True
+
+    def close(self) -> None:
+        """Close gracefully: stop reading, flush the write buffer, then close.
+
+        ``handler.connection_lost(None)`` is called once the socket is closed (at once
+        if nothing is buffered).  Idempotent.
+        """
+        state = self._state
+        if state >= _CLOSING:
+            return
+        if state == _CONNECTING:
+            self._lose(ConnectionAbortedError(errno.ECONNABORTED, "closed while connecting"))
+            return
+        if not self._chunks or self not in self._context:
+            # Nothing to flush, or the context dropped us (a handler error under the
+            # default policy): nothing more can be sent.
+            self._finish(None)
+            return
+        self._state = _CLOSING
+        self._read_off |= _OFF_CLOSING
+        self._update_interest()
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Close at once, discarding buffered data; ``connection_lost(exc)`` follows."""
+        if self._state == _CLOSED:
+            return
+        if self._state == _CONNECTING:
+            self._lose(
+                exc or ConnectionAbortedError(errno.ECONNABORTED, "aborted while connecting")
+            )
+            return
+        self._finish(exc)
+
+    def __repr__(self) -> str:
+        state = ("connecting", "open", "closing", "closed")[self._state]
+        return f"<Connection fd={self._fileno} {state} buffered={self._buffered}>"
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _update_interest(self) -> None:
+        state = self._state
+        if state not in (_OPEN, _CLOSING):
+            return
+        events = (0 if self._read_off else READ) | (WRITE if self._chunks else 0)
+        if events != self._events:
+            self._events = events
+            self._context.modify(self, EVENTS[events])
+
+    def _check_flow(self) -> None:
+        """Apply the water marks to the current buffer size (may call the handler)."""
+        if self._read_off & _OFF_FLOW:
+            if self._buffered <= self._low:
+                self._flow_resume()
+        elif self._buffered > self._high:
+            self._read_off |= _OFF_FLOW
+            self._pause_handler()
+
+    def _flow_resume(self) -> None:
+        self._read_off &= ~_OFF_FLOW
+        self._update_interest()
+        if self._state == _OPEN:
+            self._resume_handler()
+
+    @staticmethod
+    def _append(
+        chunks: collections.deque[bytes | bytearray | memoryview],
+        data: bytes | memoryview,
+        size: int,
+    ) -> None:
+        if size < _COALESCE_BELOW:
+            # Small writes share a tail chunk: fewer iovecs and less per-chunk memory.
+            # The head (len 1) is never extended: a send may hold a view on it.
+            if len(chunks) > 1:
+                tail = chunks[-1]
+                if type(tail) is bytearray and len(tail) + size <= _COALESCE_LIMIT:
+                    tail += data
+                    return
+            chunks.append(bytearray(data))
+        elif type(data) is bytes:
+            chunks.append(data)
+        else:
+            chunks.append(bytes(data))
+
+    def _iov(
+        self, chunks: collections.deque[bytes | bytearray | memoryview]
+    ) -> list[bytes | bytearray | memoryview]:
+        iov = list(itertools.islice(chunks, _IOV_MAX))
+        if self._head_sent:
+            iov[0] = memoryview(iov[0])[self._head_sent :]
+        return iov
+
+    def _advance(self, chunks: collections.deque[bytes | bytearray | memoryview], n: int) -> None:
+        self._buffered -= n
+        n += self._head_sent
+        while chunks:
+            head_len = len(chunks[0])
+            if n < head_len:
+                break
+            chunks.popleft()
+            n -= head_len
+        self._head_sent = n
+
+    def _drained(self) -> None:
+        """The write buffer just became empty."""
+        if self._shut_wr == _SHUT_WR_PENDING:
+            self._shutdown_write()
+            if self._state == _CLOSED:
+                return
+        if self._state == _CLOSING:
+            self._finish(None)
+            return
+        if self._read_off & _OFF_FLOW:
+            self._flow_resume()
+        self._update_interest()
+
+    def _shutdown_write(self) -> None:
+        self._shut_wr = _SHUT_WR_DONE
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._lose(exc)
+            return
+        if self._read_off & _OFF_EOF:
+            self._finish(None)
+
+    def _read_eof(self) -> None:
+        self._read_off |= _OFF_EOF
+        handler = self._handler
+        keep_open = handler.eof_received() if handler is not None else None
+        if self._state != _OPEN:
+            return
+        if not keep_open:
+            self.close()
+        elif self._shut_wr == _SHUT_WR_DONE:
+            self._finish(None)
+        else:
+            self._update_interest()
+
+    def _lose(self, exc: BaseException) -> None:
+        """The socket failed (reset, broken pipe, connect error...)."""
+        if self._state == _CONNECTING:
+            self._fail_connect(exc)
+            return
+        log.debug("%r lost: %s", self, exc)
+        self._finish(exc)
+
+    def _release(self) -> StreamHandler | None:
+        """Unregister and close the socket; return the handler to notify, if any."""
+        self._state = _CLOSED
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+        try:  # noqa: SIM105 - cheaper than contextlib.suppress on this hot path
+            self._context.unregister(self)
+        except (KeyError, ValueError):
+            pass  # never registered, or dropped by the context's error policy
+        self._events = 0
+        self._sock.close()
+        self._fileno = -1
+        self._chunks = None
+        self._buffered = 0
+        self._head_sent = 0
+        handler = self._handler
+        # Break the connection <-> handler cycle so that the garbage collector has no
+        # work to do for a closed connection.
+        self._handler = None
+        self._deliver = _no_data
+        return handler
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self._state == _CLOSED:
+            return
+        handler = self._release()
+        try:
+            if handler is not None:
+                handler.connection_lost(exc)
+        finally:
+            self._closed_hook()
+
+    # -- client connects ---------------------------------------------------------------
+
+    def start_connect(self, timeout: float | None = None, timers: Timers | None = None) -> None:
+        """Wait for the socket's non-blocking connect, begun by the caller, to finish.
+
+        For a connection made with ``start=False`` on a socket whose ``connect_ex``
+        returned ``EINPROGRESS`` (or 0): registers for writability, then calls
+        ``handler.connection_made`` once connected, or ``connection_failed(exc)`` if the
+        connect fails or *timeout* seconds pass first (a timeout needs *timers*).
+        :func:`connect_tcp` is built on it.
+        """
+        if timeout is not None and timers is None:
+            raise ValueError("a connect timeout needs timers")
+        self._state = _CONNECTING
+        self._read_off |= _OFF_CONNECTING
+        self._register(WRITE)
+        if timeout is not None and timers is not None:
+            self._timer = timers.call_later(timeout, self._connect_timed_out)
+
+    def _connect_timed_out(self) -> None:
+        self._timer = None
+        if self._state == _CONNECTING:
+            self._fail_connect(TimeoutError(errno.ETIMEDOUT, "connect timed out"))
+
+    def _finish_connect(self) -> None:
+        try:
+            err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as exc:
+            self._fail_connect(exc)
+            return
+        if err:
+            self._fail_connect(OSError(err, os.strerror(err)))
+            return
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+        self._state = _OPEN
+        self._read_off &= ~_OFF_CONNECTING
+        set_nodelay(self._sock)
+        handler = self._handler
+        if handler is not None:
+            handler.connection_made(self)
+        if self._state != _OPEN:
+            return
+        if self._chunks:
+            # Written while connecting: the socket is writable now, send it at once.
+            self._check_flow()
+            self._update_interest()
+            self.handle_write_event()
+        elif self._shut_wr == _SHUT_WR_PENDING:
+            self._shutdown_write()
+        self._update_interest()
+
+    def _fail_connect(self, exc: BaseException) -> None:
+        if self._state == _CLOSED:
+            return
+        handler = self._release()
+        try:
+            failed = getattr(handler, "connection_failed", None)
+            if failed is not None:
+                failed(exc)
+            else:
+                log.warning("connect failed: %s", exc)
+        finally:
+            self._closed_hook()
