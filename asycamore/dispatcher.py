@@ -10,7 +10,6 @@ models and client programs run their own logic between dispatches through its
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -23,8 +22,6 @@ __all__ = [
     "close_on_error",
     "iterate",
 ]
-
-_log = logging.getLogger("asycamore")
 
 
 class Events(enum.IntFlag):
@@ -128,6 +125,10 @@ def close_on_error(context: IDispatchContext, target: IDispatchTarget, exc: Exce
     logged too).  Backends apply it when ``dispatch_once`` gets no ``error_in_handler``;
     an ``error_in_handler`` of one's own can fall back on it.
     """
+    # Imported here: this is an error path, and logging costs `import asycamore` 10 ms.
+    import logging
+
+    _log = logging.getLogger("asycamore")
     _log.error("unhandled error in a handler of %r", target, exc_info=exc)
     if target in context:
         context.unregister(target)
