@@ -17,6 +17,7 @@ from .errors import BackendError, UsageError
 __all__ = ["UsageError", "main"]
 
 EXIT_USAGE = 2
+MAX_WORKERS = 64  # asycamore.workers.MAX_WORKERS, without importing it to parse arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +40,12 @@ def _build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--backend", metavar="NAME", help="backend to use (default: the best)")
     echo.add_argument("--host", default="127.0.0.1", help="address to listen on")
     echo.add_argument("--port", type=_port, default=0, help="port (0: any free port)")
+    echo.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help=f"serve from N processes (1-{MAX_WORKERS}) under a supervisor",
+    )
     echo.set_defaults(run=_cmd_echo)
 
     bench = commands.add_parser("bench", help="a short loopback benchmark of every backend")
@@ -58,6 +65,16 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
     return port
+
+
+def _workers(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"worker count {count} is out of range 1-{MAX_WORKERS}")
+    return count
 
 
 def _positive_float(text: str) -> float:
@@ -122,7 +139,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 def _cmd_echo(args: argparse.Namespace) -> int:
     from .echo import serve_echo
 
-    return serve_echo(backend=args.backend, host=args.host, port=args.port)
+    return serve_echo(backend=args.backend, host=args.host, port=args.port, workers=args.workers)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -52,7 +52,22 @@ def _log_to_stderr() -> logging.Handler | None:
     return handler
 
 
-def serve_echo(backend: str | None = None, host: str = "127.0.0.1", port: int = 0) -> int:
+def _bind_error(exc: OSError | OverflowError, host: str, port: int) -> UsageError:
+    """The one line a bad or busy address deserves."""
+    if isinstance(exc, socket.gaierror):
+        return UsageError(f"bad address {host!r}: {exc.strerror}")
+    if isinstance(exc, OverflowError):
+        return UsageError(f"bad port {port}: {exc}")
+    reason = exc.strerror or str(exc)
+    return UsageError(f"cannot listen on {host}:{port}: {reason}")
+
+
+def serve_echo(
+    backend: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    workers: int | None = None,
+) -> int:
     """Serve TCP echo on *host*:*port* until SIGINT or SIGTERM; return the exit status.
 
     Prints ``listening on HOST:PORT`` (the real port) to stdout once listening.  On a
@@ -60,19 +75,19 @@ def serve_echo(backend: str | None = None, host: str = "127.0.0.1", port: int = 
     :data:`STOP_TIMEOUT` seconds, closes them and returns 0.  A bad backend raises a
     :class:`~asycamore.BackendError`, a bad or busy address a
     :class:`~asycamore.errors.UsageError`.
+
+    With *workers*, that many forked processes serve the port under a supervising
+    parent (:mod:`asycamore.workers`); the line is printed once all of them serve.
     """
     handler = _log_to_stderr()
     try:
+        if workers is not None:
+            return _serve_workers(backend, host, port, workers)
         with Service(backend, stop_timeout=STOP_TIMEOUT) as service:
             try:
                 listener = service.listen_tcp(EchoProtocol, host, port)
-            except socket.gaierror as exc:
-                raise UsageError(f"bad address {host!r}: {exc.strerror}") from None
-            except OverflowError as exc:
-                raise UsageError(f"bad port {port}: {exc}") from None
-            except OSError as exc:
-                reason = exc.strerror or str(exc)
-                raise UsageError(f"cannot listen on {host}:{port}: {reason}") from None
+            except (OSError, OverflowError) as exc:
+                raise _bind_error(exc, host, port) from None
             # Handlers first: a SIGTERM right after the line below must stop us cleanly.
             with service.signal_handling():
                 print(f"listening on {host}:{listener.port}", flush=True)
@@ -81,3 +96,25 @@ def serve_echo(backend: str | None = None, host: str = "127.0.0.1", port: int = 
         if handler is not None:
             logging.getLogger("asycamore").removeHandler(handler)
     return 0
+
+
+def _serve_workers(backend: str | None, host: str, port: int, workers: int) -> int:
+    from .workers import Worker, WorkerPool, WorkerStartError
+
+    pool = WorkerPool(workers, backend=backend, stop_timeout=STOP_TIMEOUT)
+    try:
+        address = pool.bind_tcp(host, port)
+    except (OSError, OverflowError) as exc:
+        raise _bind_error(exc, host, port) from None
+
+    def setup(service: Service, worker: Worker) -> None:
+        worker.listen(service, EchoProtocol)
+
+    def on_ready() -> None:
+        print(f"listening on {host}:{address[1]}", flush=True)
+
+    try:
+        return pool.run(setup, on_ready=on_ready)
+    except WorkerStartError as exc:
+        logging.getLogger("asycamore").error("%s", exc)
+        return exc.status or 1

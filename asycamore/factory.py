@@ -25,6 +25,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "ENV_VAR",
     "BackendInfo",
+    "backend_class",
     "best_backend",
     "create_dispatcher",
     "list_backends",
@@ -285,5 +286,12 @@ def create_dispatcher(name: str | None = None, **options: Any) -> IDispatchConte
     Raises :class:`~asycamore.BackendNotFound`, :class:`~asycamore.BackendUnavailable` or
     :class:`~asycamore.BackendLoadError`, all subclasses of :class:`~asycamore.BackendError`.
     """
-    cls = _resolve(best_backend() if name is None else name)
-    return cls(**options)
+    return backend_class(name)(**options)
+
+
+def backend_class(name: str | None = None) -> type[IDispatchContext]:
+    """The class :func:`create_dispatcher` would instantiate for *name*, without
+    creating a context: a program that forks (:mod:`asycamore.workers`) checks the
+    backend in the parent and creates the contexts in the children.  Raises the same
+    errors as :func:`create_dispatcher`."""
+    return _resolve(best_backend() if name is None else name)

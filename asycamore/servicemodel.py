@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, ClassVar
@@ -376,6 +377,35 @@ class Service:
             path,
             backlog=backlog,
             max_connections=max_connections,
+            **self._listener_options(idle_timeout, high_water, low_water),
+        )
+        self._listeners.append(listener)
+        return listener
+
+    def listen_socket(
+        self,
+        protocol_factory: Callable[[], StreamHandler],
+        sock: socket.socket,
+        *,
+        max_connections: int | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        accept_batch: int = 64,
+        backoff: float = 0.25,
+    ) -> Listener:
+        """Like :meth:`listen_tcp`, on *sock*, a socket that is already bound and
+        listening (inherited from a parent process, say: see :mod:`asycamore.workers`).
+
+        The listener owns *sock* from then on and closes it when it closes.
+        """
+        listener = Listener(
+            self.dispatcher,
+            sock,
+            protocol_factory,
+            max_connections=max_connections,
+            accept_batch=accept_batch,
+            backoff=backoff,
             **self._listener_options(idle_timeout, high_water, low_water),
         )
         self._listeners.append(listener)
