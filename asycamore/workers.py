@@ -474,7 +474,7 @@ class WorkerPool:
         setup: Callable[[Service, Worker], object],
         watch_r: int,
         ready_w: int,
-        mask: set[signal.Signals],
+        mask: set[int | signal.Signals],
     ) -> None:
         """The child's side of the fork: never returns."""
         status = 1
@@ -497,7 +497,7 @@ class WorkerPool:
         setup: Callable[[Service, Worker], object],
         watch_r: int,
         ready_w: int,
-        mask: set[signal.Signals],
+        mask: set[int | signal.Signals],
     ) -> int:
         # Signals are still blocked here: drop the parent's handlers and wake-up fd.
         signal.set_wakeup_fd(-1)

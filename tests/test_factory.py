@@ -440,3 +440,68 @@ def test_import_asycamore_scans_nothing() -> None:
     assert offending(after_import) == []
     # And the laziness is real: the factory arrives on first use.
     assert "asycamore.factory" in after_factory
+
+
+# -- the short entry-point reader ---------------------------------------------------------
+
+
+def _by_reader() -> tuple[list[object], list[object]]:
+    from asycamore import factory
+
+    group = factory.ENTRY_POINT_GROUP
+    return factory._read_entry_points(group), factory._metadata_entry_points(group)
+
+
+def test_the_short_reader_agrees_with_importlib_metadata(plugins: None) -> None:
+    """Same entry points, same distributions, same order as importlib.metadata."""
+    direct, through_metadata = _by_reader()
+    assert direct == through_metadata
+    assert len(direct) > 4
+
+
+def test_the_short_reader_keeps_the_first_of_a_distribution_installed_twice(
+    tmp_path: Path,
+    write_distribution: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_factory: None,
+) -> None:
+    first = write_distribution("Asycamore.Test-Twice", {"twice": "asycamore_test_a:A"})
+    second = tmp_path / "second"
+    second.mkdir()
+    info = second / "asycamore_test_twice-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: asycamore-test-twice\n")
+    (info / "entry_points.txt").write_text("[asycamore.backends]\nlater = asycamore_test_b:B\n")
+    monkeypatch.syspath_prepend(str(second))
+    monkeypatch.syspath_prepend(str(first))
+    direct, through_metadata = _by_reader()
+    assert direct == through_metadata
+    names = [entry_point.name for entry_point in direct]  # type: ignore[attr-defined]
+    assert "twice" in names and "later" not in names
+
+
+def test_a_zip_on_sys_path_goes_through_importlib_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_factory: None
+) -> None:
+    import zipfile
+
+    from asycamore import factory
+
+    archive = tmp_path / "plugins.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(
+            "asycamore_test_zipped.py", "from asycamore.backends.poll import PollDispatcher as Z\n"
+        )
+        zf.writestr(
+            "asycamore_test_zipped-1.0.dist-info/METADATA",
+            "Metadata-Version: 2.1\nName: asycamore-test-zipped\nVersion: 1.0\n",
+        )
+        zf.writestr(
+            "asycamore_test_zipped-1.0.dist-info/entry_points.txt",
+            "[asycamore.backends]\nzipped = asycamore_test_zipped:Z\n",
+        )
+    monkeypatch.syspath_prepend(str(archive))
+    assert not factory._can_read_directly()
+    infos = {info.name: info for info in asycamore.list_backends()}
+    assert infos["zipped"].available
+    assert infos["zipped"].origin == "asycamore-test-zipped 1.0"
