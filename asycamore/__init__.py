@@ -41,8 +41,8 @@ _LAZY_FACTORY_NAMES = frozenset(
 
 
 def __getattr__(name: str) -> Any:
-    # The factory needs importlib.metadata (and, on first discovery, stevedore): keep
-    # both off the import path of programs that never ask for a backend by discovery.
+    # The factory reads the installed distributions' metadata on first discovery: keep
+    # it off the import path of programs that never ask for a backend by discovery.
     if name in _LAZY_FACTORY_NAMES:
         from . import factory
 

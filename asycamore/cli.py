@@ -6,7 +6,6 @@ Bad input ends a command with exit status 2 and one line on stderr, never a trac
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -98,6 +97,8 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         # Say why (a bad $ASYCAMORE_BACKEND, say), not just that there is no default.
         default, no_default = None, str(exc)
     if args.json:
+        import json
+
         rows = [
             {
                 "name": info.name,
