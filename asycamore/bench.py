@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
 from .dispatcher import Events, iterate
+from .tables import text_table
 
 __all__ = [
     "BenchResult",
@@ -1038,11 +1039,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
         value = "-" if r.value is None else f"{r.value:,.0f} {r.unit}"
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
         rows.append((r.workload, r.subject, value, ratio, r.note))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return text_table(rows)
 
 
 # -- ``python -m asycamore.bench`` helpers ------------------------------------------------------

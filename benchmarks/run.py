@@ -54,6 +54,7 @@ from typing import Any
 
 from asycamore import bench
 from asycamore.factory import list_backends
+from asycamore.tables import text_table
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -622,14 +623,6 @@ def idle_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
             cells.append("FD_SETSIZE" if median is None else f"{median * 1e6:.2f} us")
         rows.append((subject, *cells))
     return rows
-
-
-def text_table(rows: list[tuple[str, ...]]) -> str:
-    """Aligned plain-text table."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
 
 
 def rst_table(rows: list[tuple[str, ...]]) -> str:
