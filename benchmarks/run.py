@@ -567,60 +567,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "notes": notes,
         "workloads": {},
     }
-    harness.pin(cpus[0])  # in-process measurements run on the server's CPU
-    inproc, extra = probes.inprocess_subjects()
-    if args.subjects:
-        inproc = [s for s in inproc if s in args.subjects]
-        extra = [s for s in extra if s in args.subjects]
+    with harness.pinned(cpus[0]):  # in-process measurements run on the server's CPU
+        inproc, extra = probes.inprocess_subjects()
+        if args.subjects:
+            inproc = [s for s in inproc if s in args.subjects]
+            extra = [s for s in extra if s in args.subjects]
 
-    if "dispatch" in workloads:
-        rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in inproc}
-        for r in range(cfg.rounds):
-            for subject in inproc:
-                log(f"[dispatch round {r + 1}/{cfg.rounds}] {subject} ...")
-                wait_quiet(cpus, cfg.quiet_wait)
-                rounds[subject].append(
-                    {"value": probes.dispatch_measure(subject, cfg.inprocess_seconds)}
-                )
-        ref = rounds.get("asyncio")
-        results["workloads"]["dispatch"] = {
-            "unit": UNITS["dispatch"],
-            "subjects": {s: summarize(v, ref) for s, v in rounds.items()},
-        }
-
-    if "idle" in workloads:
-        subjects_idle = inproc + extra
-        per: dict[str, dict[str, list[float | None]]] = {
-            s: {str(n): [] for n in cfg.idle_sizes} for s in subjects_idle
-        }
-        for r in range(cfg.rounds):
-            for n in cfg.idle_sizes:
-                for subject in subjects_idle:
-                    if subject == "asyncore-poll" and n > 1000 and r > 0:
-                        continue  # O(N) Python per round: one round says enough
-                    log(f"[idle round {r + 1}/{cfg.rounds}] {subject} N={n} ...")
+        if "dispatch" in workloads:
+            rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in inproc}
+            for r in range(cfg.rounds):
+                for subject in inproc:
+                    log(f"[dispatch round {r + 1}/{cfg.rounds}] {subject} ...")
                     wait_quiet(cpus, cfg.quiet_wait)
-                    per[subject][str(n)].append(
-                        probes.idle_measure(subject, n, cfg.inprocess_seconds)
+                    rounds[subject].append(
+                        {"value": probes.dispatch_measure(subject, cfg.inprocess_seconds)}
                     )
-        idle_doc: dict[str, Any] = {
-            "sizes": list(cfg.idle_sizes),
-            "unit": "seconds/dispatch",
-            "subjects": {},
-        }
-        for subject, by_n in per.items():
-            idle_doc["subjects"][subject] = {}
-            for size_key, vals in by_n.items():
-                got = [v for v in vals if v is not None]
-                idle_doc["subjects"][subject][size_key] = {
-                    "rounds": vals,
-                    "median": statistics.median(got) if got else None,
-                    "min": min(got) if got else None,
-                    "max": max(got) if got else None,
-                }
-        results["idle"] = idle_doc
+            ref = rounds.get("asyncio")
+            results["workloads"]["dispatch"] = {
+                "unit": UNITS["dispatch"],
+                "subjects": {s: summarize(v, ref) for s, v in rounds.items()},
+            }
 
-    harness.pin(None)
+        if "idle" in workloads:
+            subjects_idle = inproc + extra
+            per: dict[str, dict[str, list[float | None]]] = {
+                s: {str(n): [] for n in cfg.idle_sizes} for s in subjects_idle
+            }
+            for r in range(cfg.rounds):
+                for n in cfg.idle_sizes:
+                    for subject in subjects_idle:
+                        if subject == "asyncore-poll" and n > 1000 and r > 0:
+                            continue  # O(N) Python per round: one round says enough
+                        log(f"[idle round {r + 1}/{cfg.rounds}] {subject} N={n} ...")
+                        wait_quiet(cpus, cfg.quiet_wait)
+                        per[subject][str(n)].append(
+                            probes.idle_measure(subject, n, cfg.inprocess_seconds)
+                        )
+            idle_doc: dict[str, Any] = {
+                "sizes": list(cfg.idle_sizes),
+                "unit": "seconds/dispatch",
+                "subjects": {},
+            }
+            for subject, by_n in per.items():
+                idle_doc["subjects"][subject] = {}
+                for size_key, vals in by_n.items():
+                    got = [v for v in vals if v is not None]
+                    idle_doc["subjects"][subject][size_key] = {
+                        "rounds": vals,
+                        "median": statistics.median(got) if got else None,
+                        "min": min(got) if got else None,
+                        "max": max(got) if got else None,
+                    }
+            results["idle"] = idle_doc
+
     for workload in [w for w in workloads if w in ECHO_WORKLOADS]:
         rounds_echo: dict[str, list[dict[str, Any]]] = {s.name: [] for s in subjects}
         for round_no in range(cfg.rounds):

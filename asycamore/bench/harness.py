@@ -36,7 +36,7 @@ __all__ = [
     "cpu_shares",
     "cpu_times",
     "machine_info",
-    "pin",
+    "pinned",
     "raise_nofile_limit",
     "run_loadgen",
     "spawn",
@@ -87,11 +87,28 @@ def cpu_layout() -> tuple[int | None, int | None]:
     return cpus[0], cpus[1]
 
 
-def pin(cpu: int | None) -> None:
-    """Pin this process to *cpu*; with None, or where affinity cannot be set, do nothing."""
+def _pin(cpu: int | None) -> None:
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {cpu})
+
+
+@contextlib.contextmanager
+def pinned(cpu: int | None) -> Iterator[None]:
+    """Run the body with this process pinned to *cpu*, then restore its CPU affinity.
+
+    With None, or where affinity cannot be set, the body runs as the process is.
+    """
+    if cpu is None or not hasattr(os, "sched_getaffinity"):
+        yield
+        return
+    previous = os.sched_getaffinity(0)
+    _pin(cpu)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, previous)
 
 
 def machine_info() -> dict[str, Any]:
@@ -164,7 +181,7 @@ def _proc_cpu_seconds(pid: int) -> float | None:
 
 def _child_setup(cpu: int | None) -> Callable[[], None]:
     def setup() -> None:
-        pin(cpu)
+        _pin(cpu)
         raise_nofile_limit()
 
     return setup
