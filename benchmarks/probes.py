@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from asycamore import Events, bench
-from asycamore.factory import list_backends
+from asycamore.factory import create_dispatcher, list_backends
 
 
 def importable(module: str) -> bool:
@@ -32,7 +32,7 @@ def asyncore_importable() -> bool:
     return importable("asyncore")
 
 
-# -- idle targets --------------------------------------------------------------------------
+# -- idle cost: asycamore and asyncio ------------------------------------------------------
 
 
 class _Idle:
@@ -74,8 +74,6 @@ def idle_dispatch_cost(backend: str, idle: int, seconds: float) -> float | None:
     Returns None when the backend refuses that many descriptors (``select`` stops at
     ``FD_SETSIZE``).
     """
-    from asycamore.factory import create_dispatcher
-
     with (
         idle_sockets(idle) as idlers,
         bench.ready_sockets(1) as active,
@@ -137,7 +135,7 @@ def asyncio_idle_dispatch_cost(
     return elapsed / max(calls, 1)
 
 
-# -- every subject ------------------------------------------------------------------------
+# -- the peers, and every subject by name --------------------------------------------------
 
 
 def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
