@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import BackendError, UsageError
+from .tables import text_table
 
 __all__ = ["UsageError", "main"]
 
@@ -125,11 +126,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         )
         for info in infos
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    print(text_table(table))
     if default is None:
         print(f"\nno default backend here: {no_default}")
     else:
