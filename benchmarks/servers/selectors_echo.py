@@ -1,8 +1,8 @@
 """A minimal hand-written selectors echo loop: the floor of what a pure-Python loop costs.
 
-One ``selectors.DefaultSelector`` (epoll on Linux), non-blocking sockets, callbacks stored
-as the key's data, data that cannot be written at once kept per connection.  Prints
-``listening on HOST:PORT``; SIGTERM/SIGINT stop it.
+One ``selectors.DefaultSelector`` (epoll on Linux; ``--poll``: ``selectors.PollSelector``),
+non-blocking sockets, callbacks stored as the key's data, data that cannot be written at
+once kept per connection.  Prints ``listening on HOST:PORT``; SIGTERM/SIGINT stop it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ def _on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, selector: type[selectors.BaseSelector]) -> None:
     """Serve until SIGTERM or SIGINT."""
-    sel = selectors.DefaultSelector()
+    sel = selector()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, port))
@@ -100,10 +100,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--poll", action="store_true", help="use selectors.PollSelector")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    serve(args.host, args.port)
+    serve(args.host, args.port, selectors.PollSelector if args.poll else selectors.DefaultSelector)
 
 
 if __name__ == "__main__":
