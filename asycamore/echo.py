@@ -9,6 +9,7 @@ mark.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 
@@ -19,7 +20,12 @@ from .tcpsocket import Connection
 __all__ = ["EchoProtocol", "serve_echo"]
 
 STOP_TIMEOUT = 2.0
-"""Seconds the echo service lets its connections flush after SIGINT/SIGTERM."""
+"""Seconds the echo service lets its connections flush after SIGINT/SIGTERM/SIGHUP."""
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop the echo service gracefully.  SIGHUP too, as servers commonly
+do: a closed terminal stops it cleanly (echo has no configuration to reload).  Other
+signals (SIGQUIT, SIGUSR1, ...) keep their default action."""
 
 
 class EchoProtocol(Protocol):
@@ -53,7 +59,8 @@ def _log_to_stderr() -> logging.Handler | None:
 
 
 def serve_echo(backend: str | None = None, host: str = "127.0.0.1", port: int = 0) -> int:
-    """Serve TCP echo on *host*:*port* until SIGINT or SIGTERM; return the exit status.
+    """Serve TCP echo on *host*:*port* until a :data:`STOP_SIGNALS` signal; return the
+    exit status.
 
     Prints ``listening on HOST:PORT`` (the real port) to stdout once listening.  On a
     signal, stops accepting, lets the connections flush for up to
@@ -63,7 +70,11 @@ def serve_echo(backend: str | None = None, host: str = "127.0.0.1", port: int = 
     """
     handler = _log_to_stderr()
     try:
-        with Service(backend, stop_timeout=STOP_TIMEOUT) as service:
+        try:
+            service = Service(backend, stop_timeout=STOP_TIMEOUT)
+        except OSError as exc:  # EMFILE, for one: no descriptor for the context or waker
+            raise UsageError(f"cannot start: {exc.strerror or exc}") from None
+        with service:
             try:
                 listener = service.listen_tcp(EchoProtocol, host, port)
             except socket.gaierror as exc:
@@ -74,7 +85,9 @@ def serve_echo(backend: str | None = None, host: str = "127.0.0.1", port: int = 
                 reason = exc.strerror or str(exc)
                 raise UsageError(f"cannot listen on {host}:{port}: {reason}") from None
             # Handlers first: a SIGTERM right after the line below must stop us cleanly.
-            with service.signal_handling():
+            # They stay (ignoring) until the process has exited: a second signal while
+            # it exits must not turn its status 0 into a death by signal.
+            with service.signal_handling(STOP_SIGNALS, ignore_afterwards=True):
                 print(f"listening on {host}:{listener.port}", flush=True)
                 service.serve_forever()
     finally:
