@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from typing_extensions import override
 
-from ._base import MAX_EVENTS_PER_WAIT, READ, WRITE, DispatcherBase, Registration, ceil_timeout
+from .base import MAX_EVENTS_PER_WAIT, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["KqueueDispatcher"]
 
@@ -35,6 +35,7 @@ class KqueueDispatcher(DispatcherBase):
 
     name: ClassVar[str] = "kqueue"
     priority: ClassVar[int] = 40
+    reports_closed_fds: ClassVar[bool | None] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,17 +66,17 @@ class KqueueDispatcher(DispatcherBase):
             self._kqueue.control(changes, 0, 0)
 
     @override
-    def _kernel_add(self, fd: int, events: int) -> None:
+    def kernel_add(self, fd: int, events: int) -> None:
         self._change(fd, events, _select.KQ_EV_ADD)
         self._knotes += bin(events).count("1")
 
     @override
-    def _kernel_modify(self, fd: int, old: int, new: int) -> None:
-        self._kernel_remove(fd, old & ~new)
-        self._kernel_add(fd, new & ~old)
+    def kernel_modify(self, fd: int, old: int, new: int) -> None:
+        self.kernel_remove(fd, old & ~new)
+        self.kernel_add(fd, new & ~old)
 
     @override
-    def _kernel_remove(self, fd: int, events: int) -> None:
+    def kernel_remove(self, fd: int, events: int) -> None:
         self._knotes -= bin(events).count("1")
         # One filter at a time: when the fd is already closed the kernel has dropped its
         # knotes, and a failed delete must not keep the other filter in the kernel.
@@ -88,12 +89,12 @@ class KqueueDispatcher(DispatcherBase):
                         raise
 
     @override
-    def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
+    def kernel_poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         ns = ceil_timeout(timeout, 1e-9)
         kevents = self._kqueue.control(
             None, min(max(self._knotes, 1), MAX_EVENTS_PER_WAIT), None if ns is None else ns * 1e-9
         )
-        by_fd = self._by_fd
+        by_fd = self.registrations
         ready: dict[int, int] = {}
         for kevent in kevents:
             fd = kevent.ident
@@ -112,5 +113,5 @@ class KqueueDispatcher(DispatcherBase):
         return [(by_fd[fd], events) for fd, events in ready.items()]
 
     @override
-    def _close_kernel(self) -> None:
+    def kernel_close(self) -> None:
         self._kqueue.close()

@@ -1,4 +1,4 @@
-"""What the built-in backends share (backends/_base.py), beyond the contract's rules:
+"""What the built-in backends share (asycamore.backends.base), beyond the contract's rules:
 timeout rounding, use after close, modify's validation, and urgent data."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import asycamore
 from asycamore import Events
-from asycamore.backends._base import MAX_WAIT, ceil_timeout
+from asycamore.backends.base import MAX_WAIT, ceil_timeout
 from asycamore.testing import RecordingTarget, Sockets
 
 AVAILABLE_BUILTINS = sorted(

@@ -325,8 +325,6 @@ def test_kqueue_is_unavailable_without_kqueue() -> None:
 class TestKqueueOverModel(BackendConformance):
     """The whole conformance kit, against KqueueDispatcher over the kqueue model."""
 
-    closed_fd_detection = False  # kqueue drops a closed descriptor's knotes silently
-
     @pytest.fixture
     def backend_factory(
         self, kqueue_model: types.SimpleNamespace
