@@ -17,6 +17,10 @@ subclasses, configured by class attributes):
                                   (optional: the base refuses negative ones)
 ================================  =====================================================
 
+Class attributes say what the mechanism is: `DispatcherBase.reports_closed_fds` (rule 6)
+and `DispatcherBase.rebuild_after_fork` (whether a forked child must get a kernel object
+of its own).
+
 Everything the contract says about *when* a handler may run -- the interest re-checked
 before each call, stale reports dropped (rule 4), the closed-descriptor eviction (rule 6)
 and the error policy (rule 7) -- lives in the base, so a backend cannot get it subtly
@@ -33,6 +37,8 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
+import weakref
 from collections.abc import Mapping
 from typing import ClassVar, Final, Self
 
@@ -96,6 +102,16 @@ class Registration:
         return f"Registration(fd={self.fd}, events={Events(self.events)!r}, {self.target!r})"
 
 
+_MAX_FD: Final = 2**31 - 1
+"""The largest descriptor number there can be: the OS interfaces take a C ``int``."""
+
+# The bits of DispatcherBase._state.  dispatch_once tests the whole word once, so the
+# common case (open, in its own process, not already dispatching) costs one test.
+_CLOSED: Final = 1
+_INHERITED: Final = 2  # forked since the kernel object was made, not rebuilt yet
+_DISPATCHING: Final = 4
+_UNUSABLE: Final = _CLOSED | _INHERITED  # what register/modify must settle first
+
 MAX_WAIT: Final = 2_000_000.0
 """The longest single wait, in seconds (about 23 days).
 
@@ -123,6 +139,26 @@ def ceil_timeout(timeout: float | None, resolution: float) -> float | None:
     return math.ceil(timeout / resolution)
 
 
+_FORK_SENSITIVE: weakref.WeakSet[DispatcherBase] = weakref.WeakSet()
+"""The open contexts whose class has ``rebuild_after_fork``: flagged in a forked child."""
+
+
+def _flag_inherited_contexts() -> None:
+    """``os.register_at_fork(after_in_child=...)``: mark what the child inherited.
+
+    Only a flag, set before any of the child's code runs: the work (a new kernel object)
+    is left to the context's first use, as libev's ``EVFLAG_FORKCHECK`` does, so a child
+    that never touches a context (``subprocess`` with ``preexec_fn``, say) pays nothing.
+    A flag, not a ``getpid()`` per dispatch: that is a system call, on the hot path.
+    """
+    for context in _FORK_SENSITIVE:
+        context._state |= _INHERITED
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_flag_inherited_contexts)
+
+
 class DispatcherBase:
     """The base of a backend: implements `asycamore.IDispatchContext` over the hooks.
 
@@ -136,10 +172,11 @@ class DispatcherBase:
     ``kernel_add``/``kernel_modify``/``kernel_remove`` for a *fd* whose interest really
     changes and is non-zero on the side that names it (``Events.NONE`` never reaches the
     kernel: epoll and poll would still report hang-ups); ``kernel_remove`` also after the
-    descriptor was closed (it must then succeed, rule 2), and never once the context is
-    closed; ``kernel_poll`` with the caller's *timeout* (round it with `ceil_timeout`);
-    ``kernel_close`` once.  A hook may raise ``OSError`` for a descriptor the OS refuses
-    (``register`` then keeps nothing).
+    descriptor was closed (it must then succeed, rule 2); none of them once the context
+    is closed, or on a kernel object inherited across ``fork()`` (see
+    `rebuild_after_fork`); ``kernel_poll`` with the caller's *timeout* (round it with
+    `ceil_timeout`), never re-entered; ``kernel_close`` once.  A hook may raise
+    ``OSError`` for a descriptor the OS refuses (``register`` then keeps nothing).
     """
 
     name: ClassVar[str]
@@ -155,6 +192,21 @@ class DispatcherBase:
     receives no more events.  ``None``: it depends (on the platform, say).  The
     conformance kit (:mod:`asycamore.testing`) reads it to know what rule 6 requires.
     """
+    rebuild_after_fork: ClassVar[bool] = False
+    """Whether a forked child must not use the kernel object it inherited.
+
+    ``True`` for a mechanism whose OS object is not the child's own after ``fork()``:
+    epoll's set is *shared* with the parent (a child's ``epoll_ctl`` would change the
+    parent's set), and a kqueue is not inherited at all.  A child's first
+    ``register``, ``modify`` or ``dispatch_once`` on an inherited context then calls
+    `rebuild_kernel` (``kernel_reopen`` must not change the inherited object; closing
+    the child's own descriptor of it is allowed); ``unregister`` only updates the
+    registrations, and ``close`` calls ``kernel_reopen`` before ``kernel_close``.  The
+    inherited object is never changed.  ``False`` (poll, select): the state lives in the
+    process's own memory, so the child's copy is already independent.  Forks are seen
+    through :func:`os.register_at_fork`, so a ``fork(2)`` made from C, bypassing
+    :func:`os.fork`, is not.
+    """
 
     def __init__(self) -> None:
         self._by_fd: dict[int, Registration] = {}
@@ -166,7 +218,9 @@ class DispatcherBase:
         # Keyed by id(): targets need not be hashable, and the Registration keeps the
         # target alive, so its id cannot be reused while it is registered.
         self._by_target: dict[int, Registration] = {}
-        self._closed = False
+        self._state = 0  # _CLOSED | _INHERITED | _DISPATCHING bits
+        if self.rebuild_after_fork:
+            _FORK_SENSITIVE.add(self)
 
     @classmethod
     def is_available(cls) -> bool:
@@ -206,17 +260,23 @@ class DispatcherBase:
         """Release the OS object, if any (called once, by `close`)."""
 
     def kernel_reopen(self) -> None:
-        """Replace the OS object by a new, empty one (for `rebuild_kernel`)."""
+        """Replace the OS object by a new, empty one (for `rebuild_kernel`).
+
+        Must not change the old object through the OS (after a fork it may be the
+        parent's); closing this process's own descriptor for it is fine.
+        """
         raise NotImplementedError
 
     def check_fd(self, fd: int) -> None:
         """Refuse, with ``ValueError``, a descriptor this mechanism cannot watch.
 
-        Called by ``register`` with an ``int``.  The base refuses negative numbers;
-        extend it (calling ``super().check_fd(fd)``) to add a limit of your own.
+        Called by ``register`` with an ``int`` (never a ``bool``).  The base refuses
+        negative numbers and numbers beyond a C ``int`` (which the OS interfaces would
+        refuse with ``OverflowError``, or not at all for ``Events.NONE``); extend it
+        (calling ``super().check_fd(fd)``) to add a limit of your own.
         """
-        if fd < 0:
-            raise ValueError(f"invalid file descriptor: {fd}")
+        if not 0 <= fd <= _MAX_FD:
+            raise ValueError(f"invalid file descriptor: {fd} (not in 0..{_MAX_FD})")
 
     def rebuild_kernel(self) -> None:
         """Replace the OS object by one holding exactly the current registrations.
@@ -238,9 +298,15 @@ class DispatcherBase:
 
     # -- registration ---------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
+    def _settle(self) -> None:
+        """The slow path of the entry points: refuse a closed context; give a forked
+        child a kernel object of its own before it first uses an inherited one."""
+        if self._state & _CLOSED:
             raise ValueError(f"I/O operation on a closed {self.name} dispatcher")
+        if self._state & _INHERITED:
+            self.rebuild_kernel()
+            # Only now: if the rebuild failed, the next use must not reach the parent's.
+            self._state &= ~_INHERITED
 
     @staticmethod
     def _check_events(events: int) -> int:
@@ -254,11 +320,16 @@ class DispatcherBase:
 
     def register(self, target: IDispatchTarget, events: Events = Events.READ) -> None:
         """Start watching *target* for *events* (see :class:`asycamore.IDispatchContext`)."""
-        self._check_open()
+        if self._state & _UNUSABLE:
+            self._settle()
         mask = self._check_events(events)
         fd = target.fileno()
-        if not isinstance(fd, int):
-            raise ValueError(f"fileno() returned {fd!r}, not an int")
+        if fd.__class__ is not int:
+            # A bool is an int, but True is no descriptor anyone means (CPython 3.12
+            # deprecates it as one); an int subclass (IntEnum) is taken as its value.
+            if isinstance(fd, bool) or not isinstance(fd, int):
+                raise ValueError(f"fileno() returned {fd!r}, not a descriptor number")
+            fd = int(fd)
         self.check_fd(fd)
         if id(target) in self._by_target:
             raise KeyError(f"{target!r} is already registered")
@@ -274,7 +345,8 @@ class DispatcherBase:
 
     def modify(self, target: IDispatchTarget, events: Events) -> None:
         """Change the events *target* is watched for; no system call if nothing changes."""
-        self._check_open()
+        if self._state & _UNUSABLE:
+            self._settle()
         mask = self._check_events(events)
         registration = self._registration(target)
         old = registration.events
@@ -296,7 +368,9 @@ class DispatcherBase:
         events = registration.events
         # Retire it: readiness already collected for it is now stale (see Registration).
         registration.events = 0
-        if events and not self._closed:
+        # Closed: the kernel object is gone.  Inherited across a fork: it may be the
+        # parent's, and the rebuild at the next use starts from the registrations anyway.
+        if events and not self._state & _UNUSABLE:
             self.kernel_remove(registration.fd, events)
 
     def _registration(self, target: IDispatchTarget) -> Registration:
@@ -318,10 +392,26 @@ class DispatcherBase:
     def dispatch_once(
         self, timeout: float | None = None, error_in_handler: ErrorHandler | None = None
     ) -> int:
-        """Wait up to *timeout* seconds, then call the ready handlers; return how many ran."""
-        if self._closed:  # _check_open(), inlined: this runs on every dispatch
-            self._check_open()
-        return self._dispatch(self.kernel_poll(timeout), error_in_handler)
+        """Wait up to *timeout* seconds, then call the ready handlers; return how many ran.
+
+        Not re-entrant: called from one of this context's handlers (or from another
+        thread while it dispatches) it raises :class:`RuntimeError`.  Raised inside a
+        handler, that error takes the handler's error path (rule 7) like any other.
+        """
+        if self._state:  # one test on the hot path: closed, forked, or re-entered
+            if self._state & _DISPATCHING:
+                raise RuntimeError(
+                    f"dispatch_once() called while this {self.name} context is already "
+                    "dispatching (from one of its handlers, or another thread): return "
+                    "from the handler and let the running dispatch go on"
+                )
+            self._settle()
+        self._state = _DISPATCHING
+        try:
+            return self._dispatch(self.kernel_poll(timeout), error_in_handler)
+        finally:
+            # Only this bit (set above): a handler may have closed the context, or forked.
+            self._state ^= _DISPATCHING
 
     def _dispatch(
         self, ready: list[tuple[Registration, int]], error_in_handler: ErrorHandler | None
@@ -379,13 +469,17 @@ class DispatcherBase:
 
     def close(self) -> None:
         """Release the OS resources and forget every target.  Idempotent."""
-        if self._closed:
+        state = self._state
+        if state & _CLOSED:
             return
-        self._closed = True
+        self._state = state | _CLOSED
+        _FORK_SENSITIVE.discard(self)
         for registration in self._by_fd.values():
             registration.events = 0
         self._by_fd.clear()
         self._by_target.clear()
+        if state & _INHERITED:
+            self.kernel_reopen()  # let go of what may be the parent's without changing it
         self.kernel_close()
 
     def __enter__(self) -> Self:
@@ -397,5 +491,5 @@ class DispatcherBase:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self)} targets"
+        state = "closed" if self._state & _CLOSED else f"{len(self)} targets"
         return f"<{type(self).__name__} {state}>"

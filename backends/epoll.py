@@ -38,11 +38,18 @@ class EpollDispatcher(DispatcherBase):
     rebuilt from the registrations before the next wait (under the same descriptor
     number), so such a socket cannot make the context spin or reach a newcomer that
     took over its number.  Unregister before closing to keep every dispatch O(ready).
+
+    After ``fork()`` parent and child share the one kernel set: a child's
+    ``epoll_ctl`` would remove the parent's targets or add files of its own under the
+    parent's numbers.  So the child never calls it on the inherited set: its first use
+    of the context makes a set of its own, holding the child's registrations, under the
+    same descriptor number (see ``rebuild_after_fork``).
     """
 
     name: ClassVar[str] = "epoll"
     priority: ClassVar[int] = 30
     reports_closed_fds: ClassVar[bool | None] = False
+    rebuild_after_fork: ClassVar[bool] = True  # the set is shared with a forked child
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,7 +92,8 @@ class EpollDispatcher(DispatcherBase):
         self._stale = False
         fresh = select.epoll()
         try:
-            # Keep the descriptor number fileno() gave out; this releases the old set.
+            # Keep the descriptor number fileno() gave out.  This closes only this
+            # process's descriptor of the old set: after a fork, the parent's set lives on.
             os.dup2(fresh.fileno(), self._epoll.fileno(), inheritable=False)
         finally:
             fresh.close()

@@ -8,6 +8,7 @@ interest changes.
 from __future__ import annotations
 
 import errno
+import os
 import select
 from typing import Any, ClassVar
 
@@ -23,6 +24,8 @@ _select: Any = select
 
 _FILTERS = ((READ, "KQ_FILTER_READ"), (WRITE, "KQ_FILTER_WRITE"))
 _GONE = frozenset({errno.EBADF, errno.ENOENT})
+# kqueue objects a forked child inherited and must never close (see kernel_reopen).
+_INHERITED_KQUEUES: list[Any] = []
 
 
 class KqueueDispatcher(DispatcherBase):
@@ -31,15 +34,21 @@ class KqueueDispatcher(DispatcherBase):
     ``EV_EOF`` (the peer hung up) and ``EV_ERROR`` are reported as readiness for every
     interest the target registered.  A descriptor closed while registered loses its
     knotes in the kernel, so its target simply stops receiving events.
+
+    A kqueue is not inherited by a child created with ``fork()``: the child's first use
+    of the context makes a new kqueue holding the child's registrations (see
+    ``rebuild_after_fork``).
     """
 
     name: ClassVar[str] = "kqueue"
     priority: ClassVar[int] = 40
     reports_closed_fds: ClassVar[bool | None] = False
+    rebuild_after_fork: ClassVar[bool] = True  # a kqueue is not inherited by fork()
 
     def __init__(self) -> None:
         super().__init__()
         self._kqueue = _select.kqueue()
+        self._kqueue_pid = os.getpid()  # the process the kqueue belongs to
         self._filter_read: int = _select.KQ_FILTER_READ
         self._filter_write: int = _select.KQ_FILTER_WRITE
         # Both flags mean "the peer or the descriptor failed": rule 5 readiness.
@@ -87,6 +96,20 @@ class KqueueDispatcher(DispatcherBase):
                 except OSError as exc:
                     if exc.errno not in _GONE:
                         raise
+
+    @override
+    def kernel_reopen(self) -> None:
+        inherited, self._kqueue = self._kqueue, _select.kqueue()
+        self._knotes = 0
+        if self._kqueue_pid == os.getpid():
+            inherited.close()
+        elif not inherited.closed:
+            # In a forked child the old descriptor number is not a kqueue (it was not
+            # inherited) and may name another file by now: closing it would close that.
+            # CPython 3.12.1+ marks such objects closed; before, keep it from ever being
+            # finalized (one small object per context and fork).
+            _INHERITED_KQUEUES.append(inherited)
+        self._kqueue_pid = os.getpid()
 
     @override
     def kernel_poll(self, timeout: float | None) -> list[tuple[Registration, int]]:

@@ -43,12 +43,14 @@ class SelectDispatcher(DispatcherBase):
 
     @override
     def check_fd(self, fd: int) -> None:
-        super().check_fd(fd)
+        # First, so that every fd at or above the limit gets the message naming the
+        # backends without it (rule 8), even one beyond what any backend takes.
         if fd >= FD_SETSIZE:
             raise ValueError(
                 f"fd {fd} is at or above FD_SETSIZE ({FD_SETSIZE}), which the select backend "
                 "cannot watch; use the poll or epoll backend"
             )
+        super().check_fd(fd)
 
     @override
     def kernel_add(self, fd: int, events: int) -> None:

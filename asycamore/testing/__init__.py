@@ -25,7 +25,7 @@ interrupted by a watchdog after a few seconds (on the main thread of a POSIX sys
 This package imports pytest: import it only from tests, never from library code.
 
 The kit is a package of rule groups, one module each (``registration``, ``timeouts``,
-``ordering``, ``readiness``, ``handler_errors``, ``lifecycle``, ``model``), which
+``ordering``, ``readiness``, ``handler_errors``, ``lifecycle``, ``forking``, ``model``), which
 `BackendConformance` combines; the building blocks live in ``support``.  Import
 everything from ``asycamore.testing`` itself.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .forking import ForkRules
 from .handler_errors import HandlerErrorRules
 from .lifecycle import LifecycleRules
 from .model import ModelRules
@@ -20,6 +21,7 @@ class BackendConformance(
     ReadinessRules,
     HandlerErrorRules,
     LifecycleRules,
+    ForkRules,
     ModelRules,
 ):
     """Subclass this in a test module to run every rule of the contract on a backend.

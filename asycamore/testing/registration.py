@@ -105,6 +105,20 @@ class RegistrationRules(KitBase):
         assert other not in ctx
         assert len(ctx) == 0
 
+    @pytest.mark.parametrize("events", [READ_WRITE, NONE])
+    @pytest.mark.parametrize("fd", [True, False, 2**31, 2**64, 1.0, None])
+    def test_rule1_fileno_not_a_descriptor_raises_valueerror(
+        self, ctx: IDispatchContext, events: Events, fd: object
+    ) -> None:
+        """A fileno() that is no descriptor number -- a bool (not 1 or 0), one beyond a C
+        int (which the OS calls would refuse with OverflowError, or not at all for
+        Events.NONE), or not an int -- raises ValueError, and nothing is kept."""
+        target = FixedFdTarget(fd)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            ctx.register(target, events)
+        assert target not in ctx
+        assert len(ctx) == 0
+
     def test_rule1_events_none_receives_nothing(
         self, ctx: IDispatchContext, sockets: Sockets
     ) -> None:

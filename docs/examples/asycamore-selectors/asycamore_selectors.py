@@ -30,6 +30,9 @@ class SelectorsDispatcher(DispatcherBase):
     # selectors reports neither POLLNVAL nor EBADF as such; epoll and kqueue, the usual
     # DefaultSelector, drop a closed descriptor silently.
     reports_closed_fds: ClassVar[bool | None] = False
+    # DefaultSelector is epoll or kqueue on most systems, whose kernel object a forked
+    # child must not use: the base gives the child a new selector (kernel_reopen).
+    rebuild_after_fork: ClassVar[bool] = True
 
     @classmethod
     def is_available(cls) -> bool:
