@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 
 from asycamore.dispatcher import Events, IDispatchContext
@@ -81,12 +78,7 @@ class OrderingRules(KitBase):
             fd = other.fileno()
             ctx.unregister(other)
             other.sock.close()
-            new_sock, new_peer = sockets.pair()
-            if new_sock.fileno() != fd:
-                os.dup2(new_sock.fileno(), fd)
-                new_sock.close()
-                new_sock = sockets.adopt(socket.socket(fileno=fd))
-                new_sock.setblocking(False)
+            new_sock, new_peer = sockets.pair_at(fd)
             new_peer.send(b"c")  # C is readable and writable at once
             c = RecordingTarget(new_sock, log, "c")
             ctx.register(c, READ_WRITE)

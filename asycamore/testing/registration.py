@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 
 import pytest
@@ -212,12 +210,7 @@ class RegistrationRules(KitBase):
         ctx.register(old, READ_WRITE)
         fd = sock.fileno()
         sock.close()
-        new_sock, new_peer = sockets.pair()
-        if new_sock.fileno() != fd:
-            os.dup2(new_sock.fileno(), fd)
-            new_sock.close()
-            new_sock = sockets.adopt(socket.socket(fileno=fd))
-            new_sock.setblocking(False)
+        new_sock, new_peer = sockets.pair_at(fd)
         ctx.unregister(old)
         assert len(ctx) == 0
         newcomer = RecordingTarget(new_sock, name="new")

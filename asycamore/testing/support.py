@@ -168,6 +168,17 @@ class Sockets:
             self.adopt(sock)
         return a, b
 
+    def pair_at(self, fd: int) -> tuple[socket.socket, socket.socket]:
+        """A connected, non-blocking socket pair whose first socket has descriptor number
+        *fd* (a number just closed, typically: to test what a newcomer on it gets)."""
+        sock, peer = self.pair()
+        if sock.fileno() != fd:
+            os.dup2(sock.fileno(), fd)
+            sock.close()
+            sock = self.adopt(socket.socket(fileno=fd))
+            sock.setblocking(False)
+        return sock, peer
+
     def tcp_pair(self, buffer_size: int | None = None) -> tuple[socket.socket, socket.socket]:
         """A connected, non-blocking TCP pair over ``127.0.0.1``: ``(client, server)``.
 
