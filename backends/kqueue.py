@@ -37,7 +37,8 @@ class KqueueDispatcher(DispatcherBase):
 
     A kqueue is not inherited by a child created with ``fork()``: the child's first use
     of the context makes a new kqueue holding the child's registrations (see
-    ``rebuild_after_fork``).
+    ``rebuild_after_fork``), with a new descriptor number: in a child, take `fileno`
+    after that first use.
     """
 
     name: ClassVar[str] = "kqueue"
