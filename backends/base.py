@@ -1,6 +1,6 @@
 """The base class for backend authors: the registration state and the dispatch rules, once.
 
-A backend subclasses `DispatcherBase` and only talks to its OS mechanism, through six
+A backend subclasses `DispatcherBase` and only talks to its OS mechanism, through seven
 hook methods that the base calls (in the manner of :class:`selectors.BaseSelector`'s
 subclasses, configured by class attributes):
 
@@ -12,9 +12,11 @@ subclasses, configured by class attributes):
 ``kernel_poll(timeout)``          wait, then return ``(registration, events)`` pairs
 ``kernel_close()``                release the OS object (optional)
 ``kernel_reopen()``               replace the OS object by an empty one (optional; needed
-                                  by `DispatcherBase.rebuild_kernel`)
+                                  by `DispatcherBase.rebuild_kernel`, and so by
+                                  ``rebuild_after_fork``)
 ``check_fd(fd)``                  refuse a descriptor the mechanism cannot watch
-                                  (optional: the base refuses negative ones)
+                                  (optional: the base refuses negative ones and
+                                  ones beyond a C ``int``)
 ================================  =====================================================
 
 Class attributes say what the mechanism is: `DispatcherBase.reports_closed_fds` (rule 6)
