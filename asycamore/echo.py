@@ -9,6 +9,7 @@ mark.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 
@@ -19,7 +20,12 @@ from .tcpsocket import Connection
 __all__ = ["EchoProtocol", "serve_echo"]
 
 STOP_TIMEOUT = 2.0
-"""Seconds the echo service lets its connections flush after SIGINT/SIGTERM."""
+"""Seconds the echo service lets its connections flush after SIGINT/SIGTERM/SIGHUP."""
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop the echo service gracefully.  SIGHUP too, as servers commonly
+do: a closed terminal stops it cleanly (echo has no configuration to reload).  Other
+signals (SIGQUIT, SIGUSR1, ...) keep their default action."""
 
 
 class EchoProtocol(Protocol):
@@ -68,7 +74,8 @@ def serve_echo(
     port: int = 0,
     workers: int | None = None,
 ) -> int:
-    """Serve TCP echo on *host*:*port* until SIGINT or SIGTERM; return the exit status.
+    """Serve TCP echo on *host*:*port* until a :data:`STOP_SIGNALS` signal; return the
+    exit status.
 
     Prints ``listening on HOST:PORT`` (the real port) to stdout once listening.  On a
     signal, stops accepting, lets the connections flush for up to
@@ -83,13 +90,19 @@ def serve_echo(
     try:
         if workers is not None:
             return _serve_workers(backend, host, port, workers)
-        with Service(backend, stop_timeout=STOP_TIMEOUT) as service:
+        try:
+            service = Service(backend, stop_timeout=STOP_TIMEOUT)
+        except OSError as exc:  # EMFILE, for one: no descriptor for the context or waker
+            raise UsageError(f"cannot start: {exc.strerror or exc}") from None
+        with service:
             try:
                 listener = service.listen_tcp(EchoProtocol, host, port)
             except (OSError, OverflowError) as exc:
                 raise _bind_error(exc, host, port) from None
             # Handlers first: a SIGTERM right after the line below must stop us cleanly.
-            with service.signal_handling():
+            # They stay (ignoring) until the process has exited: a second signal while
+            # it exits must not turn its status 0 into a death by signal.
+            with service.signal_handling(STOP_SIGNALS, ignore_afterwards=True):
                 print(f"listening on {host}:{listener.port}", flush=True)
                 service.serve_forever()
     finally:
@@ -101,7 +114,9 @@ def serve_echo(
 def _serve_workers(backend: str | None, host: str, port: int, workers: int) -> int:
     from .workers import Worker, WorkerPool, WorkerStartError
 
-    pool = WorkerPool(workers, backend=backend, stop_timeout=STOP_TIMEOUT)
+    pool = WorkerPool(
+        workers, backend=backend, stop_timeout=STOP_TIMEOUT, stop_signals=STOP_SIGNALS
+    )
     try:
         address = pool.bind_tcp(host, port)
     except (OSError, OverflowError) as exc:
@@ -114,7 +129,7 @@ def _serve_workers(backend: str | None, host: str, port: int, workers: int) -> i
         print(f"listening on {host}:{address[1]}", flush=True)
 
     try:
-        return pool.run(setup, on_ready=on_ready)
+        return pool.run(setup, on_ready=on_ready, ignore_signals_afterwards=True)
     except WorkerStartError as exc:
         logging.getLogger("asycamore").error("%s", exc)
         return exc.status or 1

@@ -27,7 +27,12 @@ runs its dispatch context.
 
 from __future__ import annotations
 
-from ._transport.base import DEFAULT_BACKLOG, DEFAULT_HIGH_WATER, DEFAULT_RECV_BUFFER_SIZE
+from ._transport.base import (
+    DEFAULT_BACKLOG,
+    DEFAULT_HIGH_WATER,
+    DEFAULT_LINGER,
+    DEFAULT_RECV_BUFFER_SIZE,
+)
 from ._transport.connect import connect_tcp, connect_unix
 from ._transport.listener import (
     Listener,
@@ -42,6 +47,7 @@ from .timers import TimerHandle, Timers
 __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_HIGH_WATER",
+    "DEFAULT_LINGER",
     "DEFAULT_RECV_BUFFER_SIZE",
     "Connection",
     "Listener",

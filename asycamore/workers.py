@@ -46,10 +46,10 @@ No orphans
     been sent SIGTERM.  (``prctl(PR_SET_PDEATHSIG)`` would do it on Linux only, and is
     not in the standard library; polling :func:`os.getppid` would cost a timer.)
 
-Workers ignore SIGINT: a Ctrl-C reaches the whole process group, and the parent
-turns it into one SIGTERM per worker.  A worker that also took the SIGINT would see
-the SIGTERM as a second signal and abort its connections instead of letting them
-finish.
+Workers stop on SIGTERM only and ignore the pool's other stop signals (SIGINT by
+default): a Ctrl-C reaches the whole process group, and the parent turns it into one
+SIGTERM per worker.  A worker that also took the SIGINT would see the SIGTERM as a
+second signal and abort its connections instead of letting them finish.
 
 Call :meth:`WorkerPool.run` from the main thread of a program that has started no
 other thread (forking a threaded process copies only the calling thread, and any lock
@@ -80,6 +80,7 @@ from .tcpsocket import DEFAULT_BACKLOG, Listener, StreamHandler, create_listenin
 from .wakeup import SignalCatcher, Waker
 
 __all__ = [
+    "DEFAULT_STOP_SIGNALS",
     "MAX_WORKERS",
     "REUSE_PORT_BALANCES",
     "Worker",
@@ -97,8 +98,8 @@ REUSE_PORT_BALANCES = sys.platform.startswith("linux")
 """Whether ``SO_REUSEPORT`` spreads connections over the sockets bound to one address
 (Linux 3.9+).  Elsewhere the pool's workers share one socket per address."""
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_PARENT_SIGNALS = (*_STOP_SIGNALS, signal.SIGCHLD)
+DEFAULT_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a pool, by default."""
 
 
 class WorkerStartError(RuntimeError):
@@ -204,6 +205,7 @@ class WorkerPool:
         reuse_port: bool | None = None,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         kill_timeout: float | None = None,
+        stop_signals: Sequence[int] = DEFAULT_STOP_SIGNALS,
         **service_options: Any,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int):
@@ -223,6 +225,11 @@ class WorkerPool:
         self.kill_timeout = stop_timeout + 3.0 if kill_timeout is None else kill_timeout
         """Seconds the parent waits for the workers to stop before it SIGKILLs them."""
         self.service_options = service_options
+        self.stop_signals = tuple(stop_signals)
+        """The signals that stop the pool when sent to the parent (SIGTERM always does)."""
+        if signal.SIGTERM not in self.stop_signals:
+            self.stop_signals += (signal.SIGTERM,)
+        self._parent_signals = (*self.stop_signals, signal.SIGCHLD)
         self._slots = [_Slot(index, []) for index in range(workers)]
         self.addresses: list[Any] = []
         """The bound addresses (``getsockname()``), one per :meth:`bind_tcp` call."""
@@ -271,6 +278,7 @@ class WorkerPool:
         setup: Callable[[Service, Worker], object],
         *,
         on_ready: Callable[[], object] | None = None,
+        ignore_signals_afterwards: bool = False,
     ) -> int:
         """Fork the workers and supervise them until SIGINT or SIGTERM; return 0.
 
@@ -282,7 +290,10 @@ class WorkerPool:
 
         Raises :class:`WorkerStartError` if a worker exits before it is ready (its
         ``setup`` raised, say; the worker prints the traceback): the other workers
-        are stopped first.  The listening sockets are closed when this returns.
+        are stopped first.  The listening sockets are closed when this returns.  The
+        parent's signal handlers are restored then, or, with
+        *ignore_signals_afterwards*, the stop signals are ignored from then on (for a
+        program that exits next: a second Ctrl-C must not change its exit status).
         """
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("WorkerPool.run() must be called from the main thread")
@@ -290,14 +301,16 @@ class WorkerPool:
             raise RuntimeError("the pool is already running")
         self._running = True
         waker = Waker()
-        catcher = SignalCatcher(waker, _PARENT_SIGNALS)
+        catcher = SignalCatcher(waker)
         # Nobody writes to this pipe: the workers read EOF from it once the parent is gone.
         watch_r, watch_w = os.pipe()
         ready_r, ready_w = os.pipe()
         os.set_blocking(ready_r, False)
         self._inherited = (waker, [watch_w, ready_r])
         try:
-            with catcher.installed():
+            with catcher.installed(
+                self._parent_signals, ignore_afterwards=ignore_signals_afterwards
+            ):
                 return self._supervise(setup, on_ready, catcher, waker, watch_r, ready_r, ready_w)
         finally:
             self._kill_all(signal.SIGKILL)  # only if something above went wrong
@@ -393,7 +406,7 @@ class WorkerPool:
         sys.stderr.flush()
         # The child must not run the parent's handlers (which write to the parent's
         # wake-up pipe) between the fork and installing its own: block them meanwhile.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, self._parent_signals)
         try:
             pid = os.fork()
             if pid == 0:
@@ -501,7 +514,7 @@ class WorkerPool:
     ) -> int:
         # Signals are still blocked here: drop the parent's handlers and wake-up fd.
         signal.set_wakeup_fd(-1)
-        for signum in _PARENT_SIGNALS:
+        for signum in self._parent_signals:
             signal.signal(signum, signal.SIG_DFL)
         assert self._inherited is not None
         waker, fds = self._inherited
@@ -518,9 +531,14 @@ class WorkerPool:
             watch = _ParentWatch(watch_r, service)
             service.dispatcher.register(watch, Events.READ)
             setup(service, Worker(slot.index, list(slot.sockets)))
-            with service.signal_handling():
-                # See the module's docstring: the parent forwards Ctrl-C as SIGTERM.
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # Only SIGTERM, from the parent, stops a worker: the other stop signals
+            # (Ctrl-C's SIGINT, a closed terminal's SIGHUP) reach the whole process
+            # group, and the parent turns them into one SIGTERM each (see the module's
+            # docstring).
+            for signum in self.stop_signals:
+                if signum != signal.SIGTERM:
+                    signal.signal(signum, signal.SIG_IGN)
+            with service.signal_handling((signal.SIGTERM,)):
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.write(ready_w, bytes([slot.index]))
                 os.close(ready_w)
@@ -530,10 +548,10 @@ class WorkerPool:
 
 
 def _take_stop_signal(catcher: SignalCatcher) -> bool:
-    """Whether SIGINT or SIGTERM arrived since the last call (SIGCHLD is only noted:
-    the supervisor reaps children on every wake-up anyway)."""
+    """Whether a stop signal arrived since the last call (SIGCHLD is only noted: the
+    supervisor reaps children on every wake-up anyway)."""
     pending = catcher.pending
-    stop = any(signum in _STOP_SIGNALS for signum in pending)
+    stop = any(signum != signal.SIGCHLD for signum in pending)
     pending.clear()
     return stop
 

@@ -49,9 +49,11 @@ def test_bench_command_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "asyncio" in out
 
 
-def test_bench_rejects_bad_seconds(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--seconds", "0"]) == 2
-    assert "not a positive number" in capsys.readouterr().err
+@pytest.mark.parametrize("seconds", ["0", "-1", "inf", "nan", "1e308", "601"])
+def test_bench_rejects_bad_seconds(capsys: pytest.CaptureFixture[str], seconds: str) -> None:
+    """Non-positive, non-finite and absurd durations are refused (inf ran forever)."""
+    assert main(["bench", "--seconds", seconds]) == 2
+    assert "is not a number of seconds in (0, 600]" in capsys.readouterr().err
 
 
 def test_format_table_and_ratios() -> None:
