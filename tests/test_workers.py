@@ -289,7 +289,7 @@ def test_a_killed_worker_is_reported_and_replaced(tmp_path: Path) -> None:
         _wait_until(lambda: not any(map(_alive, now)), what="workers gone")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_stops_every_worker_gracefully(tmp_path: Path, signum: int) -> None:
     with start([*ASYCAMORE, "echo", "--workers", "2"], tmp_path, workers=2) as pool:
         clients = [socket.create_connection(("127.0.0.1", pool.port), timeout=5) for _ in range(8)]
