@@ -309,8 +309,18 @@ class Service:
         self._check_open()
         idle = self.idle_timeout if idle_timeout is None else idle_timeout
 
-        def on_connection(conn: Connection) -> None:
-            self._add(conn, idle)
+        if idle is None:
+            # No timer to arm: the listener hands over a connection that is open, so
+            # the bookkeeping is one dict store (this runs for every connection).
+            connections = self._connections
+
+            def on_connection(conn: Connection) -> None:
+                connections[conn] = None
+
+        else:
+
+            def on_connection(conn: Connection) -> None:
+                self._add(conn, idle)
 
         return {
             "timers": self.timers,

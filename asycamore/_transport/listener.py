@@ -25,6 +25,16 @@ __all__ = [
     "remove_socket_file",
 ]
 
+# socket.socket.accept() is a Python wrapper around this C method: it reads the
+# listening socket's family and type through properties that convert them to IntEnums,
+# and checks the default timeout -- about ten Python-level calls per connection, a good
+# share of what the accept-echo-close path costs over a bare selectors loop.  The
+# listener calls the C method and builds the socket from ints it read once.  (On Linux
+# the accepted descriptor is blocking and close-on-exec, exactly as with accept().)
+# Only for a plain socket.socket: a subclass's accept() (ssl.SSLSocket's, a test's) is
+# honoured.
+_accept = socket.socket._accept  # type: ignore[attr-defined]
+
 # accept() errors that concern only the one connection being accepted (see accept(2)).
 _ACCEPT_RETRY: Final = frozenset(
     getattr(errno, name)
@@ -133,6 +143,9 @@ class Listener:
         """Called with each connection after its handler's ``connection_lost``."""
         self._options = connection_options
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._kind = (
+            (int(sock.family), int(sock.type), sock.proto) if type(sock) is socket.socket else None
+        )
         self._count = 0
         self._events = 0
         self._closed = False
@@ -158,7 +171,9 @@ class Listener:
 
     def handle_read_event(self) -> None:
         """Accept up to :attr:`accept_batch` pending connections."""
-        accept = self._sock.accept
+        listening = self._sock
+        kind = self._kind
+        new_socket = socket.socket
         limit = self.max_connections
         for _ in range(self.accept_batch):
             if limit is not None and self._count >= limit:
@@ -166,7 +181,11 @@ class Listener:
                 self._set_events(0)
                 return
             try:
-                sock, _address = accept()
+                if kind is None:
+                    sock, _address = listening.accept()
+                else:
+                    fd, _address = _accept(listening)
+                    sock = new_socket(*kind, fd)
             except (BlockingIOError, InterruptedError):
                 if self._episode:
                     # The backlog is drained without running out: the episode is over.

@@ -675,6 +675,11 @@ class Connection(Transport):
         if self._state != _OPEN:
             return
         if not keep_open:
+            if not self._chunks:
+                # What close() would come to, without its checks: nothing to flush,
+                # and the peer has sent its EOF, so there is nothing to linger for.
+                self._finish(None)
+                return
             self.close()
         elif self._shut_wr == _SHUT_WR_DONE:
             self._finish(None)
