@@ -64,6 +64,9 @@ READ: Final = int(Events.READ)
 WRITE: Final = int(Events.WRITE)
 """`Events.WRITE <asycamore.Events.WRITE>` as a plain int."""
 _ALL_EVENTS: Final = READ | WRITE
+# The masks of the four Events members: register() and modify() look a member up here
+# (every connection passes one) and leave anything else to _check_events.
+_MASK_OF_MEMBER: Final = {member: int(member) for member in (Events.NONE, Events.READ, Events.WRITE, Events.READ | Events.WRITE)}
 MAX_EVENTS_PER_WAIT: Final = 1024
 """The most readiness reports a backend should ask its OS for per wait.
 
@@ -324,7 +327,10 @@ class DispatcherBase:
         """Start watching *target* for *events* (see :class:`asycamore.IDispatchContext`)."""
         if self._state & _UNUSABLE:
             self._settle()
-        mask = self._check_events(events)
+        if events.__class__ is Events:
+            mask = _MASK_OF_MEMBER[events]
+        else:
+            mask = self._check_events(events)
         fd = target.fileno()
         if fd.__class__ is not int:
             # A bool is an int, but True is no descriptor anyone means (CPython 3.12
@@ -364,8 +370,10 @@ class DispatcherBase:
 
     def unregister(self, target: IDispatchTarget) -> None:
         """Stop watching *target*; works after its descriptor was closed."""
-        registration = self._registration(target)
-        del self._by_target[id(target)]
+        # _registration(), inlined: every connection comes through here once.
+        registration = self._by_target.pop(id(target), None)
+        if registration is None:
+            raise KeyError(f"{target!r} is not registered")
         del self._by_fd[registration.fd]
         events = registration.events
         # Retire it: readiness already collected for it is now stale (see Registration).

@@ -66,6 +66,9 @@ def water_marks(high: int | None, low: int | None) -> tuple[int, int]:
     return high, low
 
 
+_DEFAULT_MARKS: Final = water_marks(None, None)
+
+
 def set_nodelay(sock: socket.socket) -> None:
     """Turn Nagle's algorithm off on a TCP socket (a no-op for other families)."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -114,7 +117,10 @@ class Transport:
         self._handler = handler
         self._events = 0
         self._buffered = 0
-        self._high, self._low = water_marks(high_water, low_water)
+        if high_water is None and low_water is None:
+            self._high, self._low = _DEFAULT_MARKS  # water_marks(None, None), for every connection
+        else:
+            self._high, self._low = water_marks(high_water, low_water)
         self._on_close = on_close
         self._track_activity = track_activity
         self.last_activity = time.monotonic()

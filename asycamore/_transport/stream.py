@@ -247,10 +247,11 @@ class Connection(Transport):
         propagates.
         """
         try:
-            self._register(READ)
+            self._context.register(self, EVENTS[READ])  # _register(READ), inlined
         except BaseException:
             self._release()
             raise
+        self._events = READ
 
     def start(self) -> None:
         """:meth:`attach` if not yet done, then call ``handler.connection_made(self)``."""
