@@ -66,7 +66,10 @@ WRITE: Final = int(Events.WRITE)
 _ALL_EVENTS: Final = READ | WRITE
 # The masks of the four Events members: register() and modify() look a member up here
 # (every connection passes one) and leave anything else to _check_events.
-_MASK_OF_MEMBER: Final = {member: int(member) for member in (Events.NONE, Events.READ, Events.WRITE, Events.READ | Events.WRITE)}
+_MASK_OF_MEMBER: Final = {
+    member: int(member)
+    for member in (Events.NONE, Events.READ, Events.WRITE, Events.READ | Events.WRITE)
+}
 MAX_EVENTS_PER_WAIT: Final = 1024
 """The most readiness reports a backend should ask its OS for per wait.
 

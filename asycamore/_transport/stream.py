@@ -260,6 +260,12 @@ class Connection(Transport):
         handler = self._handler
         if handler is not None:
             handler.connection_made(self)
+            # data_received is looked up again once connection_made has run, so that a
+            # handler can hand out a callable it only has from then on: asycamore.echo's
+            # protocol gives its transport's write, and an echoed message then costs no
+            # frame of its own.  (A close in connection_made has set _deliver already.)
+            if self._state == _OPEN:
+                self._deliver = handler.data_received
 
     def _register(self, events: int) -> None:
         self._context.register(self, EVENTS[events])
@@ -772,6 +778,8 @@ class Connection(Transport):
         handler = self._handler
         if handler is not None:
             handler.connection_made(self)
+            if self._state == _OPEN:  # see start()
+                self._deliver = handler.data_received
         if self._state != _OPEN:
             return
         if self._chunks:
