@@ -184,12 +184,19 @@ class Subject:
     workloads: tuple[str, ...] = ECHO_WORKLOADS
 
 
-def echo_subjects(c_server: Path | None) -> tuple[list[Subject], list[str]]:
+def echo_subjects(
+    c_server: Path | None, baseline_python: str | None = None
+) -> tuple[list[Subject], list[str]]:
     """Every server this machine can run, and notes about the ones it cannot."""
     py = sys.executable
     subjects: list[Subject] = []
     notes: list[str] = []
     backends = [info.name for info in list_backends() if info.available]
+    if baseline_python:
+        # An A/B of two installs in one run: the other one's echo, on epoll.
+        command = [baseline_python, *asycamore_echo_command("epoll")[1:]]
+        subjects.append(Subject("asycamore-epoll-baseline", command))
+        notes.append(f"asycamore-epoll-baseline: asycamore echo run by {baseline_python}")
     for backend in backends:
         subjects.append(
             Subject(
@@ -606,7 +613,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpus = harness.cpu_layout()
     loadgen = None if args.python_generator else compile_c("loadgen")
     c_server = compile_c("epoll_echo")
-    subjects, notes = echo_subjects(c_server)
+    subjects, notes = echo_subjects(c_server, args.baseline_python)
     if args.subjects:
         subjects = [s for s in subjects if s.name in args.subjects]
     if loadgen is None:
@@ -870,6 +877,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--retries", type=int, help="re-measure a run other processes disturbed (default 2)"
+    )
+    parser.add_argument(
+        "--baseline-python",
+        metavar="PYTHON",
+        help="also run asycamore echo (epoll) with this interpreter's install, as subject"
+        " asycamore-epoll-baseline (an A/B of two installs, interleaved in one run)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--no-save", action="store_true", help="print only, write no files")
