@@ -280,7 +280,7 @@ class WorkerPool:
         on_ready: Callable[[], object] | None = None,
         ignore_signals_afterwards: bool = False,
     ) -> int:
-        """Fork the workers and supervise them until SIGINT or SIGTERM; return 0.
+        """Fork the workers and supervise them until a stop signal; return 0.
 
         In each worker, ``setup(service, worker)`` is called with a new
         :class:`~asycamore.servicemodel.Service` and the :class:`Worker`; it adds
@@ -307,12 +307,17 @@ class WorkerPool:
         ready_r, ready_w = os.pipe()
         os.set_blocking(ready_r, False)
         self._inherited = (waker, [watch_w, ready_r])
+        sigchld = signal.getsignal(signal.SIGCHLD)
         try:
             with catcher.installed(
                 self._parent_signals, ignore_afterwards=ignore_signals_afterwards
             ):
                 return self._supervise(setup, on_ready, catcher, waker, watch_r, ready_r, ready_w)
         finally:
+            if ignore_signals_afterwards and sigchld is not None:
+                # Ignoring SIGCHLD would mean something else (children reaped by the
+                # kernel): only the stop signals are to be ignored.
+                signal.signal(signal.SIGCHLD, sigchld)
             self._kill_all(signal.SIGKILL)  # only if something above went wrong
             self._reap_all(block=True)
             for fd in (watch_r, watch_w, ready_r, ready_w):
