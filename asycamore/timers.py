@@ -155,6 +155,8 @@ class Timers:
 
     def timeout(self, now: float | None = None) -> float | None:
         """Seconds until the earliest pending call (0 if it is due), ``None`` if none."""
+        if not self._heap:  # a service asks before every dispatch, mostly with no timers
+            return None
         deadline = self.next_deadline()
         if deadline is None:
             return None

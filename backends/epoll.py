@@ -102,13 +102,21 @@ class EpollDispatcher(DispatcherBase):
     def kernel_poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         if self._stale:
             self.rebuild_kernel()
-        ms = ceil_timeout(timeout, 1e-3)
-        # epoll takes seconds but waits in whole milliseconds; -1 blocks.
+        # epoll takes seconds but waits in whole milliseconds; -1 blocks.  Blocking and
+        # polling, a service's usual two, skip the rounding call (this runs per dispatch).
+        if timeout is None:
+            wait = -1.0
+        elif timeout <= 0:
+            wait = 0.0
+        else:
+            ms = ceil_timeout(timeout, 1e-3)
+            wait = -1.0 if ms is None else ms * 1e-3
         max_events = len(self.registrations) or 1
         max_events = min(max_events, MAX_EVENTS_PER_WAIT)
-        ready = self._epoll.poll(-1 if ms is None else ms * 1e-3, max_events)
+        ready = self._epoll.poll(wait, max_events)
         by_fd = self.registrations
-        result = []
+        result: list[tuple[Registration, int]] = []
+        append = result.append
         for fd, mask in ready:
             registration = by_fd.get(fd)
             if registration is None or not registration.events:
@@ -119,7 +127,7 @@ class EpollDispatcher(DispatcherBase):
             if events is None:
                 # EPOLLERR or EPOLLHUP (perhaps with IN/OUT): see _EVENTS_OF_MASK.
                 events = registration.events
-            result.append((registration, events))
+            append((registration, events))
         return result
 
     @override
