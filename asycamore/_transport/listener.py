@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import socket
 import stat
@@ -141,7 +142,17 @@ class Listener:
         """Called with each new connection, before its handler's ``connection_made``."""
         self.on_connection_closed = on_connection_closed
         """Called with each connection after its handler's ``connection_lost``."""
-        self._options = connection_options
+        # Made once: a call spelling out the keyword arguments (and unpacking the
+        # options) costs about half a microsecond more per connection, and a new bound
+        # method for on_close each time.
+        self._new_connection = functools.partial(
+            Connection,
+            context,
+            on_close=self._connection_closed,
+            timers=timers,
+            start=False,
+            **connection_options,
+        )
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         self._kind = (
             (int(sock.family), int(sock.type), sock.proto) if type(sock) is socket.socket else None
@@ -282,15 +293,7 @@ class Listener:
             return
         try:
             handler = self._factory()
-            conn = Connection(
-                self._context,
-                sock,
-                handler,
-                on_close=self._connection_closed,
-                timers=self._timers,
-                start=False,
-                **self._options,
-            )
+            conn = self._new_connection(sock, handler)
         except Exception:
             log.exception("cannot create a handler for a connection on %s", self._where())
             sock.close()
