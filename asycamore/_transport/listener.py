@@ -145,6 +145,7 @@ class Listener:
         # Made once: a call spelling out the keyword arguments (and unpacking the
         # options) costs about half a microsecond more per connection, and a new bound
         # method for on_close each time.
+        self._new_connection: Callable[[socket.socket, StreamHandler], Connection]
         self._new_connection = functools.partial(
             Connection,
             context,
