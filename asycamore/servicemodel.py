@@ -35,16 +35,20 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any, ClassVar
+from ssl import SSLContext
+from typing import Any, ClassVar, Literal, overload
 
 from . import tcpsocket
 from .dispatcher import Events, IDispatchContext, IDispatchTarget, close_on_error, iterate
 from .tcpsocket import (
     DEFAULT_BACKLOG,
+    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_RECV_BUFFER_SIZE,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     Connection,
     Listener,
     StreamHandler,
+    TLSConnection,
 )
 from .timers import ReadyQueue, TimerHandle, Timers
 from .wakeup import SignalCatcher, Waker
@@ -333,6 +337,10 @@ class Service:
         low_water: int | None = None,
         accept_batch: int = 64,
         backoff: float = 0.25,
+        ssl: SSLContext | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
     ) -> Listener:
         """Listen on *host*:*port* and serve each connection with a new protocol from
         *protocol_factory*; return the :class:`~asycamore.tcpsocket.Listener`.
@@ -340,6 +348,10 @@ class Service:
         Raises :class:`OSError` if the address cannot be resolved or bound.  See
         :class:`~asycamore.tcpsocket.Listener` for *max_connections*, *accept_batch* and
         *backoff*; *idle_timeout* and the water marks default to the service's.
+
+        With *ssl* (a server :class:`ssl.SSLContext`) the connections speak TLS: see
+        :func:`asycamore.tcpsocket.listen_tcp` and :doc:`/tls`.  The service's timers
+        run the handshake and shutdown timeouts.
         """
         listener = tcpsocket.listen_tcp(
             self.dispatcher,
@@ -352,6 +364,10 @@ class Service:
             max_connections=max_connections,
             accept_batch=accept_batch,
             backoff=backoff,
+            ssl=ssl,
+            handshake_timeout=handshake_timeout,
+            shutdown_timeout=shutdown_timeout,
+            strict_eof=strict_eof,
             **self._listener_options(idle_timeout, high_water, low_water),
         )
         self._listeners.append(listener)
@@ -383,14 +399,15 @@ class Service:
 
     def _connect(
         self,
-        connect: Callable[..., Connection],
+        connect: Callable[..., Connection | TLSConnection],
         target: tuple[Any, ...],
         protocol: StreamHandler,
         timeout: float | None,
         idle_timeout: float | None,
         high_water: int | None,
         low_water: int | None,
-    ) -> Connection:
+        **tls_options: Any,
+    ) -> Any:
         self._check_open()
         if idle_timeout is None:
             idle_timeout = self.idle_timeout
@@ -401,10 +418,48 @@ class Service:
             timeout=timeout,
             timers=self.timers,
             on_close=self._remove,
+            **tls_options,
             **self._connection_options(idle_timeout, high_water, low_water),
         )
-        self._add(conn, idle_timeout)
+        # The service tracks plain connections (a TLS one runs on one).
+        self._add(conn.connection if isinstance(conn, TLSConnection) else conn, idle_timeout)
         return conn
+
+    @overload
+    def connect_tcp(
+        self,
+        protocol: StreamHandler,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        ssl: Literal[False] | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
+    ) -> Connection: ...
+
+    @overload
+    def connect_tcp(
+        self,
+        protocol: StreamHandler,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        ssl: SSLContext | Literal[True],
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
+    ) -> TLSConnection: ...
 
     def connect_tcp(
         self,
@@ -416,11 +471,31 @@ class Service:
         idle_timeout: float | None = None,
         high_water: int | None = None,
         low_water: int | None = None,
-    ) -> Connection:
+        ssl: SSLContext | bool | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
+    ) -> Connection | TLSConnection:
         """Connect to *host*:*port* without blocking; *protocol* hears
         ``connection_made`` or ``connection_failed`` (see
-        :func:`asycamore.tcpsocket.connect_tcp`)."""
-        return self._connect(
+        :func:`asycamore.tcpsocket.connect_tcp`).
+
+        With *ssl* (an :class:`ssl.SSLContext`, or ``True`` for the default, verifying
+        one) the connection speaks TLS and the
+        :class:`~asycamore.tcpsocket.TLSConnection` is returned; the service's timers
+        run its timeouts.  See :doc:`/tls`.
+        """
+        tls_options: dict[str, Any] = {}
+        if ssl is not None and ssl is not False:
+            tls_options = {
+                "ssl": ssl,
+                "server_hostname": server_hostname,
+                "handshake_timeout": handshake_timeout,
+                "shutdown_timeout": shutdown_timeout,
+                "strict_eof": strict_eof,
+            }
+        return self._connect(  # type: ignore[no-any-return]
             tcpsocket.connect_tcp,
             (host, port),
             protocol,
@@ -428,6 +503,39 @@ class Service:
             idle_timeout,
             high_water,
             low_water,
+            **tls_options,
+        )
+
+    def start_tls(
+        self,
+        connection: Connection,
+        sslcontext: SSLContext | bool,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        protocol: StreamHandler | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
+        received: bytes = b"",
+    ) -> TLSConnection:
+        """Upgrade the open plain *connection* to TLS (STARTTLS), on either side; the
+        service's timers run the timeouts.  See :func:`asycamore.tcpsocket.start_tls`:
+        *protocol* (default: the connection's) hears ``connection_made`` again, with the
+        returned :class:`~asycamore.tcpsocket.TLSConnection`, once the handshake
+        completes."""
+        self._check_open()
+        return tcpsocket.start_tls(
+            connection,
+            sslcontext,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            protocol=protocol,
+            timers=self.timers,
+            handshake_timeout=handshake_timeout,
+            shutdown_timeout=shutdown_timeout,
+            strict_eof=strict_eof,
+            received=received,
         )
 
     def connect_unix(
@@ -441,9 +549,10 @@ class Service:
         low_water: int | None = None,
     ) -> Connection:
         """Like :meth:`connect_tcp`, to the Unix domain socket at *path*."""
-        return self._connect(
+        conn: Connection = self._connect(
             tcpsocket.connect_unix, (path,), protocol, timeout, idle_timeout, high_water, low_water
         )
+        return conn
 
     @property
     def connections(self) -> list[Connection]:

@@ -14,6 +14,10 @@ themselves, calling :meth:`~asycamore.IDispatchContext.modify` only when it chan
 - :func:`connect_tcp` / :func:`connect_unix` start a non-blocking connect with an
   optional timeout; the handler hears :meth:`~StreamHandler.connection_made` or
   ``connection_failed(exc)``.
+- :class:`TLSConnection` is TLS layered on a connection (``ssl.MemoryBIO``): server
+  side with ``listen_tcp(..., ssl=context)``, client side with ``connect_tcp(...,
+  ssl=context_or_True)``, and :func:`start_tls` to upgrade an open connection
+  (STARTTLS).  It has :class:`Connection`'s API; see :doc:`/tls`.
 - :class:`~asycamore.timers.Timers` (from :mod:`asycamore.timers`, also importable
   from here) is the timer heap that the listener's back-off and the connect timeout
   use; :class:`asycamore.servicemodel.Service` runs one for you.
@@ -37,17 +41,29 @@ from ._transport.listener import (
     listen_unix,
 )
 from ._transport.stream import Connection, StreamHandler, default_recv_buffer
+from ._transport.tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    TLSConnection,
+    client_context,
+    start_tls,
+    tls_handler_factory,
+)
 from .timers import TimerHandle, Timers
 
 __all__ = [
     "DEFAULT_BACKLOG",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HIGH_WATER",
     "DEFAULT_RECV_BUFFER_SIZE",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
     "Connection",
     "Listener",
     "StreamHandler",
+    "TLSConnection",
     "TimerHandle",
     "Timers",
+    "client_context",
     "connect_tcp",
     "connect_unix",
     "create_listening_socket",
@@ -55,4 +71,6 @@ __all__ = [
     "default_recv_buffer",
     "listen_tcp",
     "listen_unix",
+    "start_tls",
+    "tls_handler_factory",
 ]

@@ -15,6 +15,12 @@ from ..dispatcher import Events, IDispatchContext
 from ..timers import TimerHandle, Timers
 from .base import DEFAULT_BACKLOG, EVENTS, READ, log
 from .stream import Connection, StreamHandler
+from .tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    SSLContext,
+    tls_handler_factory,
+)
 
 __all__ = [
     "Listener",
@@ -405,11 +411,33 @@ def listen_tcp(
     backlog: int = DEFAULT_BACKLOG,
     reuse_address: bool = True,
     reuse_port: bool = False,
+    ssl: SSLContext | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+    strict_eof: bool = False,
     **listener_options: Any,
 ) -> Listener:
     """Listen on *host*:*port* (see :func:`create_listening_socket`); return the
     :class:`Listener`, already registered in *context*.  *listener_options* are passed
-    to :class:`Listener`."""
+    to :class:`Listener`.
+
+    With *ssl*, a server :class:`ssl.SSLContext` holding the certificate chain and key,
+    every accepted connection speaks TLS (see :func:`tls_handler_factory`): the
+    protocol hears ``connection_made`` with a :class:`TLSConnection` once the handshake
+    completes.  A client that fails the handshake or does not finish it within
+    *handshake_timeout* seconds is dropped (its protocol hears ``handshake_failed(exc)``
+    if it has one).  The timeouts need ``timers=`` (or ``None``); *shutdown_timeout* and
+    *strict_eof* are :class:`TLSConnection`'s.
+    """
+    if ssl is not None:
+        handler_factory = tls_handler_factory(
+            handler_factory,
+            ssl,
+            timers=listener_options.get("timers"),
+            handshake_timeout=handshake_timeout,
+            shutdown_timeout=shutdown_timeout,
+            strict_eof=strict_eof,
+        )
     sock = create_listening_socket(
         host, port, backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port
     )

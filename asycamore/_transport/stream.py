@@ -233,6 +233,22 @@ class Connection(Transport):
         if handler is not None:
             handler.connection_made(self)
 
+    def set_handler(self, handler: StreamHandler) -> None:
+        """Hand the connection to another handler, from the next callback on.
+
+        For a protocol switch on an open (or connecting) connection: a TLS layer taking
+        over the byte stream (:func:`~asycamore.tcpsocket.start_tls`, and the way
+        ``ssl=`` connections are built), or a protocol upgrade.  The new handler's
+        ``receive_memoryview`` is looked up again; it is *not* told
+        ``connection_made`` (it has the connection already).  Raises
+        :class:`RuntimeError` once the connection is closed.
+        """
+        if self._state == _CLOSED:
+            raise RuntimeError("set_handler() on a closed connection")
+        self._handler = handler
+        self._wants_views = bool(getattr(handler, "receive_memoryview", False))
+        self._deliver = handler.data_received
+
     def _register(self, events: int) -> None:
         self._context.register(self, EVENTS[events])
         self._events = events
