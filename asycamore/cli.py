@@ -39,6 +39,8 @@ def _build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--backend", metavar="NAME", help="backend to use (default: the best)")
     echo.add_argument("--host", default="127.0.0.1", help="address to listen on")
     echo.add_argument("--port", type=_port, default=0, help="port (0: any free port)")
+    echo.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain")
+    echo.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
     echo.set_defaults(run=_cmd_echo)
 
     bench = commands.add_parser("bench", help="a short loopback benchmark of every backend")
@@ -122,7 +124,13 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 def _cmd_echo(args: argparse.Namespace) -> int:
     from .echo import serve_echo
 
-    return serve_echo(backend=args.backend, host=args.host, port=args.port)
+    return serve_echo(
+        backend=args.backend,
+        host=args.host,
+        port=args.port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

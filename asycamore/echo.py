@@ -1,4 +1,4 @@
-"""``asycamore echo``: a TCP echo service built on :mod:`asycamore.servicemodel`.
+"""``asycamore echo``: a TCP (or TLS) echo service built on :mod:`asycamore.servicemodel`.
 
 Every byte received is written back; when the peer half-closes, what is buffered is
 sent and the connection is closed.  Memory stays bounded when a peer sends without
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import sys
 
 from .errors import UsageError
 from .servicemodel import Protocol, Service
 from .tcpsocket import Connection
 
-__all__ = ["EchoProtocol", "serve_echo"]
+__all__ = ["EchoProtocol", "serve_echo", "tls_server_context"]
 
 STOP_TIMEOUT = 2.0
 """Seconds the echo service lets its connections flush after SIGINT/SIGTERM."""
@@ -40,6 +41,53 @@ class EchoProtocol(Protocol):
         self._write(data)
 
 
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password() -> bytes:
+    # An encrypted key would make OpenSSL prompt on the terminal: refuse it instead.
+    raise _EncryptedKey
+
+
+def tls_server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server :class:`ssl.SSLContext` for TLS 1.2 and later with *cert_file* (a PEM
+    certificate chain) and *key_file* (its PEM private key, not encrypted).
+
+    Client-initiated renegotiation is refused (a CPU cost a client could impose at
+    will).  A missing, unreadable, malformed or mismatched file raises
+    :class:`~asycamore.errors.UsageError` with one line that says which and why.
+    """
+    for what, path in (("certificate", cert_file), ("key", key_file)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot read the TLS {what} {path!r}: {exc.strerror}") from None
+    try:
+        # Parses the certificates alone, so that a bad file is named as such.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert_file)
+    except (ssl.SSLError, ValueError):
+        raise UsageError(f"the TLS certificate {cert_file!r} is not a PEM certificate") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_no_password)
+    except _EncryptedKey:
+        raise UsageError(
+            f"the TLS key {key_file!r} is encrypted (give an unencrypted key)"
+        ) from None
+    except ssl.SSLError as exc:
+        if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
+            # (The second: a key of another type than the certificate's.)
+            message = f"the TLS certificate {cert_file!r} does not match the key {key_file!r}"
+        else:
+            message = f"the TLS key {key_file!r} is not a PEM private key"
+        raise UsageError(message) from None
+    return context
+
+
 def _log_to_stderr() -> logging.Handler | None:
     logger = logging.getLogger("asycamore")
     if logger.handlers:
@@ -52,7 +100,14 @@ def _log_to_stderr() -> logging.Handler | None:
     return handler
 
 
-def serve_echo(backend: str | None = None, host: str = "127.0.0.1", port: int = 0) -> int:
+def serve_echo(
+    backend: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> int:
     """Serve TCP echo on *host*:*port* until SIGINT or SIGTERM; return the exit status.
 
     Prints ``listening on HOST:PORT`` (the real port) to stdout once listening.  On a
@@ -60,12 +115,21 @@ def serve_echo(backend: str | None = None, host: str = "127.0.0.1", port: int = 
     :data:`STOP_TIMEOUT` seconds, closes them and returns 0.  A bad backend raises a
     :class:`~asycamore.BackendError`, a bad or busy address a
     :class:`~asycamore.errors.UsageError`.
+
+    With *tls_cert* and *tls_key* (both or neither) the echo speaks TLS 1.2 or later
+    (see :func:`tls_server_context`); clients that fail or stall the handshake are
+    dropped without disturbing the others.
     """
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together: give both or neither")
+    sslcontext = None
+    if tls_cert is not None and tls_key is not None:
+        sslcontext = tls_server_context(tls_cert, tls_key)
     handler = _log_to_stderr()
     try:
         with Service(backend, stop_timeout=STOP_TIMEOUT) as service:
             try:
-                listener = service.listen_tcp(EchoProtocol, host, port)
+                listener = service.listen_tcp(EchoProtocol, host, port, ssl=sslcontext)
             except socket.gaierror as exc:
                 raise UsageError(f"bad address {host!r}: {exc.strerror}") from None
             except OverflowError as exc:
