@@ -39,7 +39,9 @@ def _build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--backend", metavar="NAME", help="backend to use (default: the best)")
     echo.add_argument("--host", default="127.0.0.1", help="address to listen on")
     echo.add_argument("--port", type=_port, default=0, help="port (0: any free port)")
-    echo.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain")
+    echo.add_argument(
+        "--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain"
+    )
     echo.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
     echo.set_defaults(run=_cmd_echo)
 

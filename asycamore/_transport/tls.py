@@ -518,14 +518,7 @@ class TLSConnection:
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 break
             except ssl.SSLZeroReturnError:
-                # The peer's close_notify, perhaps after data in the same TCP read.
-                if off:
-                    self._give(buf, off)
-                    if self._state != _OPEN:
-                        return
-                self._flush()
-                self._tls_eof()
-                return
+                n = 0
             except ssl.SSLError as exc:
                 if off:
                     self._give(buf, off)
@@ -534,7 +527,16 @@ class TLSConnection:
                 self._fatal(exc)
                 return
             if not n:
-                break
+                # The peer's close_notify (CPython returns 0 for it, or raises
+                # SSLZeroReturnError), perhaps after data in the same TCP read: with
+                # memory BIOs a read has no other way of returning nothing.
+                if off:
+                    self._give(buf, off)
+                    if self._state != _OPEN:
+                        return
+                self._flush()
+                self._tls_eof()
+                return
             off += n
             if off == size:
                 self._give(buf, off)
