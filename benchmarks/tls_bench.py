@@ -6,9 +6,12 @@
 Workloads (loopback only, every one bounded in count and time):
 
 bulk
-    ``openssl s_client -nbio -quiet`` streams *--megabytes* of random bytes to the echo
-    server and reads the echo back; MB/s is the one-way volume over the wall time until
-    the last echoed byte arrived (every byte is counted, and the echo compared).
+    *--streams* ``openssl s_client -nbio -quiet`` processes at once each stream
+    *--megabytes* of random bytes to the echo server and read the echo back; MB/s is
+    the one-way volume over the wall time until the last echoed byte arrived (every
+    echo is compared with what was sent).  One s_client cannot keep a server busy:
+    several can, and the server's CPU share is shown so that a run where the server was
+    not the bottleneck is visible.
 handshakes
     ``openssl s_time -new`` makes full handshakes (new session each time, TLS 1.3,
     ECDSA certificate) for *--seconds*; handshakes/s over the measured wall time.
@@ -122,7 +125,7 @@ def subjects() -> list[str]:
 
 
 @contextlib.contextmanager
-def server(subject: str, cert: Path, key: str | Path) -> Iterator[int]:
+def server(subject: str, cert: Path, key: str | Path) -> Iterator[tuple[int, int]]:
     if subject == "asycamore":
         args = [sys.executable, "-m", "asycamore", "echo", "--tls-cert", str(cert),
                 "--tls-key", str(key)]  # fmt: skip
@@ -138,7 +141,7 @@ def server(subject: str, cert: Path, key: str | Path) -> Iterator[int]:
         line = proc.stdout.readline().decode()
         if not line.startswith("listening on "):
             raise RuntimeError(f"{subject} server said {line!r}")
-        yield int(line.rsplit(":", 1)[1])
+        yield int(line.rsplit(":", 1)[1]), proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -148,46 +151,66 @@ def server(subject: str, cert: Path, key: str | Path) -> Iterator[int]:
             proc.wait(5)
 
 
-def measure_bulk(port: int, blob: Path, size: int, digest: str, limit: float) -> float:
-    """MB/s of one s_client stream echoing *blob*; verified byte-exact."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out_path = Path(tmp) / "echoed"
-        with blob.open("rb") as stdin, out_path.open("wb") as out:
-            started = time.perf_counter()
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process *pid* so far (Linux /proc; else 0)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_bulk(
+    port: int, server_pid: int, blob: Path, digest: str, streams: int, limit: float
+) -> tuple[float, float]:
+    """(MB/s, server CPU share) of *streams* s_client streams each echoing *blob*
+    at once; verified byte-exact."""
+    size = blob.stat().st_size
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        outs = [Path(tmp) / f"echoed-{i}" for i in range(streams)]
+        procs = []
+        cpu_before = cpu_seconds(server_pid)
+        started = time.perf_counter()
+        for out_path in outs:
+            stdin = stack.enter_context(blob.open("rb"))
+            out = stack.enter_context(out_path.open("wb"))
             proc = subprocess.Popen(
                 ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet", "-nbio"],
                 stdin=stdin, stdout=out, stderr=subprocess.DEVNULL,
             )  # fmt: skip
+            stack.callback(proc.wait, 5)
+            stack.callback(proc.kill)
             pin(proc.pid, 1)
-            try:
-                deadline = started + limit
-                while out_path.stat().st_size < size:
-                    if time.perf_counter() > deadline or proc.poll() is not None:
-                        raise RuntimeError(
-                            f"bulk: {out_path.stat().st_size} of {size} bytes echoed"
-                        )
-                    time.sleep(0.002)
-                elapsed = time.perf_counter() - started
-            finally:
-                proc.kill()
-                proc.wait(5)
-        if hashlib.sha256(out_path.read_bytes()).hexdigest() != digest:
-            raise RuntimeError("bulk: the echo differs from what was sent")
-    return size / elapsed / 1e6
+            procs.append(proc)
+        deadline = started + limit
+        while any(out_path.stat().st_size < size for out_path in outs):
+            if time.perf_counter() > deadline or any(p.poll() is not None for p in procs):
+                echoed = sum(out_path.stat().st_size for out_path in outs)
+                raise RuntimeError(f"bulk: {echoed} of {size * streams} bytes echoed")
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(server_pid) - cpu_before
+        for out_path in outs:
+            if hashlib.sha256(out_path.read_bytes()).hexdigest() != digest:
+                raise RuntimeError("bulk: the echo differs from what was sent")
+    return size * streams / elapsed / 1e6, cpu / elapsed
 
 
-def measure_handshakes(port: int, seconds: float) -> float:
+def measure_handshakes(port: int, server_pid: int, seconds: float) -> tuple[float, float]:
+    """(handshakes/s, server CPU share) of one ``s_time -new`` run."""
+    cpu_before = cpu_seconds(server_pid)
     started = time.perf_counter()
     proc = subprocess.run(
         ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
          "-time", str(max(1, round(seconds)))],
-        capture_output=True, text=True, timeout=seconds + 30,
+        capture_output=True, text=True, timeout=seconds + 30, check=False,
         preexec_fn=lambda: pin(0, 1),
     )  # fmt: skip
     elapsed = time.perf_counter() - started
+    share = (cpu_seconds(server_pid) - cpu_before) / elapsed
     for line in proc.stdout.splitlines():
         if "connections in" in line and "real seconds" in line:
-            return int(line.split()[0]) / elapsed
+            return int(line.split()[0]) / elapsed, share
     raise RuntimeError(f"s_time said: {proc.stdout[-300:]} {proc.stderr[-300:]}")
 
 
@@ -195,10 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="per handshake run")
-    parser.add_argument("--megabytes", type=int, default=64, help="per bulk run")
+    parser.add_argument("--megabytes", type=int, default=32, help="per bulk stream")
+    parser.add_argument("--streams", type=int, default=4, help="bulk streams at once")
     parser.add_argument("--only", default="bulk,handshakes")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--serve", nargs=3, metavar=("KIND", "CERT", "KEY"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve", nargs=3, metavar=("KIND", "CERT", "KEY"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.serve:
         serve(*args.serve)
@@ -212,41 +238,54 @@ def main(argv: list[str] | None = None) -> int:
     workloads = [w for w in args.only.split(",") if w]
     names = subjects()
     results: dict[str, dict[str, list[float]]] = {w: {n: [] for n in names} for w in workloads}
+    cpu: dict[str, dict[str, list[float]]] = {w: {n: [] for n in names} for w in workloads}
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(tmp)
         cert, key = make_certificate(where)
-        size = args.megabytes * 1_000_000
         blob = where / "blob"
-        blob.write_bytes(os.urandom(size))
+        blob.write_bytes(os.urandom(args.megabytes * 1_000_000))
         digest = hashlib.sha256(blob.read_bytes()).hexdigest()
         for round_ in range(1, args.rounds + 1):
             for name in names:
-                with server(name, cert, key) as port:
+                with server(name, cert, key) as (port, pid):
                     for workload in workloads:
                         if workload == "bulk":
-                            value = measure_bulk(port, blob, size, digest, limit=60)
+                            value, share = measure_bulk(
+                                port, pid, blob, digest, args.streams, limit=60
+                            )
                         else:
-                            value = measure_handshakes(port, args.seconds)
+                            value, share = measure_handshakes(port, pid, args.seconds)
                         results[workload][name].append(value)
+                        cpu[workload][name].append(share)
                         log(f"round {round_}/{args.rounds}  {workload:<10} {name:<9} "
-                            f"{value:10.1f}")  # fmt: skip
+                            f"{value:10.1f}   server CPU {share:4.0%}")  # fmt: skip
     units = {"bulk": "MB/s", "handshakes": "handshakes/s"}
     print(f"\nTLS echo, {args.rounds} rounds, medians (min-max); Python {sys.version.split()[0]},"
           f" {ssl.OPENSSL_VERSION}")  # fmt: skip
     summary: dict[str, Any] = {}
     for workload in workloads:
-        print(f"\n{workload} ({units.get(workload, '')})")
+        unit = units.get(workload, "")
+        print(f"\n{workload}: {unit} (wall), and per second of the server's CPU")
         medians = {n: statistics.median(v) for n, v in results[workload].items()}
+        # The load generators can be the bottleneck (2 cores): the work per CPU-second
+        # of the server is then the measure that compares the servers.
+        per_cpu = {
+            n: statistics.median(v / c for v, c in zip(results[workload][n], cpu[workload][n],
+                                                       strict=True) if c > 0)
+            if any(c > 0 for c in cpu[workload][n]) else float("nan")
+            for n in names
+        }  # fmt: skip
         for name, values in results[workload].items():
             ratios = "  ".join(
-                f"{medians[name] / medians[peer]:.2f}x {peer}"
+                f"{medians[name] / medians[peer]:.2f}x/{per_cpu[name] / per_cpu[peer]:.2f}x {peer}"
                 for peer in ("asyncio", "uvloop")
                 if peer in medians and peer != name
             )
-            print(f"  {name:<10} {medians[name]:10.1f}  ({min(values):.1f}-{max(values):.1f})"
-                  f"  {ratios}")  # fmt: skip
-        summary[workload] = {"unit": units.get(workload), "values": results[workload],
-                             "medians": medians}  # fmt: skip
+            share = statistics.median(cpu[workload][name])
+            print(f"  {name:<10} {medians[name]:8.1f} ({min(values):.1f}-{max(values):.1f})"
+                  f"  CPU {share:4.0%}  {per_cpu[name]:8.1f}/CPU-s  {ratios}")  # fmt: skip
+        summary[workload] = {"unit": unit, "values": results[workload], "medians": medians,
+                             "server_cpu": cpu[workload], "per_cpu_second": per_cpu}  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0
