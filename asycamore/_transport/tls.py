@@ -9,7 +9,7 @@ TLS is a layer, not a second transport.  A :class:`TLSConnection` runs an
 :class:`~.stream.Connection` and the user's protocol:
 
 - towards the plain connection it is the handler (a small forwarding object,
-  :class:`TLSConnection.plain_handler`, installed with
+  :attr:`TLSConnection.plain_handler`, installed with
   :meth:`Connection.set_handler() <.stream.Connection.set_handler>`): the encrypted
   bytes the connection reads go into the incoming BIO, and whatever OpenSSL puts into
   the outgoing BIO goes out through :meth:`Connection.write`;
@@ -158,15 +158,15 @@ class _PlainSide:
     def __init__(self, tls: TLSConnection) -> None:
         self.tls = tls
         """The :class:`TLSConnection` this handler belongs to."""
-        self.connection_made = tls.plain_connection_made
-        self.data_received = tls.plain_data_received
-        self.eof_received = tls.plain_eof_received
-        self.connection_lost = tls.plain_connection_lost
-        self.connection_failed = tls.plain_connection_failed
-        self.pause_writing = tls.plain_pause_writing
-        self.resume_writing = tls.plain_resume_writing
-        self.connection_idle = tls.plain_connection_idle
-        self.service_stopping = tls.plain_service_stopping
+        self.connection_made = tls._plain_connection_made
+        self.data_received = tls._plain_data_received
+        self.eof_received = tls._plain_eof_received
+        self.connection_lost = tls._plain_connection_lost
+        self.connection_failed = tls._plain_connection_failed
+        self.pause_writing = tls._plain_pause_writing
+        self.resume_writing = tls._plain_resume_writing
+        self.connection_idle = tls._plain_connection_idle
+        self.service_stopping = tls._plain_service_stopping
 
 
 class TLSConnection:
@@ -296,19 +296,19 @@ class TLSConnection:
         <asycamore.servicemodel.Service.connections>`, which lists plain connections)."""
         return self._side
 
-    def plain_connection_made(self, connection: Connection) -> None:
+    def _plain_connection_made(self, connection: Connection) -> None:
         """Plain side: the TCP connect completed; start the handshake."""
         if self._state == _HANDSHAKE:
             self._start()
 
-    def plain_connection_failed(self, exc: BaseException) -> None:
+    def _plain_connection_failed(self, exc: BaseException) -> None:
         """Plain side: the TCP connect failed or timed out."""
         self._cancel_timer()
         if self._state != _CLOSED:
             self._state = _CLOSED
             self._report_failure(exc)
 
-    def plain_data_received(self, data: bytes | memoryview) -> None:
+    def _plain_data_received(self, data: bytes | memoryview) -> None:
         """Plain side: encrypted bytes arrived."""
         self._incoming.write(data)
         state = self._state
@@ -322,7 +322,7 @@ class TLSConnection:
         elif state == _SHUTDOWN:
             self._shutdown_step()
 
-    def plain_eof_received(self) -> bool | None:  # noqa: PLR0911
+    def _plain_eof_received(self) -> bool | None:  # noqa: PLR0911
         """Plain side: the peer closed its sending side of the TCP connection."""
         state = self._state
         if state == _HANDSHAKE:
@@ -354,7 +354,7 @@ class TLSConnection:
         self._arm(self._shutdown_timeout, self._shutdown_timed_out)
         return None
 
-    def plain_connection_lost(self, exc: BaseException | None) -> None:
+    def _plain_connection_lost(self, exc: BaseException | None) -> None:
         """Plain side: the socket is closed."""
         self._cancel_timer()
         state = self._state
@@ -375,7 +375,7 @@ class TLSConnection:
         if protocol is not None:
             protocol.connection_lost(exc)
 
-    def plain_pause_writing(self) -> None:
+    def _plain_pause_writing(self) -> None:
         """Plain side: the encrypted output went above the high-water mark."""
         self._plain_paused = True
         if self._told and self._state == _OPEN and not self._app_paused:
@@ -384,7 +384,7 @@ class TLSConnection:
             if pause is not None:
                 pause()
 
-    def plain_resume_writing(self) -> None:
+    def _plain_resume_writing(self) -> None:
         """Plain side: the encrypted output drained to the low-water mark."""
         self._plain_paused = False
         if self._app_paused:
@@ -393,7 +393,7 @@ class TLSConnection:
             if resume is not None and self._state == _OPEN:
                 resume()
 
-    def plain_connection_idle(self) -> None:
+    def _plain_connection_idle(self) -> None:
         """Plain side: the service's idle timeout passed (see
         :meth:`Protocol.connection_idle <asycamore.servicemodel.Protocol.connection_idle>`)."""
         if self._state == _HANDSHAKE:
@@ -405,7 +405,7 @@ class TLSConnection:
         else:
             self.close()
 
-    def plain_service_stopping(self) -> None:
+    def _plain_service_stopping(self) -> None:
         """Plain side: the service is stopping (see :meth:`Protocol.service_stopping
         <asycamore.servicemodel.Protocol.service_stopping>`)."""
         if self._state == _HANDSHAKE:
@@ -850,7 +850,7 @@ class TLSConnection:
         state = self._state
         if state == _HANDSHAKE:
             if self._conn.connecting:
-                self._conn.close()  # the plain connect fails: plain_connection_failed
+                self._conn.close()  # the plain connect fails: _plain_connection_failed
             else:
                 self._fail(
                     ConnectionAbortedError(errno.ECONNABORTED, "closed during the handshake"),
