@@ -15,7 +15,7 @@ import sys
 
 from .errors import UsageError
 from .servicemodel import Protocol, Service
-from .tcpsocket import Connection
+from .tcpsocket import Connection, TLSConnection
 
 __all__ = ["EchoProtocol", "serve_echo", "tls_server_context"]
 
@@ -31,7 +31,7 @@ class EchoProtocol(Protocol):
 
     receive_memoryview = True
 
-    def connection_made(self, transport: Connection) -> None:
+    def connection_made(self, transport: Connection | TLSConnection) -> None:
         """Remember the transport's ``write`` for the hot path."""
         self.transport = transport
         self._write = transport.write

@@ -84,14 +84,16 @@ class Protocol:
     """Set to true in a subclass to receive :class:`memoryview` slices of the shared
     receive buffer in :meth:`data_received` (no copy; valid only during the call)."""
 
-    transport: Connection | None
-    """The connection (set by :meth:`connection_made`)."""
+    transport: Connection | TLSConnection | None
+    """The connection (set by :meth:`connection_made`): a
+    :class:`~asycamore.tcpsocket.TLSConnection` for TLS, which has the same API."""
 
     def __init__(self) -> None:
         self.transport = None
 
-    def connection_made(self, transport: Connection) -> None:
-        """The connection is established: remember *transport*."""
+    def connection_made(self, transport: Connection | TLSConnection) -> None:
+        """The connection is established (for TLS: the handshake completed): remember
+        *transport*."""
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -122,8 +124,16 @@ class Protocol:
 
     def connection_failed(self, exc: BaseException) -> None:
         """A client connect failed or timed out (called instead of
-        :meth:`connection_made`).  The default logs it."""
+        :meth:`connection_made`), or, for TLS, its handshake did (an
+        :class:`ssl.SSLCertVerificationError` for a certificate that does not verify).
+        The default logs it."""
         _log.warning("connect failed: %s", exc)
+
+    def handshake_failed(self, exc: BaseException) -> None:
+        """A TLS client of a server failed its handshake or did not finish it in time
+        (called instead of :meth:`connection_made`; see :doc:`/tls`).  The default logs
+        it at debug level: garbage and stalled handshakes are routine for a server."""
+        _log.debug("TLS handshake failed: %s", exc)
 
     def connection_idle(self) -> None:
         """Nothing was read or written for the connection's idle timeout.

@@ -951,10 +951,14 @@ def echo_server(pki: PKI) -> Iterator[int]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_cli_echo_tls_with_python_clients(pki: PKI, version: str) -> None:
-    with echo_server(pki) as port:
-        payload = bytes(range(256)) * 400
-        hostile = [raw_client(port, b"garbage\r\n"), raw_client(port)]  # and silent ones
-        try:
+    """Good clients are served among hostile ones, and SIGTERM still stops the service
+    promptly (exit 0) with hostile, handshaking and idle TLS connections open."""
+    payload = bytes(range(256)) * 160
+    hostile: list[socket.socket] = []
+    try:
+        with echo_server(pki) as port:
+            hostile += [raw_client(port, b"garbage\r\n"), raw_client(port)]  # + a silent one
+            hostile.append(raw_client(port, b"\x16\x03\x01\x02\x00\x01"))  # half a hello
             for _ in range(3):
                 with socket.create_connection(("127.0.0.1", port), timeout=8) as raw:
                     context = pki.client_context(version)
@@ -962,9 +966,15 @@ def test_cli_echo_tls_with_python_clients(pki: PKI, version: str) -> None:
                         assert tls.version() == f"TLSv{version}"
                         tls.sendall(payload)
                         assert recv_exactly(tls, len(payload)) == payload
-        finally:
-            for sock in hostile:
-                sock.close()
+            idle = pki.client_context(version).wrap_socket(
+                raw_client(port), server_hostname="localhost"
+            )
+            hostile.append(idle)  # open, verified, and silent when SIGTERM comes
+            started = time.monotonic()
+        assert time.monotonic() - started < 8
+    finally:
+        for sock in hostile:
+            sock.close()
 
 
 @needs_openssl
