@@ -282,7 +282,7 @@ class TLSConnection:
         self._resume_handle: TimerHandle | None = None
         if received:
             self._incoming.write(received)
-        self._side = _PlainSide(self)
+        self._side: _PlainSide | None = _PlainSide(self)
         connection.set_handler(self._side)
         if not connection.connecting:
             self._start()
@@ -290,10 +290,11 @@ class TLSConnection:
     # -- the plain connection's callbacks (the plain_handler forwards them) -------------------
 
     @property
-    def plain_handler(self) -> StreamHandler:
-        """The handler installed on the plain :attr:`connection`; its ``tls``
-        attribute leads back here (handy from :attr:`Service.connections
-        <asycamore.servicemodel.Service.connections>`, which lists plain connections)."""
+    def plain_handler(self) -> StreamHandler | None:
+        """The handler installed on the plain :attr:`connection` (``None`` once it is
+        closed); its ``tls`` attribute leads back here (handy from
+        :attr:`Service.connections <asycamore.servicemodel.Service.connections>`, which
+        lists plain connections)."""
         return self._side
 
     def _plain_connection_made(self, connection: Connection) -> None:
@@ -304,6 +305,7 @@ class TLSConnection:
     def _plain_connection_failed(self, exc: BaseException) -> None:
         """Plain side: the TCP connect failed or timed out."""
         self._cancel_timer()
+        self._side = None  # the plain side's bound methods make a cycle with us
         if self._state != _CLOSED:
             self._state = _CLOSED
             self._report_failure(exc)
@@ -357,6 +359,9 @@ class TLSConnection:
     def _plain_connection_lost(self, exc: BaseException | None) -> None:
         """Plain side: the socket is closed."""
         self._cancel_timer()
+        # Break the cycle with the plain side's bound methods, so that a closed TLS
+        # connection is freed by reference counting, not left to the garbage collector.
+        self._side = None
         state = self._state
         self._state = _CLOSED
         if self._resume_handle is not None:
@@ -455,8 +460,9 @@ class TLSConnection:
             if pause is not None:
                 pause()
         protocol.connection_made(self)  # type: ignore[arg-type]
-        if self._state == _OPEN and not self._paused and self._incoming.pending:
-            self._read()  # application data that came with the last handshake flight
+        if self._state == _OPEN and not self._paused:
+            if self._incoming.pending or self._sslobj.pending():
+                self._read()  # application data that came with the last handshake flight
 
     def _handshake_timed_out(self) -> None:
         self._timer = None
