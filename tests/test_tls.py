@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import trustme
@@ -412,6 +412,50 @@ def test_close_and_abort_during_the_handshake(service: Service, pki: PKI) -> Non
     tls.abort()  # harmless afterwards
     tls.close()
     tls.write(b"dropped")
+
+
+def test_pause_reading_before_the_handshake(service: Service, pki: PKI) -> None:
+    """A client paused before the handshake still completes it; data waits."""
+    server = Server(service, pki.server_context())
+    client = Recorder()
+    tls = service.connect_tcp(client, "127.0.0.1", server.port, ssl=pki.client_context())
+    tls.pause_reading()
+    tls.write(b"ping")
+    pump(service, lambda: client.events == ["made"])
+    assert not tls.reading and not tls.connection.reading
+    for _ in range(20):
+        service.run_once(0.01)
+    assert client.data == b""  # echoed, but held back
+    tls.resume_reading()
+    pump(service, lambda: client.data == b"ping")
+
+
+def test_set_handler_seam(service: Service) -> None:
+    """Connection.set_handler(): the next callbacks go to the new handler, with its own
+    receive_memoryview; refused on a closed connection."""
+    first, second = Recorder(), Recorder()
+    listener = service.listen_tcp(lambda: Recorder(echo=True))
+    conn = service.connect_tcp(first, "127.0.0.1", listener.port)
+    pump(service, lambda: first.events == ["made"])
+
+    class Views(Recorder):
+        receive_memoryview = True
+        kinds: ClassVar[list[type]] = []
+
+        def data_received(self, data: bytes) -> None:
+            self.kinds.append(type(data))
+            super().data_received(bytes(data))
+
+    views = Views()
+    conn.set_handler(views)
+    conn.write(b"abc")
+    pump(service, lambda: bytes(views.data) == b"abc")
+    assert views.kinds == [memoryview] and first.data == b""
+    conn.set_handler(second)
+    conn.abort()
+    assert second.lost == [None] and not views.lost
+    with pytest.raises(RuntimeError):
+        conn.set_handler(first)
 
 
 # -- real OpenSSL peers ---------------------------------------------------------------------

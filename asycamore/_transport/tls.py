@@ -459,10 +459,12 @@ class TLSConnection:
             pause = getattr(protocol, "pause_writing", None)
             if pause is not None:
                 pause()
+        if self._paused:
+            self._conn.pause_reading()  # asked for before the handshake completed
         protocol.connection_made(self)  # type: ignore[arg-type]
-        if self._state == _OPEN and not self._paused:
-            if self._incoming.pending or self._sslobj.pending():
-                self._read()  # application data that came with the last handshake flight
+        pending = self._incoming.pending or self._sslobj.pending()
+        if pending and self._state == _OPEN and not self._paused:
+            self._read()  # application data that came with the last handshake flight
 
     def _handshake_timed_out(self) -> None:
         self._timer = None
@@ -763,10 +765,15 @@ class TLSConnection:
         self._conn.set_write_buffer_limits(high, low)
 
     def pause_reading(self) -> None:
-        """Stop reading (and delivering) until :meth:`resume_reading`."""
+        """Stop reading (and delivering) until :meth:`resume_reading`.
+
+        Before the handshake completes this only holds the data back: the handshake
+        itself still reads.
+        """
         if not self._paused:
             self._paused = True
-            self._conn.pause_reading()
+            if self._state == _OPEN:
+                self._conn.pause_reading()
 
     def resume_reading(self) -> None:
         """Undo :meth:`pause_reading`.
@@ -778,8 +785,10 @@ class TLSConnection:
         if not self._paused:
             return
         self._paused = False
+        if self._state != _OPEN:
+            return
         self._conn.resume_reading()
-        if self._state != _OPEN or not (self._incoming.pending or self._sslobj.pending()):
+        if not (self._incoming.pending or self._sslobj.pending()):
             return
         if self._delivering:
             return  # the loop that called data_received goes on by itself
