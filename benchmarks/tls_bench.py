@@ -13,8 +13,9 @@ bulk
     several can, and the server's CPU share is shown so that a run where the server was
     not the bottleneck is visible.
 handshakes
-    ``openssl s_time -new`` makes full handshakes (new session each time, TLS 1.3,
-    ECDSA certificate) for *--seconds*; handshakes/s over the measured wall time.
+    *--clients* ``openssl s_time -new`` processes at once make full handshakes (a new
+    session each time, TLS 1.3, ECDSA P-256 certificate) for *--seconds*; handshakes/s
+    over the measured wall time.
 
 The load generators are OpenSSL's own C programs, so the Python servers, not the
 client, set the pace; each server runs in its own process, pinned to CPU 0 when there
@@ -196,22 +197,50 @@ def measure_bulk(
     return size * streams / elapsed / 1e6, cpu / elapsed
 
 
-def measure_handshakes(port: int, server_pid: int, seconds: float) -> tuple[float, float]:
-    """(handshakes/s, server CPU share) of one ``s_time -new`` run."""
+def measure_handshakes(
+    port: int, server_pid: int, seconds: float, clients: int
+) -> tuple[float, float]:
+    """(handshakes/s, server CPU share) of *clients* ``s_time -new`` runs at once (one
+    s_time makes one handshake at a time: alone it measures latency, not capacity)."""
     cpu_before = cpu_seconds(server_pid)
     started = time.perf_counter()
-    proc = subprocess.run(
-        ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
-         "-time", str(max(1, round(seconds)))],
-        capture_output=True, text=True, timeout=seconds + 30, check=False,
-        preexec_fn=lambda: pin(0, 1),
-    )  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [
+                "openssl",
+                "s_time",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-new",
+                "-time",
+                str(max(1, round(seconds))),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(clients)
+    ]
+    total = 0
+    try:
+        for proc in procs:
+            pin(proc.pid, 1)
+        for proc in procs:
+            out, err = proc.communicate(timeout=seconds + 30)
+            for line in out.splitlines():
+                if "connections in" in line and "real seconds" in line:
+                    total += int(line.split()[0])
+                    break
+            else:
+                raise RuntimeError(f"s_time said: {out[-300:]} {err[-300:]}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
     elapsed = time.perf_counter() - started
     share = (cpu_seconds(server_pid) - cpu_before) / elapsed
-    for line in proc.stdout.splitlines():
-        if "connections in" in line and "real seconds" in line:
-            return int(line.split()[0]) / elapsed, share
-    raise RuntimeError(f"s_time said: {proc.stdout[-300:]} {proc.stderr[-300:]}")
+    return total / elapsed, share
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per handshake run")
     parser.add_argument("--megabytes", type=int, default=32, help="per bulk stream")
     parser.add_argument("--streams", type=int, default=4, help="bulk streams at once")
+    parser.add_argument("--clients", type=int, default=4, help="s_time processes at once")
     parser.add_argument("--only", default="bulk,handshakes")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument(
@@ -254,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                                 port, pid, blob, digest, args.streams, limit=60
                             )
                         else:
-                            value, share = measure_handshakes(port, pid, args.seconds)
+                            value, share = measure_handshakes(
+                                port, pid, args.seconds, args.clients
+                            )
                         results[workload][name].append(value)
                         cpu[workload][name].append(share)
                         log(f"round {round_}/{args.rounds}  {workload:<10} {name:<9} "
