@@ -13,10 +13,14 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import BackendError, UsageError
+from .tables import text_table
 
 __all__ = ["UsageError", "main"]
 
 EXIT_USAGE = 2
+MAX_BENCH_SECONDS = 600.0
+"""The longest ``asycamore bench --seconds``: each backend is measured several times, so
+a longer one is a mistake (``inf`` would never end)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +51,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="a short loopback benchmark of every backend")
     bench.add_argument(
-        "--seconds", type=_positive_float, default=1.0, help="duration of each measurement"
+        "--seconds",
+        type=_seconds,
+        default=1.0,
+        help=f"duration of each measurement (at most {MAX_BENCH_SECONDS:g})",
     )
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.set_defaults(run=_cmd_bench)
@@ -64,13 +71,16 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive_float(text: str) -> float:
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    # `not 0 < value <= max` also refuses NaN, which compares false with everything.
+    if not 0 < value <= MAX_BENCH_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a number of seconds in (0, {MAX_BENCH_SECONDS:g}]"
+        )
     return value
 
 
@@ -111,11 +121,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         )
         for info in infos
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    print(text_table(table))
     if default is None:
         print(f"\nno default backend here: {no_default}")
     else:

@@ -171,7 +171,14 @@ def iterate(
 
     A negative count loops forever.  :class:`StopIteration` raised by either callback ends
     the loop at once, normally; any other exception propagates.
+
+    *count* must be an :class:`int` (an ``int`` subclass counts as its value), and so must
+    every value a callback stores as ``dispatchvars["count"]``: anything else -- ``1.5``
+    would never reach 0, NaN never compares, and ``True`` is no count anyone means --
+    raises :class:`TypeError`, at the call (before anything runs or is stored) or at the
+    round that reads it.
     """
+    _check_count(count)
     if dispatchvars is None:
         dispatchvars = {}
     dispatchvars["before_dispatch"] = before_dispatch
@@ -182,13 +189,25 @@ def iterate(
     while True:
         if not _run_callback("before_dispatch", dispatcher, dispatchvars):
             return
-        if dispatchvars["count"] == 0:
+        count = dispatchvars["count"]
+        if count.__class__ is not int:
+            _check_count(count)
+        if count == 0:
             return
         dispatcher.dispatch_once(dispatchvars["timeout"], dispatchvars["error_in_handler"])
-        if dispatchvars["count"] > 0:
-            dispatchvars["count"] -= 1
+        count = dispatchvars["count"]  # a handler may have changed it meanwhile
+        if count.__class__ is not int:
+            _check_count(count)
+        if count > 0:
+            dispatchvars["count"] = count - 1
         if not _run_callback("after_dispatch", dispatcher, dispatchvars):
             return
+
+
+def _check_count(count: object) -> None:
+    """Refuse a loop count that is not an int, or is a bool (see `iterate`)."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"count must be an int (negative: loop forever), not {count!r}")
 
 
 def _run_callback(

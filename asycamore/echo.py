@@ -9,6 +9,7 @@ mark.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import ssl
 import sys
@@ -20,7 +21,12 @@ from .tcpsocket import Connection, TLSConnection
 __all__ = ["EchoProtocol", "serve_echo", "tls_server_context"]
 
 STOP_TIMEOUT = 2.0
-"""Seconds the echo service lets its connections flush after SIGINT/SIGTERM."""
+"""Seconds the echo service lets its connections flush after SIGINT/SIGTERM/SIGHUP."""
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop the echo service gracefully.  SIGHUP too, as servers commonly
+do: a closed terminal stops it cleanly (echo has no configuration to reload).  Other
+signals (SIGQUIT, SIGUSR1, ...) keep their default action."""
 
 
 class EchoProtocol(Protocol):
@@ -108,7 +114,8 @@ def serve_echo(
     tls_cert: str | None = None,
     tls_key: str | None = None,
 ) -> int:
-    """Serve TCP echo on *host*:*port* until SIGINT or SIGTERM; return the exit status.
+    """Serve TCP echo on *host*:*port* until a :data:`STOP_SIGNALS` signal; return the
+    exit status.
 
     Prints ``listening on HOST:PORT`` (the real port) to stdout once listening.  On a
     signal, stops accepting, lets the connections flush for up to
@@ -127,7 +134,11 @@ def serve_echo(
         sslcontext = tls_server_context(tls_cert, tls_key)
     handler = _log_to_stderr()
     try:
-        with Service(backend, stop_timeout=STOP_TIMEOUT) as service:
+        try:
+            service = Service(backend, stop_timeout=STOP_TIMEOUT)
+        except OSError as exc:  # EMFILE, for one: no descriptor for the context or waker
+            raise UsageError(f"cannot start: {exc.strerror or exc}") from None
+        with service:
             try:
                 listener = service.listen_tcp(EchoProtocol, host, port, ssl=sslcontext)
             except socket.gaierror as exc:
@@ -138,7 +149,9 @@ def serve_echo(
                 reason = exc.strerror or str(exc)
                 raise UsageError(f"cannot listen on {host}:{port}: {reason}") from None
             # Handlers first: a SIGTERM right after the line below must stop us cleanly.
-            with service.signal_handling():
+            # They stay (ignoring) until the process has exited: a second signal while
+            # it exits must not turn its status 0 into a death by signal.
+            with service.signal_handling(STOP_SIGNALS, ignore_afterwards=True):
                 print(f"listening on {host}:{listener.port}", flush=True)
                 service.serve_forever()
     finally:

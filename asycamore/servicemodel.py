@@ -34,7 +34,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from ssl import SSLContext
 from typing import Any, ClassVar, Literal, overload
 
@@ -51,7 +51,7 @@ from .tcpsocket import (
     TLSConnection,
 )
 from .timers import ReadyQueue, TimerHandle, Timers
-from .wakeup import SignalCatcher, Waker
+from .wakeup import DEFAULT_SIGNALS, SignalCatcher, Waker
 
 __all__ = [
     "DEFAULT_STOP_TIMEOUT",
@@ -642,7 +642,9 @@ class Service:
         if ready:
             ready.run()
         self.timers.run_due()
-        if self._stopping and not self._connections:
+        if (self._stopping and not self._connections) or self._closed:
+            # A close() from a callback or handler also ends the loop, before it would
+            # dispatch on the closed context.
             raise StopIteration
         dispatchvars["timeout"] = 0 if ready else self.timers.timeout()
 
@@ -666,6 +668,7 @@ class Service:
         """Run callbacks and timers, then one dispatch of at most *timeout* seconds
         (less if a timer is due sooner; ``None``: until something happens).  Returns
         the number of handler calls."""
+        self._check_open()
         dispatchvars: dict[str, Any] = {}
         try:
             self.before_dispatch(self.dispatcher, dispatchvars)
@@ -710,17 +713,20 @@ class Service:
                 self._stop_timer = None
 
     @contextlib.contextmanager
-    def signal_handling(self) -> Iterator[None]:
-        """A context manager: SIGINT and SIGTERM stop the service while it is active.
+    def signal_handling(
+        self, signals: Iterable[int] = DEFAULT_SIGNALS, *, ignore_afterwards: bool = False
+    ) -> Iterator[None]:
+        """A context manager: *signals* (SIGINT and SIGTERM) stop the service while it is
+        active; a second one aborts what is left.
 
         The handlers only note the signal; ``signal.set_wakeup_fd`` points at the
         service's wake-up socket so a blocked dispatch returns at once (see
-        :class:`~asycamore.wakeup.SignalCatcher`).  Does nothing outside the main
-        thread.  :meth:`serve_forever` uses it; enter it yourself to cover set-up code
-        that runs before (a signal that arrives then is handled when the service
-        runs).
+        :class:`~asycamore.wakeup.SignalCatcher`, also for *ignore_afterwards*).  Does
+        nothing outside the main thread.  :meth:`serve_forever` uses it; enter it
+        yourself to cover set-up code that runs before (a signal that arrives then is
+        handled when the service runs), or to choose the signals.
         """
-        with self._signals.installed():
+        with self._signals.installed(signals, ignore_afterwards=ignore_afterwards):
             yield
 
     def _handle_signals(self) -> None:
@@ -790,7 +796,11 @@ class Service:
 
     def close(self) -> None:
         """Close everything at once: listeners, connections (aborted), the wake-up
-        socket and the dispatch context if the service created it.  Idempotent."""
+        socket and the dispatch context if the service created it.  Idempotent.
+
+        Called from a callback or handler while :meth:`serve_forever` runs, it also
+        ends the loop: ``serve_forever`` returns normally after the current round.
+        """
         if self._closed:
             return
         for listener in self._listeners:

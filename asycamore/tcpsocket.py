@@ -31,7 +31,12 @@ runs its dispatch context.
 
 from __future__ import annotations
 
-from ._transport.base import DEFAULT_BACKLOG, DEFAULT_HIGH_WATER, DEFAULT_RECV_BUFFER_SIZE
+from ._transport.base import (
+    DEFAULT_BACKLOG,
+    DEFAULT_HIGH_WATER,
+    DEFAULT_LINGER,
+    DEFAULT_RECV_BUFFER_SIZE,
+)
 from ._transport.connect import connect_tcp, connect_unix
 from ._transport.listener import (
     Listener,
@@ -55,6 +60,7 @@ __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HIGH_WATER",
+    "DEFAULT_LINGER",
     "DEFAULT_RECV_BUFFER_SIZE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "Connection",

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["SignalCatcher", "Waker"]
+__all__ = ["DEFAULT_SIGNALS", "SignalCatcher", "Waker"]
 
 
 class Waker:
@@ -71,8 +71,12 @@ class Waker:
         self._writer.close()
 
 
+DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals a service stops on by default."""
+
+
 class SignalCatcher:
-    """Notes *signals* while :meth:`installed` is active, waking *waker* for each.
+    """Notes signals while :meth:`installed` is active, waking *waker* for each.
 
     The handlers run between two bytecodes of the main thread and only append the
     signal number to :attr:`pending`; :func:`signal.set_wakeup_fd` has already written
@@ -80,13 +84,9 @@ class SignalCatcher:
     :attr:`pending` in its own time.
     """
 
-    def __init__(
-        self, waker: Waker, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)
-    ) -> None:
+    def __init__(self, waker: Waker) -> None:
         self.waker = waker
         """The waker the signals wake."""
-        self.signals = tuple(signals)
-        """The signal numbers caught."""
         self.pending: list[int] = []
         """Signals received and not yet taken by the loop, oldest first."""
         self._active = False
@@ -100,15 +100,23 @@ class SignalCatcher:
         self.pending.append(signum)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[bool]:
-        """A context manager: the handlers and the wake-up fd are ours while it runs.
+    def installed(
+        self, signals: Iterable[int] = DEFAULT_SIGNALS, *, ignore_afterwards: bool = False
+    ) -> Iterator[bool]:
+        """A context manager: handlers for *signals* and the wake-up fd are ours while it
+        runs.
 
         Yields whether they were installed: not outside the main thread (where Python
         cannot set signal handlers) and not when they already are.  On the way out the
         previous handlers and wake-up fd come back with the signals blocked, so no
         signal can arrive half-way (a previous handler that raises, such as the default
         SIGINT's KeyboardInterrupt, runs only once everything is restored).
+
+        With *ignore_afterwards*, the signals are ignored from then on instead: for a
+        process that exits once its service has stopped, a second signal during that
+        exit must not kill it (the default handlers would, with status -2 or -15).
         """
+        signals = tuple(signals)
         if self._active or threading.current_thread() is not threading.main_thread():
             yield False
             return
@@ -119,17 +127,19 @@ class SignalCatcher:
             return
         old_handlers: dict[int, Any] = {}
         try:
-            for signum in self.signals:
+            for signum in signals:
                 old_handlers[signum] = signal.signal(signum, self._note)
         except BaseException:
-            _restore(old_handlers, old_fd, self.signals)
+            _restore(old_handlers, old_fd, signals)
             raise
         self._active = True
         try:
             yield True
         finally:
             self._active = False
-            _restore(old_handlers, old_fd, self.signals)
+            if ignore_afterwards:
+                old_handlers = dict.fromkeys(old_handlers, signal.SIG_IGN)
+            _restore(old_handlers, old_fd, signals)
 
 
 def _restore(handlers: dict[int, Any], wakeup_fd: int, signals: tuple[int, ...]) -> None:

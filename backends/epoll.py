@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from typing_extensions import override
 
-from ._base import MAX_EVENTS_PER_WAIT, READ, WRITE, DispatcherBase, Registration, ceil_timeout
+from .base import MAX_EVENTS_PER_WAIT, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["EpollDispatcher"]
 
@@ -38,10 +38,18 @@ class EpollDispatcher(DispatcherBase):
     rebuilt from the registrations before the next wait (under the same descriptor
     number), so such a socket cannot make the context spin or reach a newcomer that
     took over its number.  Unregister before closing to keep every dispatch O(ready).
+
+    After ``fork()`` parent and child share the one kernel set: a child's
+    ``epoll_ctl`` would remove the parent's targets or add files of its own under the
+    parent's numbers.  So the child never calls it on the inherited set: its first use
+    of the context makes a set of its own, holding the child's registrations, under the
+    same descriptor number (see ``rebuild_after_fork``).
     """
 
     name: ClassVar[str] = "epoll"
     priority: ClassVar[int] = 30
+    reports_closed_fds: ClassVar[bool | None] = False
+    rebuild_after_fork: ClassVar[bool] = True  # the set is shared with a forked child
 
     def __init__(self) -> None:
         super().__init__()
@@ -60,15 +68,15 @@ class EpollDispatcher(DispatcherBase):
         return self._epoll.fileno()
 
     @override
-    def _kernel_add(self, fd: int, events: int) -> None:
+    def kernel_add(self, fd: int, events: int) -> None:
         self._epoll.register(fd, _TO_EPOLL[events])
 
     @override
-    def _kernel_modify(self, fd: int, old: int, new: int) -> None:
+    def kernel_modify(self, fd: int, old: int, new: int) -> None:
         self._epoll.modify(fd, _TO_EPOLL[new])
 
     @override
-    def _kernel_remove(self, fd: int, events: int) -> None:
+    def kernel_remove(self, fd: int, events: int) -> None:
         try:
             self._epoll.unregister(fd)
         except OSError as exc:
@@ -79,34 +87,27 @@ class EpollDispatcher(DispatcherBase):
                 raise
             self._stale = True
 
-    def _rebuild(self) -> None:
-        """Replace the kernel set by one holding exactly the current registrations."""
+    @override
+    def kernel_reopen(self) -> None:
         self._stale = False
         fresh = select.epoll()
         try:
-            for fd, registration in self._by_fd.items():
-                if registration.events:
-                    try:
-                        fresh.register(fd, _TO_EPOLL[registration.events])
-                    except OSError as exc:
-                        # Closed while registered: left out, as the kernel would have.
-                        if exc.errno != errno.EBADF:
-                            raise
-            # Keep the descriptor number fileno() gave out; this releases the old set.
+            # Keep the descriptor number fileno() gave out.  This closes only this
+            # process's descriptor of the old set: after a fork, the parent's set lives on.
             os.dup2(fresh.fileno(), self._epoll.fileno(), inheritable=False)
         finally:
             fresh.close()
 
     @override
-    def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
+    def kernel_poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         if self._stale:
-            self._rebuild()
+            self.rebuild_kernel()
         ms = ceil_timeout(timeout, 1e-3)
         # epoll takes seconds but waits in whole milliseconds; -1 blocks.
-        max_events = len(self._by_fd) or 1
+        max_events = len(self.registrations) or 1
         max_events = min(max_events, MAX_EVENTS_PER_WAIT)
         ready = self._epoll.poll(-1 if ms is None else ms * 1e-3, max_events)
-        by_fd = self._by_fd
+        by_fd = self.registrations
         result = []
         for fd, mask in ready:
             registration = by_fd.get(fd)
@@ -122,5 +123,5 @@ class EpollDispatcher(DispatcherBase):
         return result
 
     @override
-    def _close_kernel(self) -> None:
+    def kernel_close(self) -> None:
         self._epoll.close()

@@ -8,12 +8,13 @@ interest changes.
 from __future__ import annotations
 
 import errno
+import os
 import select
 from typing import Any, ClassVar
 
 from typing_extensions import override
 
-from ._base import MAX_EVENTS_PER_WAIT, READ, WRITE, DispatcherBase, Registration, ceil_timeout
+from .base import MAX_EVENTS_PER_WAIT, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["KqueueDispatcher"]
 
@@ -23,6 +24,8 @@ _select: Any = select
 
 _FILTERS = ((READ, "KQ_FILTER_READ"), (WRITE, "KQ_FILTER_WRITE"))
 _GONE = frozenset({errno.EBADF, errno.ENOENT})
+# kqueue objects a forked child inherited and must never close (see kernel_reopen).
+_INHERITED_KQUEUES: list[Any] = []
 
 
 class KqueueDispatcher(DispatcherBase):
@@ -31,14 +34,22 @@ class KqueueDispatcher(DispatcherBase):
     ``EV_EOF`` (the peer hung up) and ``EV_ERROR`` are reported as readiness for every
     interest the target registered.  A descriptor closed while registered loses its
     knotes in the kernel, so its target simply stops receiving events.
+
+    A kqueue is not inherited by a child created with ``fork()``: the child's first use
+    of the context makes a new kqueue holding the child's registrations (see
+    ``rebuild_after_fork``), with a new descriptor number: in a child, take `fileno`
+    after that first use.
     """
 
     name: ClassVar[str] = "kqueue"
     priority: ClassVar[int] = 40
+    reports_closed_fds: ClassVar[bool | None] = False
+    rebuild_after_fork: ClassVar[bool] = True  # a kqueue is not inherited by fork()
 
     def __init__(self) -> None:
         super().__init__()
         self._kqueue = _select.kqueue()
+        self._kqueue_pid = os.getpid()  # the process the kqueue belongs to
         self._filter_read: int = _select.KQ_FILTER_READ
         self._filter_write: int = _select.KQ_FILTER_WRITE
         # Both flags mean "the peer or the descriptor failed": rule 5 readiness.
@@ -65,17 +76,17 @@ class KqueueDispatcher(DispatcherBase):
             self._kqueue.control(changes, 0, 0)
 
     @override
-    def _kernel_add(self, fd: int, events: int) -> None:
+    def kernel_add(self, fd: int, events: int) -> None:
         self._change(fd, events, _select.KQ_EV_ADD)
         self._knotes += bin(events).count("1")
 
     @override
-    def _kernel_modify(self, fd: int, old: int, new: int) -> None:
-        self._kernel_remove(fd, old & ~new)
-        self._kernel_add(fd, new & ~old)
+    def kernel_modify(self, fd: int, old: int, new: int) -> None:
+        self.kernel_remove(fd, old & ~new)
+        self.kernel_add(fd, new & ~old)
 
     @override
-    def _kernel_remove(self, fd: int, events: int) -> None:
+    def kernel_remove(self, fd: int, events: int) -> None:
         self._knotes -= bin(events).count("1")
         # One filter at a time: when the fd is already closed the kernel has dropped its
         # knotes, and a failed delete must not keep the other filter in the kernel.
@@ -88,12 +99,26 @@ class KqueueDispatcher(DispatcherBase):
                         raise
 
     @override
-    def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
+    def kernel_reopen(self) -> None:
+        inherited, self._kqueue = self._kqueue, _select.kqueue()
+        self._knotes = 0
+        if self._kqueue_pid == os.getpid():
+            inherited.close()
+        elif not inherited.closed:
+            # In a forked child the old descriptor number is not a kqueue (it was not
+            # inherited) and may name another file by now: closing it would close that.
+            # CPython 3.12.1+ marks such objects closed; before, keep it from ever being
+            # finalized (one small object per context and fork).
+            _INHERITED_KQUEUES.append(inherited)
+        self._kqueue_pid = os.getpid()
+
+    @override
+    def kernel_poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         ns = ceil_timeout(timeout, 1e-9)
         kevents = self._kqueue.control(
             None, min(max(self._knotes, 1), MAX_EVENTS_PER_WAIT), None if ns is None else ns * 1e-9
         )
-        by_fd = self._by_fd
+        by_fd = self.registrations
         ready: dict[int, int] = {}
         for kevent in kevents:
             fd = kevent.ident
@@ -112,5 +137,5 @@ class KqueueDispatcher(DispatcherBase):
         return [(by_fd[fd], events) for fd, events in ready.items()]
 
     @override
-    def _close_kernel(self) -> None:
+    def kernel_close(self) -> None:
         self._kqueue.close()

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from typing_extensions import override
 
-from ._base import CLOSED, READ, WRITE, DispatcherBase, Registration, ceil_timeout
+from .base import CLOSED, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["PollDispatcher"]
 
@@ -35,6 +35,7 @@ class PollDispatcher(DispatcherBase):
 
     name: ClassVar[str] = "poll"
     priority: ClassVar[int] = 20
+    reports_closed_fds: ClassVar[bool | None] = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -47,23 +48,23 @@ class PollDispatcher(DispatcherBase):
         return hasattr(select, "poll")
 
     @override
-    def _kernel_add(self, fd: int, events: int) -> None:
+    def kernel_add(self, fd: int, events: int) -> None:
         self._pollster.register(fd, _TO_POLL[events])
 
     @override
-    def _kernel_modify(self, fd: int, old: int, new: int) -> None:
+    def kernel_modify(self, fd: int, old: int, new: int) -> None:
         self._pollster.modify(fd, _TO_POLL[new])
 
     @override
-    def _kernel_remove(self, fd: int, events: int) -> None:
+    def kernel_remove(self, fd: int, events: int) -> None:
         # poll keeps plain numbers in user space: unregistering a closed fd is fine.
         self._pollster.unregister(fd)
 
     @override
-    def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
+    def kernel_poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         ms = ceil_timeout(timeout, 1e-3)
         ready = self._pollster.poll(ms)
-        by_fd = self._by_fd
+        by_fd = self.registrations
         result = []
         for fd, mask in ready:
             registration = by_fd.get(fd)

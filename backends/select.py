@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from typing_extensions import override
 
-from ._base import CLOSED, READ, WRITE, DispatcherBase, Registration, ceil_timeout
+from .base import CLOSED, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
 __all__ = ["FD_SETSIZE", "SelectDispatcher"]
 
@@ -28,6 +28,7 @@ class SelectDispatcher(DispatcherBase):
 
     name: ClassVar[str] = "select"
     priority: ClassVar[int] = 10
+    reports_closed_fds: ClassVar[bool | None] = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -41,33 +42,35 @@ class SelectDispatcher(DispatcherBase):
         return True
 
     @override
-    def _check_fd(self, fd: int) -> None:
-        super()._check_fd(fd)
+    def check_fd(self, fd: int) -> None:
+        # First, so that every fd at or above the limit gets the message naming the
+        # backends without it (rule 8), even one beyond what any backend takes.
         if fd >= FD_SETSIZE:
             raise ValueError(
                 f"fd {fd} is at or above FD_SETSIZE ({FD_SETSIZE}), which the select backend "
                 "cannot watch; use the poll or epoll backend"
             )
+        super().check_fd(fd)
 
     @override
-    def _kernel_add(self, fd: int, events: int) -> None:
+    def kernel_add(self, fd: int, events: int) -> None:
         if events & READ:
             self._readers.add(fd)
         if events & WRITE:
             self._writers.add(fd)
 
     @override
-    def _kernel_modify(self, fd: int, old: int, new: int) -> None:
-        self._kernel_remove(fd, old)
-        self._kernel_add(fd, new)
+    def kernel_modify(self, fd: int, old: int, new: int) -> None:
+        self.kernel_remove(fd, old)
+        self.kernel_add(fd, new)
 
     @override
-    def _kernel_remove(self, fd: int, events: int) -> None:
+    def kernel_remove(self, fd: int, events: int) -> None:
         self._readers.discard(fd)
         self._writers.discard(fd)
 
     @override
-    def _poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
+    def kernel_poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
         us = ceil_timeout(timeout, 1e-6)
         try:
             readable, writable, _ = select.select(
@@ -77,7 +80,7 @@ class SelectDispatcher(DispatcherBase):
             if exc.errno != errno.EBADF:
                 raise
             return self._closed_registrations()
-        by_fd = self._by_fd
+        by_fd = self.registrations
         ready: dict[int, int] = dict.fromkeys(readable, READ)
         for fd in writable:
             ready[fd] = ready.get(fd, 0) | WRITE
@@ -93,5 +96,5 @@ class SelectDispatcher(DispatcherBase):
                 os.fstat(fd)
             except OSError as exc:
                 if exc.errno == errno.EBADF:
-                    closed.append((self._by_fd[fd], CLOSED))
+                    closed.append((self.registrations[fd], CLOSED))
         return closed

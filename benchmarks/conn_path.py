@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from asycamore import bench
+from asycamore.bench import harness
 from asycamore.echo import EchoProtocol
 from asycamore.servicemodel import Service
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile the asycamore side")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
-    cpu, _ = bench.cpu_layout()
+    cpu, _ = harness.cpu_layout()
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     makers: dict[str, Callable[[], tuple[tuple[str, int], Step, Callable[[], None]]]] = {

@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from asycamore import Events, bench, create_dispatcher
+from asycamore import Events, create_dispatcher
+from asycamore.bench import harness
 from asycamore.echo import EchoProtocol
 from asycamore.servicemodel import Service
 from asycamore.tcpsocket import Connection
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     backends = args.backend or ["epoll", "poll"]
-    cpu, _ = bench.cpu_layout()
+    cpu, _ = harness.cpu_layout()
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     layers: list[tuple[str, Callable[..., float]]] = [

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from asycamore import bench
+from asycamore.bench import harness
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
 
-    bench.raise_nofile_limit()
+    harness.raise_nofile_limit()
     loadgen = run.compile_c("loadgen")
     cfg = run.Config(**(vars(run.FULL) | {"seconds": args.seconds, "idle_conns": args.idle_conns}))
-    cpus = bench.cpu_layout()
+    cpus = harness.cpu_layout()
     if args.server:
         target = [args.server]
         name = Path(args.server).stem

@@ -18,8 +18,8 @@ the same on uvloop (when importable), asyncore's poll loop (stdlib on 3.11, ``py
 on 3.12+), a minimal hand-written selectors loop and a C epoll server (when gcc exists).
 
 The load generator is ``benchmarks/c/loadgen.c`` (compiled at run time into a cache
-directory outside the repository; without gcc the slower Python generator in
-``asycamore.bench`` is used and the results say so).  Servers
+directory outside the repository; without gcc the slower Python generator,
+``benchmarks/loadgen.py``, is used and the results say so).  Servers
 are pinned to one CPU and the generator to another; the server's CPU comes from /proc,
 the generator reports its own, and a round where the generator used >= 95% of a CPU is
 flagged: there the generator, not the server, set the pace.
@@ -33,27 +33,30 @@ docs and the idle-scaling plot (PNG, when matplotlib is installed).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import hashlib
-import importlib.util
 import json
 import os
-import selectors
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asycamore import bench
+# benchmarks/loadgen.py and probes.py, next to this file (``loadgen`` below is the C
+# generator's path, hence the alias).
+import loadgen as python_loadgen
+import probes
+
+from asycamore.bench import harness
+from asycamore.bench.programs import asycamore_echo_command
 from asycamore.factory import list_backends
+from asycamore.tables import text_table
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -172,41 +175,29 @@ class Subject:
     max_fds: int | None = None  # select: FD_SETSIZE
 
 
-def _importable(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def _asyncore_importable() -> bool:
-    # asyncore is in the stdlib up to 3.11; pyasyncore provides it on 3.12+.
-    return _importable("asyncore")
-
-
 def echo_subjects(c_server: Path | None) -> tuple[list[Subject], list[str]]:
     """Every server this machine can run, and notes about the ones it cannot."""
     py = sys.executable
     subjects: list[Subject] = []
     notes: list[str] = []
     backends = [info.name for info in list_backends() if info.available]
-    if bench.echo_available():
-        for backend in backends:
-            subjects.append(
-                Subject(
-                    f"asycamore-{backend}",
-                    bench.asycamore_echo_command(backend),
-                    1024 if backend == "select" else None,
-                )
+    for backend in backends:
+        subjects.append(
+            Subject(
+                f"asycamore-{backend}",
+                asycamore_echo_command(backend),
+                1024 if backend == "select" else None,
             )
-    else:
-        notes.append("asycamore.echo is not installed: no asycamore echo servers")
+        )
     subjects.append(Subject("asyncio", [py, str(SERVERS / "asyncio_echo.py")]))
     subjects.append(
         Subject("asyncio-buffered", [py, str(SERVERS / "asyncio_echo.py"), "--buffered"])
     )
-    if _importable("uvloop"):
+    if probes.importable("uvloop"):
         subjects.append(Subject("uvloop", [py, str(SERVERS / "asyncio_echo.py"), "--uvloop"]))
     else:
         notes.append("uvloop is not installed (pip install 'asycamore[bench]')")
-    if _asyncore_importable():
+    if probes.asyncore_importable():
         subjects.append(
             Subject("asyncore-poll", [py, "-W", "ignore", str(SERVERS / "asyncore_echo.py")])
         )
@@ -239,31 +230,43 @@ def generator_command(
     ]  # fmt: skip
     if loadgen is not None:
         return [str(loadgen), *common, "--window", str(cfg.bulk_window)]
-    return [*bench.python_loadgen_command(), *common]
+    return [*python_loadgen.command(), *common]
+
+
+def server_rss_kib(pid: int) -> int | None:
+    """The resident set size of process *pid* in KiB, from ``/proc`` (None without it)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def server_fd_count(pid: int) -> int | None:
+    """How many descriptors process *pid* holds open, from ``/proc`` (None without it)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
 def idle_connections(
-    loadgen: Path | None, server: bench.ServerProcess, count: int, cpu: int | None
+    loadgen: Path | None, server: harness.ServerProcess, count: int, cpu: int | None
 ) -> Iterator[None]:
     """Hold *count* idle connections to *server* open; wait until it has accepted them."""
-    baseline = server.fd_count() or 0
+    baseline = server_fd_count(server.pid) or 0
     hold = str(600)
     if loadgen is not None:
         command = [str(loadgen), "--mode", "idle", "--conns", str(count), "--seconds", hold]
     else:
-        command = [*bench.python_loadgen_command(), "--mode", "idle", "--conns", str(count)]
+        command = [*python_loadgen.command(), "--mode", "idle", "--conns", str(count)]
         command += ["--seconds", hold]
     command += ["--host", server.host, "--port", str(server.port)]
-    setup = bench._child_setup(cpu)
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=setup,  # noqa: PLW1509 - no threads here
-    )
+    proc = harness.spawn(command, cpu)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -273,23 +276,17 @@ def idle_connections(
         deadline = time.monotonic() + 30 + count / 200
         # Without /proc (macOS) the server's descriptors cannot be counted: a pause
         # lets it accept the backlog instead.
-        if server.fd_count() is None:
+        if server_fd_count(server.pid) is None:
             time.sleep(1.0 + count / 5000)
-        while (server.fd_count() or count + baseline) < count + baseline:
+        while (server_fd_count(server.pid) or count + baseline) < count + baseline:
             if time.monotonic() > deadline or not server.alive():
-                raise RuntimeError(f"server accepted only {server.fd_count()} of {count}")
+                raise RuntimeError(
+                    f"server accepted only {server_fd_count(server.pid)} of {count}"
+                )
             time.sleep(0.05)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        harness.terminate(proc, timeout=10)
 
 
 def wait_quiet(
@@ -305,9 +302,9 @@ def wait_quiet(
     names = [f"cpu{c}" for c in cpus]
     start = time.monotonic()
     while True:
-        before = bench.cpu_times()
+        before = harness.cpu_times()
         time.sleep(0.25)
-        shares = bench.cpu_shares(before, bench.cpu_times())
+        shares = harness.cpu_shares(before, harness.cpu_times())
         busy = [shares.get(n, {}).get("busy", 0.0) for n in names]
         waited = time.monotonic() - start
         if max(busy) <= 1 - threshold or waited >= max_wait:
@@ -323,16 +320,16 @@ def measure_echo(
 ) -> dict[str, Any]:
     """One round of one echo workload against one subject."""
     server_cpu, gen_cpu = cpus
-    with bench.ServerProcess(subject.command, cpu=server_cpu) as server:
+    with harness.ServerProcess(subject.command, cpu=server_cpu) as server:
         command = generator_command(loadgen, cfg, workload, server.port, server.host)
         idle = cfg.idle_conns if workload == "pingpong-idle" else 0
         with contextlib.ExitStack() as stack:
             rss_idle = None
             if idle:
                 stack.enter_context(idle_connections(loadgen, server, idle, gen_cpu))
-                rss_idle = server.rss_kib()
-            result = bench.run_loadgen(command, server, cpu=gen_cpu, timeout=120 + cfg.seconds)
-            rss = server.rss_kib()
+                rss_idle = server_rss_kib(server.pid)
+            result = harness.run_loadgen(command, server, cpu=gen_cpu, timeout=120 + cfg.seconds)
+            rss = server_rss_kib(server.pid)
         status = server.stop()
     value = result.mb_per_s if workload == "bulk" else result.rate
     # CPU time on the two pinned CPUs that neither the server, the generator nor interrupt
@@ -358,147 +355,6 @@ def measure_echo(
         "exit_status": status,
         "generator": result.generator,
     }
-
-
-# -- in-process workloads ------------------------------------------------------------------------
-
-
-def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if not _importable("uvloop"):
-        return None
-    import uvloop
-
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def selectors_dispatch_rate(seconds: float, targets: int = bench.DISPATCH_TARGETS) -> float:
-    """Callbacks per second through a minimal hand-written selectors loop."""
-    calls = 0
-
-    def callback() -> None:
-        nonlocal calls
-        calls += 1
-
-    with bench.ready_sockets(targets) as socks, selectors.DefaultSelector() as sel:
-        for sock in socks:
-            sel.register(sock, selectors.EVENT_READ, callback)
-        start = time.perf_counter()
-        deadline = start + seconds
-        while time.perf_counter() < deadline:
-            for _ in range(50):
-                for key, _mask in sel.select(1.0):
-                    key.data()
-        elapsed = time.perf_counter() - start
-    return calls / elapsed
-
-
-def selectors_idle_cost(idle: int, seconds: float) -> float:
-    """Seconds per select() round (one ready callback) with *idle* idle sockets registered."""
-    calls = 0
-
-    def callback() -> None:
-        nonlocal calls
-        calls += 1
-
-    def never() -> None:  # pragma: no cover
-        raise AssertionError("idle socket was ready")
-
-    with (
-        bench.idle_sockets(idle) as idlers,
-        bench.ready_sockets(1) as active,
-        selectors.DefaultSelector() as sel,
-    ):
-        for sock in idlers:
-            sel.register(sock, selectors.EVENT_READ, never)
-        sel.register(active[0], selectors.EVENT_READ, callback)
-        rounds = 0
-        start = time.perf_counter()
-        deadline = start + seconds
-        while time.perf_counter() < deadline:
-            for _ in range(20):
-                for key, _mask in sel.select(1.0):
-                    key.data()
-            rounds += 20
-        elapsed = time.perf_counter() - start
-    return elapsed / rounds
-
-
-def asyncore_idle_cost(idle: int, seconds: float) -> float | None:
-    """Seconds per ``asyncore.poll2`` round with *idle* idle dispatchers and one active."""
-    if not _asyncore_importable():
-        return None
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import asyncore
-
-    class Target:
-        calls = 0
-
-        def __init__(self, sock: socket.socket) -> None:
-            self.sock = sock
-
-        def readable(self) -> bool:
-            return True
-
-        def writable(self) -> bool:
-            return False
-
-        def handle_read_event(self) -> None:
-            self.calls += 1
-
-    with bench.idle_sockets(idle) as idlers, bench.ready_sockets(1) as active:
-        socket_map: dict[int, Any] = {s.fileno(): Target(s) for s in [*idlers, *active]}
-        rounds = 0
-        start = time.perf_counter()
-        deadline = start + seconds
-        while time.perf_counter() < deadline:
-            for _ in range(5):
-                asyncore.poll2(1.0, socket_map)
-            rounds += 5
-        elapsed = time.perf_counter() - start
-    return elapsed / rounds
-
-
-def inprocess_subjects() -> tuple[list[str], list[str]]:
-    """Names of the in-process subjects: backends, asyncio, uvloop, selectors, asyncore."""
-    names = [f"asycamore-{info.name}" for info in list_backends() if info.available]
-    names.append("asyncio")
-    if _importable("uvloop"):
-        names.append("uvloop")
-    names.append("selectors")
-    extra = ["asyncore-poll"] if _asyncore_importable() else []
-    return names, extra
-
-
-def dispatch_measure(subject: str, seconds: float) -> float | None:
-    """Handler calls per second for one in-process subject."""
-    if subject.startswith("asycamore-"):
-        return bench.dispatch_rate(subject.removeprefix("asycamore-"), seconds)
-    if subject == "asyncio":
-        return bench.asyncio_dispatch_rate(seconds)
-    if subject == "uvloop":
-        return bench.asyncio_dispatch_rate(seconds, loop_factory=_uvloop_factory())
-    if subject == "selectors":
-        return selectors_dispatch_rate(seconds)
-    return None
-
-
-def idle_measure(subject: str, idle: int, seconds: float) -> float | None:
-    """Seconds per dispatch with *idle* idle targets for one in-process subject."""
-    if subject.startswith("asycamore-"):
-        return bench.idle_dispatch_cost(subject.removeprefix("asycamore-"), idle, seconds)
-    if subject == "asyncio":
-        return bench.asyncio_idle_dispatch_cost(idle, seconds)
-    if subject == "uvloop":
-        return bench.asyncio_idle_dispatch_cost(idle, seconds, loop_factory=_uvloop_factory())
-    if subject == "selectors":
-        return selectors_idle_cost(idle, seconds)
-    if subject == "asyncore-poll":
-        return asyncore_idle_cost(idle, seconds)
-    return None
 
 
 # -- statistics and output ------------------------------------------------------------------------
@@ -624,14 +480,6 @@ def idle_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
-def text_table(rows: list[tuple[str, ...]]) -> str:
-    """Aligned plain-text table."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
-
-
 def rst_table(rows: list[tuple[str, ...]]) -> str:
     """An RST grid-less ("simple") table."""
     widths = [max(len(row[i]) for row in rows) or 1 for i in range(len(rows[0]))]
@@ -645,7 +493,7 @@ def rst_table(rows: list[tuple[str, ...]]) -> str:
 
 def plot_idle(results: dict[str, Any], path: Path) -> bool:
     """Plot idle scaling (log-log) to *path*; False when matplotlib is missing."""
-    if not _importable("matplotlib"):
+    if not probes.importable("matplotlib"):
         return False
     import matplotlib
 
@@ -696,8 +544,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.retries is not None:
         cfg.retries = args.retries
     workloads = [w for w in ALL_WORKLOADS if w in args.only] if args.only else list(ALL_WORKLOADS)
-    bench.raise_nofile_limit()
-    cpus = bench.cpu_layout()
+    harness.raise_nofile_limit()
+    cpus = harness.cpu_layout()
     loadgen = None if args.python_generator else compile_c("loadgen")
     c_server = compile_c("epoll_echo")
     subjects, notes = echo_subjects(c_server)
@@ -705,12 +553,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         subjects = [s for s in subjects if s.name in args.subjects]
     if loadgen is None:
         notes.append(
-            "load generator: Python (asycamore.bench), slower than the C one: expect it to"
+            "load generator: Python (benchmarks/loadgen.py), slower than the C one: expect it to"
             " be saturated, and compare the servers by their CPU per operation"
         )
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": bench.machine_info(),
+        "machine": harness.machine_info(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "generator": "c" if loadgen is not None else "python",
         "pinning": {"server_cpu": cpus[0], "generator_cpu": cpus[1]},
@@ -719,56 +567,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "notes": notes,
         "workloads": {},
     }
-    bench._pin(cpus[0])  # in-process measurements run on the server's CPU
-    inproc, extra = inprocess_subjects()
-    if args.subjects:
-        inproc = [s for s in inproc if s in args.subjects]
-        extra = [s for s in extra if s in args.subjects]
+    with harness.pinned(cpus[0]):  # in-process measurements run on the server's CPU
+        inproc, extra = probes.inprocess_subjects()
+        if args.subjects:
+            inproc = [s for s in inproc if s in args.subjects]
+            extra = [s for s in extra if s in args.subjects]
 
-    if "dispatch" in workloads:
-        rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in inproc}
-        for r in range(cfg.rounds):
-            for subject in inproc:
-                log(f"[dispatch round {r + 1}/{cfg.rounds}] {subject} ...")
-                wait_quiet(cpus, cfg.quiet_wait)
-                rounds[subject].append({"value": dispatch_measure(subject, cfg.inprocess_seconds)})
-        ref = rounds.get("asyncio")
-        results["workloads"]["dispatch"] = {
-            "unit": UNITS["dispatch"],
-            "subjects": {s: summarize(v, ref) for s, v in rounds.items()},
-        }
-
-    if "idle" in workloads:
-        subjects_idle = inproc + extra
-        per: dict[str, dict[str, list[float | None]]] = {
-            s: {str(n): [] for n in cfg.idle_sizes} for s in subjects_idle
-        }
-        for r in range(cfg.rounds):
-            for n in cfg.idle_sizes:
-                for subject in subjects_idle:
-                    if subject == "asyncore-poll" and n > 1000 and r > 0:
-                        continue  # O(N) Python per round: one round says enough
-                    log(f"[idle round {r + 1}/{cfg.rounds}] {subject} N={n} ...")
+        if "dispatch" in workloads:
+            rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in inproc}
+            for r in range(cfg.rounds):
+                for subject in inproc:
+                    log(f"[dispatch round {r + 1}/{cfg.rounds}] {subject} ...")
                     wait_quiet(cpus, cfg.quiet_wait)
-                    per[subject][str(n)].append(idle_measure(subject, n, cfg.inprocess_seconds))
-        idle_doc: dict[str, Any] = {
-            "sizes": list(cfg.idle_sizes),
-            "unit": "seconds/dispatch",
-            "subjects": {},
-        }
-        for subject, by_n in per.items():
-            idle_doc["subjects"][subject] = {}
-            for size_key, vals in by_n.items():
-                got = [v for v in vals if v is not None]
-                idle_doc["subjects"][subject][size_key] = {
-                    "rounds": vals,
-                    "median": statistics.median(got) if got else None,
-                    "min": min(got) if got else None,
-                    "max": max(got) if got else None,
-                }
-        results["idle"] = idle_doc
+                    rounds[subject].append(
+                        {"value": probes.dispatch_measure(subject, cfg.inprocess_seconds)}
+                    )
+            ref = rounds.get("asyncio")
+            results["workloads"]["dispatch"] = {
+                "unit": UNITS["dispatch"],
+                "subjects": {s: summarize(v, ref) for s, v in rounds.items()},
+            }
 
-    bench._pin(None)
+        if "idle" in workloads:
+            subjects_idle = inproc + extra
+            per: dict[str, dict[str, list[float | None]]] = {
+                s: {str(n): [] for n in cfg.idle_sizes} for s in subjects_idle
+            }
+            for r in range(cfg.rounds):
+                for n in cfg.idle_sizes:
+                    for subject in subjects_idle:
+                        if subject == "asyncore-poll" and n > 1000 and r > 0:
+                            continue  # O(N) Python per round: one round says enough
+                        log(f"[idle round {r + 1}/{cfg.rounds}] {subject} N={n} ...")
+                        wait_quiet(cpus, cfg.quiet_wait)
+                        per[subject][str(n)].append(
+                            probes.idle_measure(subject, n, cfg.inprocess_seconds)
+                        )
+            idle_doc: dict[str, Any] = {
+                "sizes": list(cfg.idle_sizes),
+                "unit": "seconds/dispatch",
+                "subjects": {},
+            }
+            for subject, by_n in per.items():
+                idle_doc["subjects"][subject] = {}
+                for size_key, vals in by_n.items():
+                    got = [v for v in vals if v is not None]
+                    idle_doc["subjects"][subject][size_key] = {
+                        "rounds": vals,
+                        "median": statistics.median(got) if got else None,
+                        "min": min(got) if got else None,
+                        "max": max(got) if got else None,
+                    }
+            results["idle"] = idle_doc
+
     for workload in [w for w in workloads if w in ECHO_WORKLOADS]:
         rounds_echo: dict[str, list[dict[str, Any]]] = {s.name: [] for s in subjects}
         for round_no in range(cfg.rounds):

@@ -19,7 +19,9 @@ BACKENDS = ROOT / "backends"
 # The private package the public asycamore.tcpsocket stands in front of.
 PRIVATE_PACKAGES = {"_transport"}
 
-SOURCES = sorted([*PACKAGE.rglob("*.py"), *BACKENDS.glob("*.py")])
+BENCHMARKS = ROOT / "benchmarks"
+
+SOURCES = sorted([*PACKAGE.rglob("*.py"), *BACKENDS.glob("*.py"), *BENCHMARKS.rglob("*.py")])
 
 
 def _module_name(path: Path) -> str:
@@ -120,7 +122,8 @@ def test_no_private_reach_ins(path: Path) -> None:
 
 
 def test_the_checks_see_every_layer() -> None:
-    """The scan covers the package, its private transport package and the backends."""
+    """The scan covers the package, its private transport package, the backends and the
+    benchmark suite."""
     names = {_module_name(path) for path in SOURCES}
     assert {
         "asycamore.cli",
@@ -128,6 +131,7 @@ def test_the_checks_see_every_layer() -> None:
         "asycamore.servicemodel",
         "asycamore._transport.stream",
         "asycamore.backends.epoll",
+        "benchmarks.run",
     } <= names
 
 

@@ -1,9 +1,11 @@
-"""What the built-in backends share (backends/_base.py), beyond the contract's rules:
+"""What the built-in backends share (asycamore.backends.base), beyond the contract's rules:
 timeout rounding, use after close, modify's validation, and urgent data."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 
 import asycamore
 from asycamore import Events
-from asycamore.backends._base import MAX_WAIT, ceil_timeout
+from asycamore.backends.base import MAX_WAIT, ceil_timeout
 from asycamore.testing import RecordingTarget, Sockets
 
 AVAILABLE_BUILTINS = sorted(
@@ -128,3 +130,74 @@ def test_urgent_data_does_not_spin(ctx: asycamore.IDispatchContext, sockets: Soc
     calls = sum(ctx.dispatch_once(0.05) for _ in range(4))
     assert time.monotonic() - start >= 0.15
     assert calls == 0
+
+
+# -- dispatch_once is not re-entrant -------------------------------------------------------
+
+
+def test_reentrant_dispatch_is_refused(ctx: asycamore.IDispatchContext, sockets: Sockets) -> None:
+    """dispatch_once from a handler raises RuntimeError there at once (it used to recurse
+    until RecursionError); the error takes the handler's error path like any other (rule
+    7), the round goes on, and the context stays usable."""
+    errors: list[tuple[object, Exception]] = []
+    inner: list[BaseException] = []
+
+    def nested(me: RecordingTarget) -> None:
+        me.drain()
+        try:
+            ctx.dispatch_once(0)
+        except RuntimeError as exc:
+            inner.append(exc)
+            raise
+
+    log: list[tuple[str, str]] = []
+    sock, peer = sockets.pair()
+    bad = RecordingTarget(sock, log, "bad", on_read=nested)
+    good_sock, good_peer = sockets.pair()
+    good = RecordingTarget(good_sock, log, "good")
+    ctx.register(bad, Events.READ)
+    ctx.register(good, Events.READ)
+    peer.send(b"x")
+    good_peer.send(b"y")
+    assert ctx.dispatch_once(1.0, lambda target, exc: errors.append((target, exc))) == 2
+    assert sorted(log) == [("bad", "read"), ("good", "read")]  # no recursion
+    assert len(inner) == 1
+    assert errors == [(bad, inner[0])]
+    assert "already dispatching" in str(inner[0])
+    assert bad in ctx  # the caller's error handler decides
+    peer.send(b"x")
+    bad.on_read = None
+    assert ctx.dispatch_once(1.0) == 1  # usable again: the guard was lifted
+
+
+def test_reentrant_dispatch_under_the_default_policy_is_logged(
+    ctx: asycamore.IDispatchContext, sockets: Sockets, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under the default policy the RuntimeError is logged with its traceback, naming the
+    mistake, before the target is closed (rule 7): not a silent close."""
+    sock, peer = sockets.pair()
+    target = RecordingTarget(sock, on_read=lambda me: ctx.dispatch_once(0))
+    ctx.register(target, Events.READ)
+    peer.send(b"x")
+    with caplog.at_level(logging.ERROR, logger="asycamore"):
+        assert ctx.dispatch_once(1.0) == 1
+    assert target.close_calls == 1
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], RuntimeError)
+    assert "already dispatching" in caplog.text
+
+
+def test_dispatch_from_another_thread_meanwhile_is_refused(
+    ctx: asycamore.IDispatchContext,
+) -> None:
+    """The same guard refuses a second thread's dispatch_once during one that waits."""
+    waiter = threading.Thread(target=ctx.dispatch_once, args=(0.5,))
+    waiter.start()
+    try:
+        time.sleep(0.1)
+        with pytest.raises(RuntimeError, match="already dispatching"):
+            ctx.dispatch_once(0)
+    finally:
+        waiter.join()
+    assert ctx.dispatch_once(0) == 0

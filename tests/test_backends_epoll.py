@@ -9,7 +9,6 @@ set when that may have happened; these tests pin the consequences down.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,16 +38,6 @@ def ctx() -> Iterator[asycamore.IDispatchContext]:
         yield context
 
 
-def _socket_at(sockets: Sockets, fd: int) -> tuple[socket.socket, socket.socket]:
-    sock, peer = sockets.pair()
-    if sock.fileno() != fd:
-        os.dup2(sock.fileno(), fd)
-        sock.close()
-        sock = sockets.adopt(socket.socket(fileno=fd))
-        sock.setblocking(False)
-    return sock, peer
-
-
 def _closed_but_alive(
     ctx: asycamore.IDispatchContext, sockets: Sockets
 ) -> tuple[RecordingTarget, int]:
@@ -69,7 +58,7 @@ def test_newcomer_on_the_old_number_gets_nothing_of_the_old_socket(
     ctx: asycamore.IDispatchContext, sockets: Sockets
 ) -> None:
     old, fd = _closed_but_alive(ctx, sockets)
-    sock, peer = _socket_at(sockets, fd)
+    sock, peer = sockets.pair_at(fd)
     newcomer = RecordingTarget(sock, name="new")
     ctx.register(newcomer, Events.READ)
     start = time.monotonic()

@@ -148,6 +148,7 @@ def test_backends_lists_a_broken_plugin(run: Run, write_distribution: Callable[.
         ["echo", "--port", "70000"],
         ["echo", "--port", "http"],
         ["bench", "--seconds", "-1"],
+        ["bench", "--seconds", "inf"],
     ],
     ids=lambda args: " ".join(args) or "no-args",
 )

@@ -12,9 +12,6 @@ import sys
 import asycamore
 from asycamore.testing import BackendConformance
 
-# The backends whose OS mechanism reports a descriptor closed while registered (rule 6).
-_DETECTS_CLOSED_FDS = {"select": True, "poll": True}
-
 
 def _builtin_classes() -> dict[str, type[asycamore.IDispatchContext]]:
     classes = {}
@@ -34,7 +31,6 @@ for _name, _cls in BUILTIN_CLASSES.items():
         (BackendConformance,),
         {
             "backend_class": _cls,
-            "closed_fd_detection": _DETECTS_CLOSED_FDS.get(_name),
             "__module__": __name__,
             "__doc__": f"The conformance kit against the built-in {_name!r} backend.",
         },

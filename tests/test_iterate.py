@@ -6,8 +6,10 @@ arguments of each dispatch_once call, so the order of callbacks and dispatches i
 
 from __future__ import annotations
 
+import enum
 import socket
 from collections.abc import Iterator, MutableMapping
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -250,6 +252,70 @@ def test_keyboard_interrupt_from_a_callback_propagates(recorder):
 
     with pytest.raises(KeyboardInterrupt):
         iterate(recorder, timeout=0, before_dispatch=interrupt)
+
+
+class _Two(enum.IntEnum):
+    TWO = 2
+
+
+def _bounded(rounds: list[int]) -> Any:
+    """A before_dispatch that stops a loop which would otherwise run forever."""
+
+    def before(dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]) -> None:
+        rounds.append(dispatchvars["count"])
+        if len(rounds) > 20:
+            raise AssertionError(f"still looping: count is {dispatchvars['count']!r}")
+
+    return before
+
+
+@pytest.mark.parametrize(
+    "count", [1.5, 0.5, 2.0, float("nan"), float("inf"), True, False, "3", None, Fraction(2)]
+)
+def test_a_count_that_is_not_an_int_is_refused(recorder, journal, count):
+    """count=1.5 used to loop forever (1.5, 0.5, -0.5: never 0, never negative enough to
+    stop being decremented); a bool is refused too (True is no count anyone means).  The
+    call fails before anything runs or is stored."""
+    rounds: list[int] = []
+    dispatchvars: dict[str, Any] = {}
+    with pytest.raises(TypeError, match="count"):
+        iterate(recorder, timeout=0, count=count, dispatchvars=dispatchvars,
+                before_dispatch=_bounded(rounds))  # fmt: skip
+    assert rounds == []
+    assert journal == []
+    assert dispatchvars == {}
+
+
+@pytest.mark.parametrize("count", [1.5, float("nan"), True, "1"])
+def test_a_count_a_callback_sets_is_checked_each_round(recorder, journal, count):
+    """The count re-read each round is checked the same way: the loop stops with
+    TypeError at the round that reads it, after the dispatches already made."""
+    rounds: list[int] = []
+
+    def after(dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]) -> None:
+        dispatchvars["count"] = count
+
+    with pytest.raises(TypeError, match="count"):
+        iterate(recorder, timeout=0, count=-1, before_dispatch=_bounded(rounds),
+                after_dispatch=after)  # fmt: skip
+    assert len([entry for entry in journal if entry[0] == "dispatch"]) == 1
+    assert len(rounds) == 2
+
+
+def test_integers_of_any_kind_and_sign_stay_valid(recorder, journal):
+    """An int subclass (an IntEnum) counts as its value; negative counts loop until
+    stopped, as before."""
+    iterate(recorder, timeout=0, count=_Two.TWO)
+    assert len(journal) == 2
+    rounds: list[int] = []
+
+    def stop(dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]) -> None:
+        if len(rounds) == 5:
+            raise StopIteration
+        rounds.append(dispatchvars["count"])
+
+    iterate(recorder, timeout=0, count=-(2**70), after_dispatch=stop)
+    assert rounds == [-(2**70)] * 5
 
 
 def test_iterate_serves_real_targets(journal):

@@ -22,6 +22,7 @@ from ..dispatcher import Events, IDispatchContext
 __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_HIGH_WATER",
+    "DEFAULT_LINGER",
     "DEFAULT_RECV_BUFFER_SIZE",
     "EVENTS",
     "READ",
@@ -40,6 +41,10 @@ DEFAULT_RECV_BUFFER_SIZE: Final = 256 * 1024
 
 DEFAULT_HIGH_WATER: Final = 64 * 1024
 """Default high-water mark of a connection's write buffer, in bytes."""
+
+DEFAULT_LINGER: Final = 5.0
+"""Seconds a closing connection waits for the peer's EOF, discarding its data (the
+``lingering_timeout`` of nginx): closing with unread input would send a reset."""
 
 DEFAULT_BACKLOG: Final = 4096
 """Default ``listen()`` backlog (the kernel caps it at ``net.core.somaxconn``)."""

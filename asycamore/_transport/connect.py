@@ -36,7 +36,7 @@ def _connect(
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             raise OSError(err, f"connect to {address!r} failed: {os.strerror(err)}")
-        conn = Connection(context, sock, handler, start=False, **options)
+        conn = Connection(context, sock, handler, timers=timers, start=False, **options)
         conn.start_connect(timeout, timers)
     except BaseException:
         sock.close()

@@ -274,6 +274,7 @@ class Listener:
                 sock,
                 handler,
                 on_close=self._connection_closed,
+                timers=self._timers,
                 start=False,
                 **self._options,
             )

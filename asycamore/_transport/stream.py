@@ -56,7 +56,16 @@ from typing import Any, Final, Protocol
 
 from ..dispatcher import IDispatchContext
 from ..timers import TimerHandle, Timers
-from .base import DEFAULT_RECV_BUFFER_SIZE, EVENTS, READ, WRITE, Transport, log, set_nodelay
+from .base import (
+    DEFAULT_LINGER,
+    DEFAULT_RECV_BUFFER_SIZE,
+    EVENTS,
+    READ,
+    WRITE,
+    Transport,
+    log,
+    set_nodelay,
+)
 
 __all__ = ["Connection", "StreamHandler", "default_recv_buffer"]
 
@@ -79,6 +88,8 @@ _SHUT_WR_PENDING: Final = 1  # shutdown(SHUT_WR) once the buffer is flushed
 _SHUT_WR_DONE: Final = 2
 
 _IOV_MAX: Final = 64  # chunks per sendmsg() call
+_MIN_READ: Final = 64 * 1024  # no read is capped below this (see _first_read_size)
+_LINGER_READS: Final = 16  # reads that close() makes at once to discard queued input
 _COALESCE_BELOW: Final = 4096  # small writes are copied into a shared tail chunk...
 _COALESCE_LIMIT: Final = 64 * 1024  # ...until it is this big
 
@@ -165,18 +176,28 @@ class Connection(Transport):
     ``handler.connection_lost(exc)``, which is called exactly once.  *on_close*, if
     given, is called with the connection after that (owners use it for bookkeeping).
     When *track_activity* is true, :attr:`last_activity` is updated on every successful
-    read and write (for idle timeouts).
+    read and write (for idle timeouts).  *timers* and *linger* bound how long
+    :meth:`close` waits for the peer's EOF (:data:`DEFAULT_LINGER` seconds).
+
+    Memory: a read takes at most the high-water mark (but at least 64 KiB) when
+    nothing is buffered, and what is left of that budget plus one byte otherwise.  So a
+    handler that writes back no more than it reads (an echo, a proxy) never buffers
+    more than ``max(high_water, 64 KiB) + 1`` bytes for a peer that does not read.
     """
 
     __slots__ = (
         "_chunks",
         "_deliver",
         "_head_sent",
+        "_linger",
         "_read_off",
+        "_read_size",
         "_recv_buffer",
         "_shut_wr",
+        "_spoke",
         "_state",
         "_timer",
+        "_timers",
         "_wants_views",
     )
 
@@ -193,14 +214,20 @@ class Connection(Transport):
         low_water: int | None = None,
         track_activity: bool = False,
         on_close: Callable[[Connection], object] | None = None,
+        timers: Timers | None = None,
+        linger: float = DEFAULT_LINGER,
         start: bool = True,
     ) -> None:
         super().__init__(context, sock, handler, high_water, low_water, track_activity, on_close)
+        self._timers = timers
+        self._linger = linger
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
         self._deliver: Callable[[Any], object] = handler.data_received
         self._recv_buffer = default_recv_buffer() if recv_buffer is None else recv_buffer
+        self._read_size = self._first_read_size()
         self._chunks: collections.deque[bytes | bytearray | memoryview] | None = None
         self._head_sent = 0
+        self._spoke = False
         self._state = _OPEN
         self._read_off = 0
         self._shut_wr = _SHUT_WR_NONE
@@ -259,13 +286,17 @@ class Connection(Transport):
         """Read once into the shared buffer and deliver the data (or the EOF)."""
         recv_buffer = self._recv_buffer
         try:
-            n = self._sock.recv_into(recv_buffer)
+            if self._buffered:
+                n = self._sock.recv_into(recv_buffer, self._capped_read_size())
+            else:
+                n = self._sock.recv_into(recv_buffer, self._read_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._lose(exc)
             return
         if n:
+            self._spoke = True
             if self._track_activity:
                 self.last_activity = monotonic()
             if self._wants_views:
@@ -339,7 +370,29 @@ class Connection(Transport):
         """Whether :meth:`write_eof` was called."""
         return self._shut_wr != _SHUT_WR_NONE
 
+    def _first_read_size(self) -> int:
+        """How much one read takes when nothing is buffered (0: the whole buffer).
+
+        At most the high-water mark (but no less than 64 KiB, so that a tiny mark does
+        not mean tiny reads): a handler that writes back what it reads then buffers
+        no more than the mark when the peer does not read, instead of a whole receive
+        buffer (256 KiB) per connection.
+        """
+        size = max(self._high, _MIN_READ)
+        return 0 if size >= len(self._recv_buffer) else size
+
+    def _capped_read_size(self) -> int:
+        """How much one read takes while data is buffered (0: the whole buffer).
+
+        What is left of the budget of `_first_read_size`, plus one byte: an echoing
+        handler then crosses the mark by at most one byte, and reading stops.  Reading
+        is on only while ``_buffered <= _high``, so at least one byte is left.
+        """
+        size = max(self._high, _MIN_READ) + 1 - self._buffered
+        return 0 if size >= len(self._recv_buffer) else size
+
     def _limits_changed(self) -> None:
+        self._read_size = self._first_read_size()
         if self._state == _OPEN:
             self._check_flow()
             self._update_interest()
@@ -448,10 +501,19 @@ class Connection(Transport):
         return True
 
     def close(self) -> None:
-        """Close gracefully: stop reading, flush the write buffer, then close.
+        """Close gracefully: flush the write buffer, send EOF, then close.
 
-        ``handler.connection_lost(None)`` is called once the socket is closed (at once
-        if nothing is buffered).  Idempotent.
+        Nothing more is delivered to the handler.  Once the buffer is flushed, the
+        connection shuts down its sending side (the peer reads EOF) and discards what
+        the peer still sends until the peer's own EOF, then closes the socket: closing
+        with unread input would make the kernel send a reset, and a reset can destroy
+        data the peer has not read yet.  A peer that has sent anything is waited
+        for, at most *linger* seconds (that needs *timers*; without them the queued
+        input is discarded and the socket closed at once); one that never sent a byte
+        gets its EOF and the close at once.  :meth:`abort` cuts the wait short.
+
+        ``handler.connection_lost(None)`` is called once the socket is closed.
+        Idempotent.
         """
         state = self._state
         if state >= _CLOSING:
@@ -459,14 +521,16 @@ class Connection(Transport):
         if state == _CONNECTING:
             self._lose(ConnectionAbortedError(errno.ECONNABORTED, "closed while connecting"))
             return
-        if not self._chunks or self not in self._context:
-            # Nothing to flush, or the context dropped us (a handler error under the
-            # default policy): nothing more can be sent.
+        if self not in self._context:
+            # The context dropped us (a handler error under the default policy).
             self._finish(None)
             return
         self._state = _CLOSING
         self._read_off |= _OFF_CLOSING
-        self._update_interest()
+        if self._chunks:
+            self._update_interest()  # flush first: _drained() lingers
+        else:
+            self._start_linger()
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Close at once, discarding buffered data; ``connection_lost(exc)`` follows."""
@@ -555,7 +619,7 @@ class Connection(Transport):
             if self._state == _CLOSED:
                 return
         if self._state == _CLOSING:
-            self._finish(None)
+            self._start_linger()
             return
         if self._read_off & _OFF_FLOW:
             self._flow_resume()
@@ -571,7 +635,56 @@ class Connection(Transport):
         if self._read_off & _OFF_EOF:
             self._finish(None)
 
+    def _start_linger(self) -> None:
+        """`close` has flushed everything: send EOF, then wait for the peer's."""
+        if self._read_off & _OFF_EOF:
+            self._finish(None)  # the peer is done too: nothing can arrive any more
+            return
+        if self._shut_wr != _SHUT_WR_DONE:
+            self._shut_wr = _SHUT_WR_DONE
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                self._lose(exc)
+                return
+        # Discard what has arrived; a reset or the peer's EOF may already be there.
+        recv_into = self._sock.recv_into
+        recv_buffer = self._recv_buffer
+        sending = False
+        for _ in range(_LINGER_READS):
+            try:
+                if not recv_into(recv_buffer):
+                    self._finish(None)
+                    return
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._lose(exc)
+                return
+            sending = True
+        timers = self._timers
+        if not (sending or self._spoke) or timers is None or not self._linger > 0:
+            # A peer that never sent anything gets a plain FIN now: without unread
+            # input there is no reset.  One that has spoken may still be speaking (the
+            # queue can be empty just because we kept up), so it is waited for.
+            self._finish(None)
+            return
+        # Read and discard until the peer's EOF (which `_read_eof` turns into the close)
+        # or the linger time: none of the reasons to stop reading applies any more.
+        self._deliver = _no_data
+        self._wants_views = True  # no bytes copies of what is discarded
+        self._read_off = 0
+        self._timer = timers.call_later(self._linger, self._linger_over)
+        self._update_interest()
+
+    def _linger_over(self) -> None:
+        self._timer = None
+        self._finish(None)
+
     def _read_eof(self) -> None:
+        if self._state == _CLOSING:
+            self._finish(None)  # lingering (see close): the peer has closed too
+            return
         self._read_off |= _OFF_EOF
         handler = self._handler
         keep_open = handler.eof_received() if handler is not None else None

@@ -2,189 +2,78 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
 import os
 import selectors
-from typing import ClassVar, Self
+from typing import ClassVar
 
-from asycamore import Events, IDispatchTarget
-from asycamore.dispatcher import ErrorHandler
+from asycamore.backends.base import READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
-_log = logging.getLogger("asycamore")
-_ALL = int(Events.READ | Events.WRITE)
-_TO_SELECTORS = {
-    Events.READ: selectors.EVENT_READ,
-    Events.WRITE: selectors.EVENT_WRITE,
-}
-_MAX_WAIT = 2_000_000.0  # seconds, about 23 days: fits poll/epoll's int of milliseconds
-
-
-class _Registration:
-    """One ``register`` call: compared by identity to drop stale readiness (rule 4)."""
-
-    def __init__(self, target: IDispatchTarget, fd: int, events: Events) -> None:
-        self.target = target
-        self.fd = fd
-        self.events = events
-        self.file = _file_identity(fd)  # which open file the descriptor referred to
+_IN, _OUT = selectors.EVENT_READ, selectors.EVENT_WRITE
+_TO_SELECTORS = (0, _IN, _OUT, _IN | _OUT)  # indexed by READ|WRITE bits
+_FROM_SELECTORS = {_IN: READ, _OUT: WRITE, _IN | _OUT: READ | WRITE}
 
 
 def _file_identity(fd: int) -> tuple[int, int] | None:
+    """Which open file *fd* refers to, or None if it is closed."""
     try:
         stat = os.fstat(fd)
     except OSError:
-        return None  # closed
+        return None
     return stat.st_dev, stat.st_ino
 
 
-class SelectorsDispatcher:
+class SelectorsDispatcher(DispatcherBase):
     """Dispatch context over :class:`selectors.DefaultSelector`."""
 
     name: ClassVar[str] = "selectors"
     priority: ClassVar[int] = 5  # below every built-in: used only when asked for
+    # selectors reports neither POLLNVAL nor EBADF as such; epoll and kqueue, the usual
+    # DefaultSelector, drop a closed descriptor silently.
+    reports_closed_fds: ClassVar[bool | None] = False
+    # DefaultSelector is epoll or kqueue on most systems, whose kernel object a forked
+    # child must not use: the base gives the child a new selector (kernel_reopen).
+    rebuild_after_fork: ClassVar[bool] = True
 
     @classmethod
     def is_available(cls) -> bool:
+        """Always true: selectors exists everywhere."""
         return True
 
     def __init__(self) -> None:
+        super().__init__()
         self._selector = selectors.DefaultSelector()
-        self._by_target: dict[int, _Registration] = {}  # id(target) -> registration
-        self._by_fd: dict[int, _Registration] = {}
-        self._closed = False
+        self._files: dict[int, tuple[int, int] | None] = {}  # fd -> its file at add time
 
-    # -- registration (rules 1 and 2) ------------------------------------------------
+    def kernel_add(self, fd: int, events: int) -> None:
+        """Add *fd* to the selector."""
+        self._selector.register(fd, _TO_SELECTORS[events])
+        self._files[fd] = _file_identity(fd)
 
-    def register(self, target: IDispatchTarget, events: Events = Events.READ) -> None:
-        events = self._checked(events)
-        fd = target.fileno()
-        if fd < 0:
-            raise ValueError(f"invalid file descriptor: {fd}")
-        if id(target) in self._by_target or fd in self._by_fd:
-            raise KeyError(f"{target!r} or fd {fd} is already registered")
-        registration = _Registration(target, fd, events)
-        if events:  # Events.NONE stays out of the kernel: it must receive nothing
-            self._selector.register(fd, self._mask(events), registration)
-        self._by_target[id(target)] = self._by_fd[fd] = registration
+    def kernel_modify(self, fd: int, old: int, new: int) -> None:
+        """Change what *fd* is selected for."""
+        self._selector.modify(fd, _TO_SELECTORS[new])
 
-    def modify(self, target: IDispatchTarget, events: Events) -> None:
-        events = self._checked(events)
-        registration = self._registration(target)
-        if registration.events and events:
-            self._selector.modify(registration.fd, self._mask(events), registration)
-        elif events:
-            self._selector.register(registration.fd, self._mask(events), registration)
-        elif registration.events:
-            self._selector.unregister(registration.fd)
-        registration.events = events
-
-    def unregister(self, target: IDispatchTarget) -> None:
-        registration = self._registration(target)
-        del self._by_target[id(target)], self._by_fd[registration.fd]
-        if not registration.events:
-            return
-        if _file_identity(registration.fd) == registration.file:
-            self._selector.unregister(registration.fd)
-        else:
-            # Rules 2 and 6: the descriptor was closed (or even reused) while registered.
+    def kernel_remove(self, fd: int, events: int) -> None:
+        """Drop *fd*, also when it was closed (rule 2), or even reused, meanwhile."""
+        self._selector.unregister(fd)
+        if _file_identity(fd) != self._files.pop(fd):
             # epoll and kqueue may still watch the old file, and report it on every call
-            # if it is kept open elsewhere; a new selector is the sure way to forget it.
-            self._rebuild()
+            # if it is kept open elsewhere (rule 6): a new selector is the sure way.
+            self.rebuild_kernel()
 
-    def _rebuild(self) -> None:
+    def kernel_reopen(self) -> None:
+        """A new, empty selector (rebuild_kernel then adds the registrations)."""
         self._selector.close()
         self._selector = selectors.DefaultSelector()
-        for registration in self._by_fd.values():
-            if registration.events:
-                # A descriptor that is closed too cannot be added: it gets no events.
-                with contextlib.suppress(OSError):
-                    self._selector.register(
-                        registration.fd, self._mask(registration.events), registration
-                    )
+        self._files.clear()
 
-    # -- dispatch (rules 3 to 7) -------------------------------------------------------
+    def kernel_poll(self, timeout: float | None) -> list[tuple[Registration, int]]:
+        """One ``select()``; rule 3's rounding up comes from ceil_timeout."""
+        ms = ceil_timeout(timeout, 1e-3)
+        by_fd = self.registrations
+        ready = self._selector.select(None if ms is None else ms / 1000)
+        return [(by_fd[key.fd], _FROM_SELECTORS[mask]) for key, mask in ready]
 
-    def dispatch_once(
-        self, timeout: float | None = None, error_in_handler: ErrorHandler | None = None
-    ) -> int:
-        if timeout == math.inf:
-            timeout = None  # wait forever
-        elif timeout is not None and timeout > 0:
-            # Rule 3: round up, never down to a busy 0; and cap what epoll/poll's C int of
-            # milliseconds can hold (waiting *at most* the timeout is allowed).
-            timeout = math.ceil(min(timeout, _MAX_WAIT) * 1000) / 1000
-        ready = self._selector.select(timeout)
-        calls = 0
-        for key, mask in ready:
-            registration: _Registration = key.data
-            for event, handler in (
-                (Events.READ, "handle_read_event"),
-                (Events.WRITE, "handle_write_event"),
-            ):
-                # Rule 4: only a current registration that still wants this event.
-                if not mask & _TO_SELECTORS[event]:
-                    continue
-                if self._by_fd.get(registration.fd) is not registration:
-                    break
-                if not registration.events & event:
-                    continue
-                calls += 1
-                try:
-                    getattr(registration.target, handler)()
-                except Exception as exc:  # rule 7
-                    self._failed(registration.target, exc, error_in_handler)
-        return calls
-
-    def _failed(
-        self, target: IDispatchTarget, exc: Exception, error_in_handler: ErrorHandler | None
-    ) -> None:
-        if error_in_handler is not None:
-            error_in_handler(target, exc)
-            return
-        _log.error("unhandled error in a handler of %r", target, exc_info=exc)
-        if target in self:
-            self.unregister(target)
-        close = getattr(target, "close", None)
-        if close is not None:
-            close()
-
-    # -- the rest of the protocol ----------------------------------------------------------
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._selector.close()
-            self._by_target.clear()
-            self._by_fd.clear()
-
-    def __contains__(self, target: object) -> bool:
-        return id(target) in self._by_target
-
-    def __len__(self) -> int:
-        return len(self._by_target)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _checked(events: Events) -> Events:
-        if not isinstance(events, int) or events < 0 or int(events) & ~_ALL:
-            raise ValueError(f"invalid events: {events!r}")
-        return Events(events)
-
-    @staticmethod
-    def _mask(events: Events) -> int:
-        return sum(bit for event, bit in _TO_SELECTORS.items() if events & event)
-
-    def _registration(self, target: IDispatchTarget) -> _Registration:
-        try:
-            return self._by_target[id(target)]
-        except KeyError:
-            raise KeyError(f"{target!r} is not registered") from None
+    def kernel_close(self) -> None:
+        """Close the selector."""
+        self._selector.close()

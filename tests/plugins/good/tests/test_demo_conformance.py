@@ -7,4 +7,3 @@ from asycamore.testing import BackendConformance
 
 class TestDemoConformance(BackendConformance):
     backend_class = DemoDispatcher
-    closed_fd_detection = True  # poll reports POLLNVAL
