@@ -966,6 +966,53 @@ def test_starttls_handshake_failure_is_connection_lost(service: Service, pki: PK
     assert isinstance(client.lost[0], ssl.SSLCertVerificationError)
 
 
+def test_starttls_with_the_client_hello_in_the_same_read(service: Service, pki: PKI) -> None:
+    """A pipelining client sends the command and its ClientHello in one segment: what
+    the plain protocol read past the command is handed over as ``received``."""
+
+    class Pipelined(Protocol):
+        def data_received(self, data: bytes) -> None:
+            assert self.transport is not None
+            if isinstance(self.transport, TLSConnection):
+                self.transport.write(data.upper())
+                return
+            command, _, rest = data.partition(b"\n")
+            assert command == b"STARTTLS"
+            service.start_tls(self.transport, pki.server_context(), server_side=True,
+                              received=rest)  # fmt: skip
+
+    port = service.listen_tcp(Pipelined).port
+    results: list[Any] = []
+
+    def run() -> None:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = pki.client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as sock:
+            sock.sendall(b"STARTTLS\n" + outgoing.read())  # one segment
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    sock.sendall(outgoing.read())
+                    incoming.write(sock.recv(65536))
+            tls.write(b"hello")
+            sock.sendall(outgoing.read())
+            while True:
+                try:
+                    results.append(tls.read(100))
+                    break
+                except ssl.SSLWantReadError:
+                    incoming.write(sock.recv(65536))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    pump_while(service, thread)
+    assert results == [b"HELLO"]
+
+
 # -- the command line -----------------------------------------------------------------------
 
 
