@@ -153,7 +153,12 @@ def server(subject: str, cert: Path, key: str | Path) -> Iterator[tuple[int, int
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process *pid* so far (Linux /proc; else 0)."""
+    """CPU time of process *pid* so far: nanoseconds from /proc/PID/schedstat (clock
+    ticks of /proc/PID/stat are too coarse for runs of a second or two), else 0."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
