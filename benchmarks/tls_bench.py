@@ -96,8 +96,11 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+PINNING = True
+
+
 def pin(pid: int, cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+    if PINNING and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(pid, {cpu})
 
@@ -258,12 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="bulk,handshakes")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument(
+        "--no-pin", action="store_true", help="let the scheduler place server and generators"
+    )
+    parser.add_argument(
         "--serve", nargs=3, metavar=("KIND", "CERT", "KEY"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.serve:
         serve(*args.serve)
         return 0
+    global PINNING
+    PINNING = not args.no_pin
     if shutil.which("openssl") is None:
         log("needs the openssl command")
         return 2
