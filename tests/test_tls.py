@@ -749,6 +749,36 @@ def test_shutdown_timeout_when_the_peer_never_answers(service: Service, pki: PKI
     thread.join(8)
 
 
+def test_data_after_our_close_notify_is_dropped(service: Service, pki: PKI) -> None:
+    """The peer keeps sending after the server's close(): read and dropped, and the
+    close_notify exchange still completes."""
+
+    class CloseAtOnce(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            assert self.transport is not None
+            self.transport.close()
+
+    protocols: list[CloseAtOnce] = []
+    port = service.listen_tcp(
+        lambda: protocols.append(CloseAtOnce()) or protocols[-1], ssl=pki.server_context()
+    ).port
+
+    def chatter(tls: ssl.SSLSocket) -> bytes:
+        tls.sendall(b"first")
+        for _ in range(20):
+            tls.sendall(b"more" * 5000)
+        tls.unwrap()
+        return b"unwrapped"
+
+    thread, results = python_client(port, pki.client_context(), chatter)
+    pump_while(service, thread)
+    pump(service, lambda: bool(protocols) and protocols[0].ended)
+    assert results == [b"unwrapped"]
+    assert protocols[0].lost == [None]
+    assert bytes(protocols[0].data).startswith(b"first")
+
+
 def test_close_waits_for_flush_then_close_notify(service: Service, pki: PKI) -> None:
     server = Server(service, pki.server_context(), echo=False)
     payload = bytes(range(256)) * 4096  # 1 MiB, far above the water marks

@@ -888,7 +888,8 @@ class TLSConnection:
         # Application data the peer sent after our close() is read and dropped (into
         # a fresh buffer: the protocol may still hold a view of the shared one), else
         # unwrap() would fail on it.
-        for _ in range(64):  # bounded: each read consumes a record
+        # Bounded: each read consumes at least one record, of six bytes or more.
+        for _ in range(self._incoming.pending // 6 + 2):
             try:
                 if not sslobj.read(_DECRYPT_BUFFER_SIZE):
                     break
