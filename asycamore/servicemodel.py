@@ -471,6 +471,24 @@ class Service:
         strict_eof: bool = False,
     ) -> TLSConnection: ...
 
+    @overload
+    def connect_tcp(
+        self,
+        protocol: StreamHandler,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        ssl: SSLContext | bool | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
+    ) -> Connection | TLSConnection: ...
+
     def connect_tcp(
         self,
         protocol: StreamHandler,

@@ -80,6 +80,24 @@ def connect_tcp(
 ) -> TLSConnection: ...
 
 
+@overload
+def connect_tcp(
+    context: IDispatchContext,
+    handler: StreamHandler,
+    host: str,
+    port: int,
+    *,
+    timeout: float | None = None,
+    timers: Timers | None = None,
+    ssl: SSLContext | bool | None = None,
+    server_hostname: str | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+    strict_eof: bool = False,
+    **options: Any,
+) -> Connection | TLSConnection: ...
+
+
 def connect_tcp(
     context: IDispatchContext,
     handler: StreamHandler,
