@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,7 +50,11 @@ def _start_echo(
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit, cwd="/"
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=limit,  # noqa: PLW1509 - only setrlimit, before exec
+        cwd="/",
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 10
@@ -253,9 +256,9 @@ def test_restore_is_atomic_with_respect_to_signals(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("bad", [math.nan, "1", None, True])
 def test_timers_refuse_nan_and_non_numbers(bad: Any) -> None:
     timers = Timers()
-    with pytest.raises(ValueError, match="number|NaN"):
+    with pytest.raises(ValueError, match=r"number|NaN"):
         timers.call_later(bad, print)
-    with pytest.raises(ValueError, match="number|NaN"):
+    with pytest.raises(ValueError, match=r"number|NaN"):
         timers.call_at(bad, print)
     assert len(timers) == 0
 
