@@ -625,11 +625,8 @@ class Connection(Transport):
             self._finish(None)  # the peer is done too: nothing can arrive any more
             return
         if self._shut_wr != _SHUT_WR_DONE:
-            self._shut_wr = _SHUT_WR_DONE
-            try:
-                self._sock.shutdown(socket.SHUT_WR)
-            except OSError as exc:
-                self._lose(exc)
+            self._shutdown_write()
+            if self._state == _CLOSED:
                 return
         # Discard what has arrived; a reset or the peer's EOF may already be there.
         recv_into = self._sock.recv_into
