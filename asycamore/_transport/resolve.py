@@ -54,11 +54,19 @@ MAX_WORKERS: Final = 8
 
 
 def is_localhost(host: str | None) -> bool:
-    """Whether *host* is a localhost name (``localhost``, ``*.localhost``, RFC 6761)."""
-    if not host:
+    """Whether *host* is a localhost name (``localhost``, ``*.localhost``, RFC 6761).
+
+    Only a well-formed one: ``.localhost`` or ``a..localhost`` (an empty label) is a
+    malformed name, which :func:`resolve` refuses, not a way of writing localhost.
+    """
+    if not host or not host.isascii():
         return False
-    name = host.lower().rstrip(".")
-    return name == "localhost" or name.endswith(".localhost")
+    name = host.lower()
+    if name.endswith("."):
+        name = name[:-1]  # the root label: "localhost." is fully qualified localhost
+    if name != "localhost" and not name.endswith(".localhost"):
+        return False
+    return len(name) <= 253 and all(0 < len(label) <= 63 for label in name.split("."))
 
 
 @functools.cache
@@ -79,7 +87,7 @@ class _BadHostName(socket.gaierror):
 
 
 def _bad_name(host: object, why: object) -> socket.gaierror:
-    return _BadHostName(socket.EAI_NONAME, f"bad host name {host!r}: {why}")
+    return _BadHostName(socket.EAI_NONAME, f"malformed host name ({why})")
 
 
 def _localhost(port: int, family: int, type_: int) -> list[AddrInfo]:
@@ -100,7 +108,9 @@ def _getaddrinfo(
     try:
         infos = socket.getaddrinfo(host, port, family, type_, 0, flags)
     except UnicodeError as exc:
-        raise _bad_name(host, getattr(exc, "reason", exc)) from None
+        # The idna codec wraps its reason ("label empty or too long") in another
+        # UnicodeError; the inner one is what a user can act on.
+        raise _bad_name(host, exc.__cause__ or exc) from None
     except ValueError as exc:  # an embedded NUL
         raise _bad_name(host, exc) from None
     unique: list[AddrInfo] = []
