@@ -111,8 +111,6 @@ def _getaddrinfo(
         # The idna codec wraps its reason ("label empty or too long") in another
         # UnicodeError; the inner one is what a user can act on.
         raise _bad_name(host, exc.__cause__ or exc) from None
-    except ValueError as exc:  # an embedded NUL
-        raise _bad_name(host, exc) from None
     unique: list[AddrInfo] = []
     seen: set[Any] = set()
     for info in infos:
@@ -137,6 +135,9 @@ def numeric_addresses(
     """
     if is_localhost(host):
         return _localhost(port, family, type_)
+    if host and "\0" in host:
+        # The C library would see the name cut short at the NUL: another name.
+        raise _bad_name(host, "NUL character")
     try:
         return _getaddrinfo(host or None, port, family, type_, flags | socket.AI_NUMERICHOST)
     except socket.gaierror as exc:
