@@ -245,7 +245,7 @@ class FlakySocket(socket.socket):
 
     fail_with: OSError | None = None
 
-    def sendto(self, *args: Any) -> int:  # type: ignore[override]
+    def sendto(self, *args: Any) -> int:
         if self.fail_with is not None:
             raise self.fail_with
         return super().sendto(*args)
@@ -309,7 +309,7 @@ def test_close_flushes_the_queue_and_abort_drops_it(service: Service) -> None:
                 assert endpoint.is_closing() and not endpoint.closed
                 endpoint.sendto(b"after close: dropped", peer.getsockname())
                 sock.fail_with = None
-                run_until(service, lambda endpoint=endpoint: endpoint.closed)
+                run_until(service, lambda: endpoint.closed)  # noqa: B023 - called at once
                 assert peer.recv(100) == b"queued"
             else:
                 endpoint.abort()

@@ -321,7 +321,7 @@ class DatagramEndpoint(Transport):
         ``handler.error_received``.  After :meth:`close` or :meth:`abort` datagrams
         are dropped.
         """
-        size = data.nbytes if type(data) is memoryview else len(data)  # type: ignore[union-attr]
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
         if size > self._max_payload:
             raise DatagramTooLarge(
                 errno.EMSGSIZE,
