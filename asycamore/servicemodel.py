@@ -517,8 +517,9 @@ class Service:
         self._endpoints[endpoint] = None
         try:
             endpoint.start()
-        except BaseException as exc:
-            endpoint.abort(exc)
+        except BaseException:
+            # The context refused it (start() has closed it, without telling anyone).
+            self._endpoints.pop(endpoint, None)
             raise
         return endpoint
 

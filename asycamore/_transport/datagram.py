@@ -457,7 +457,8 @@ def create_datagram_socket(
     With *remote* = ``(rhost, rport)`` the socket is connected to the first address
     *rhost* resolves to (a UDP connect sends nothing: it fixes the peer, filters
     other senders and makes ICMP errors visible) and bound to *host*:*port* if *host*
-    is not ``None`` (else the kernel picks the local address).  Without *remote*, it
+    is not ``None`` (else the kernel picks the local address; ``""`` is the
+    wildcard address).  Without *remote*, it
     is bound to the first address of *host* (``None`` or ``""``: every interface).
 
     ``SO_REUSEPORT`` only with *reuse_port*; ``SO_BROADCAST`` only with
@@ -472,7 +473,11 @@ def create_datagram_socket(
     if remote is not None:
         rhost, rport = remote
         af, type_, proto, _, target = resolve(rhost, rport, family, socket.SOCK_DGRAM)[0]
-        local = None if host is None else resolve(host or None, port, af, socket.SOCK_DGRAM)
+        local = (
+            None
+            if host is None
+            else resolve(host or None, port, af, socket.SOCK_DGRAM, socket.AI_PASSIVE)
+        )
     else:
         local = resolve(host or None, port, family, socket.SOCK_DGRAM, socket.AI_PASSIVE)
         af, type_, proto = local[0][:3]

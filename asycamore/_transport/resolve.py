@@ -49,6 +49,9 @@ __all__ = [
 AddrInfo = tuple[int, int, int, str, Any]
 """One :func:`socket.getaddrinfo` entry: ``(family, type, proto, canonname, sockaddr)``."""
 
+# EPIPE without SIGPIPE, even in a program that restored SIGPIPE's default action.
+_NO_SIGNAL: Final = getattr(socket, "MSG_NOSIGNAL", 0)
+
 MAX_WORKERS: Final = 8
 """The most resolver threads that run at once (the others wait in a queue)."""
 
@@ -280,8 +283,8 @@ class Resolution:
             self._result = (resolve(host, port, family, type_, flags), None)
         except Exception as exc:
             self._result = (None, exc)
-        with contextlib.suppress(OSError):  # cancelled: the read end is gone
-            self._writer.send(b"\0")
+        with contextlib.suppress(OSError):  # cancelled: the read end is gone (EPIPE)
+            self._writer.send(b"\0", _NO_SIGNAL)
         self._writer.close()
 
     def handle_read_event(self) -> None:
