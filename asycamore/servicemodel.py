@@ -2,7 +2,8 @@
 
 A :class:`Service` owns a dispatch context from the factory
 (:func:`~asycamore.create_dispatcher`) and everything registered in it: listeners,
-connections (both from :mod:`asycamore.tcpsocket`) and a wake-up socket.  It runs on
+connections (both from :mod:`asycamore.tcpsocket`), UDP endpoints (from
+:mod:`asycamore.udpsocket`) and a wake-up socket.  It runs on
 :func:`~asycamore.iterate`, and its ``before_dispatch`` callback runs timers
 (:meth:`~Service.call_later`, :meth:`~Service.call_at`), callbacks queued with
 :meth:`~Service.call_soon` (or, from any thread, :meth:`~Service.call_soon_threadsafe`)
@@ -392,6 +393,10 @@ class Service:
         """Listen on *host*:*port* and serve each connection with a new protocol from
         *protocol_factory*; return the :class:`~asycamore.tcpsocket.Listener`.
 
+        Every address *host* resolves to is served, on one port, by the one listener
+        (``localhost``: ``127.0.0.1`` and ``::1``; see
+        :func:`asycamore.tcpsocket.listen_tcp`).
+
         Raises :class:`OSError` if the address cannot be resolved or bound.  See
         :class:`~asycamore.tcpsocket.Listener` for *max_connections*, *accept_batch* and
         *backoff*; *idle_timeout* and the water marks default to the service's.
@@ -473,8 +478,11 @@ class Service:
         low_water: int | None = None,
     ) -> Connection:
         """Connect to *host*:*port* without blocking; *protocol* hears
-        ``connection_made`` or ``connection_failed`` (see
-        :func:`asycamore.tcpsocket.connect_tcp`)."""
+        ``connection_made`` or ``connection_failed``.
+
+        A host name is resolved in a worker thread and its addresses raced with Happy
+        Eyeballs, with the service's timers for the 250 ms stagger; *timeout* covers
+        resolution and attempts (see :func:`asycamore.tcpsocket.connect_tcp`)."""
         return self._connect(
             tcpsocket.connect_tcp,
             (host, port),
