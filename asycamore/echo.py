@@ -28,6 +28,11 @@ __all__ = ["DatagramEchoProtocol", "EchoProtocol", "format_address", "parse_host
 STOP_TIMEOUT = 2.0
 """Seconds the echo service lets its connections flush after SIGINT/SIGTERM."""
 
+UDP_SOCKET_BUFFER = 4 * 1024 * 1024
+"""``SO_RCVBUF``/``SO_SNDBUF`` of the UDP echo's sockets: a burst of dozens of 64 KiB
+datagrams from many senders at once fits (the default holds three); the kernel caps it
+at ``net.core.rmem_max``."""
+
 
 class EchoProtocol(Protocol):
     """Writes back everything it receives (memoryviews of the shared buffer: no copy
@@ -118,7 +123,9 @@ def serve_echo(
         with Service(backend, stop_timeout=STOP_TIMEOUT) as service:
             try:
                 if udp:
-                    endpoints = service.bind_udp_all(DatagramEchoProtocol, host, port)
+                    endpoints = service.bind_udp_all(
+                        DatagramEchoProtocol, host, port, socket_buffer_size=UDP_SOCKET_BUFFER
+                    )
                     address = endpoints[0].getsockname()
                 else:
                     address = service.listen_tcp(EchoProtocol, host, port).address

@@ -540,6 +540,7 @@ class Service:
         family: int = 0,
         reuse_port: bool = False,
         allow_broadcast: bool = False,
+        socket_buffer_size: int | None = None,
         high_water: int | None = None,
         low_water: int | None = None,
     ) -> DatagramEndpoint:
@@ -548,7 +549,12 @@ class Service:
         cannot be resolved or bound; the water marks default to the service's."""
         options = self._datagram_options(high_water, low_water)
         sock = udpsocket.create_datagram_socket(
-            host, port, family=family, reuse_port=reuse_port, allow_broadcast=allow_broadcast
+            host,
+            port,
+            family=family,
+            reuse_port=reuse_port,
+            allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
         )
         endpoint = DatagramEndpoint(self.dispatcher, sock, protocol, **options)
         return self._start_endpoint(endpoint)
@@ -562,6 +568,7 @@ class Service:
         family: int = 0,
         reuse_port: bool = False,
         allow_broadcast: bool = False,
+        socket_buffer_size: int | None = None,
         high_water: int | None = None,
         low_water: int | None = None,
     ) -> list[DatagramEndpoint]:
@@ -576,6 +583,7 @@ class Service:
             family=family,
             reuse_port=reuse_port,
             allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
             **options,
         )
         try:
@@ -597,6 +605,7 @@ class Service:
         local_port: int = 0,
         family: int = 0,
         allow_broadcast: bool = False,
+        socket_buffer_size: int | None = None,
         high_water: int | None = None,
         low_water: int | None = None,
     ) -> DatagramEndpoint:
@@ -609,6 +618,7 @@ class Service:
             remote=(host, port),
             family=family,
             allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
         )
         endpoint = DatagramEndpoint(self.dispatcher, sock, protocol, **options)
         return self._start_endpoint(endpoint)

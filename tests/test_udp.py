@@ -504,3 +504,30 @@ def test_cli_udp_echo_on_localhost_serves_both_addresses() -> None:
         assert where == "127.0.0.1"
         _ping(socket.AF_INET, ("127.0.0.1", port), [b"four"])
         _ping(socket.AF_INET6, ("::1", port), [b"six"])
+
+
+def _rmem_max() -> int:
+    try:
+        return int(open("/proc/sys/net/core/rmem_max").read())
+    except OSError:
+        return 0
+
+
+@pytest.mark.skipif(
+    _rmem_max() < 2 * 1024 * 1024, reason="net.core.rmem_max is too small for the burst"
+)
+def test_cli_udp_echo_takes_a_burst_of_large_datagrams_from_many_senders() -> None:
+    # 30 x 64 KiB at once is about 2 MB: far more than a default receive buffer holds.
+    senders = 30
+    with udp_echo() as (host, port):
+        peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(senders)]
+        try:
+            payloads = [os.urandom(MAX_PAYLOAD_IPV4 - i) for i in range(senders)]
+            for peer, data in zip(peers, payloads, strict=True):
+                peer.sendto(data, (host, port))
+            for peer, data in zip(peers, payloads, strict=True):
+                peer.settimeout(5)
+                assert peer.recv(65536) == data
+        finally:
+            for peer in peers:
+                peer.close()

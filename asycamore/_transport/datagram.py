@@ -451,6 +451,7 @@ def create_datagram_socket(
     family: int = socket.AF_UNSPEC,
     reuse_port: bool = False,
     allow_broadcast: bool = False,
+    socket_buffer_size: int | None = None,
 ) -> socket.socket:
     """A non-blocking UDP socket bound to *host*:*port* and, with *remote*, connected.
 
@@ -463,7 +464,11 @@ def create_datagram_socket(
 
     ``SO_REUSEPORT`` only with *reuse_port*; ``SO_BROADCAST`` only with
     *allow_broadcast* (sending to a broadcast address otherwise fails with
-    ``EACCES``).  IPv6 sockets are ``IPV6_V6ONLY``.  Names are resolved with a
+    ``EACCES``).  *socket_buffer_size* sets ``SO_RCVBUF`` and ``SO_SNDBUF`` (bytes;
+    the kernel caps it at ``net.core.rmem_max``/``wmem_max``): the kernel drops
+    datagrams that arrive while the receive buffer is full, so a server that takes
+    bursts of large datagrams wants more than the default (about 208 KiB on Linux,
+    three 64 KiB datagrams).  IPv6 sockets are ``IPV6_V6ONLY``.  Names are resolved with a
     blocking :func:`socket.getaddrinfo` (never numbers or ``localhost``); a bad
     address raises :class:`socket.gaierror`, a failed bind :class:`OSError`.
     """
@@ -483,7 +488,12 @@ def create_datagram_socket(
         af, type_, proto = local[0][:3]
     sock = socket.socket(af, type_, proto)
     try:
-        setup_datagram_socket(sock, reuse_port=reuse_port, allow_broadcast=allow_broadcast)
+        setup_datagram_socket(
+            sock,
+            reuse_port=reuse_port,
+            allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
+        )
         if local is not None:
             sock.bind(local[0][4])
         if target is not None:
@@ -496,9 +506,17 @@ def create_datagram_socket(
 
 
 def setup_datagram_socket(
-    sock: socket.socket, *, reuse_port: bool = False, allow_broadcast: bool = False
+    sock: socket.socket,
+    *,
+    reuse_port: bool = False,
+    allow_broadcast: bool = False,
+    socket_buffer_size: int | None = None,
 ) -> None:
     """The options :func:`create_datagram_socket` sets before binding a socket."""
+    if socket_buffer_size is not None:
+        # Best effort: the kernel caps both at net.core.rmem_max / wmem_max.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, socket_buffer_size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, socket_buffer_size)
     if sock.family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     if reuse_port:
@@ -516,6 +534,7 @@ def bind_udp(
     family: int = socket.AF_UNSPEC,
     reuse_port: bool = False,
     allow_broadcast: bool = False,
+    socket_buffer_size: int | None = None,
     **options: Any,
 ) -> DatagramEndpoint:
     """A bound endpoint on the first address of *host*:*port*, started.
@@ -525,7 +544,12 @@ def bind_udp(
     *options*; :func:`bind_udp_all` binds every address of a name.
     """
     sock = create_datagram_socket(
-        host, port, family=family, reuse_port=reuse_port, allow_broadcast=allow_broadcast
+        host,
+        port,
+        family=family,
+        reuse_port=reuse_port,
+        allow_broadcast=allow_broadcast,
+        socket_buffer_size=socket_buffer_size,
     )
     return DatagramEndpoint(context, sock, handler, **options)
 
@@ -539,6 +563,7 @@ def bind_udp_all(
     family: int = socket.AF_UNSPEC,
     reuse_port: bool = False,
     allow_broadcast: bool = False,
+    socket_buffer_size: int | None = None,
     **options: Any,
 ) -> list[DatagramEndpoint]:
     """One bound endpoint per address of *host*, all on one port, each with a handler
@@ -555,7 +580,12 @@ def bind_udp_all(
     infos = resolve(host or None, port, family, socket.SOCK_DGRAM, socket.AI_PASSIVE)
 
     def setup(sock: socket.socket) -> None:
-        setup_datagram_socket(sock, reuse_port=reuse_port, allow_broadcast=allow_broadcast)
+        setup_datagram_socket(
+            sock,
+            reuse_port=reuse_port,
+            allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
+        )
 
     socks = bind_every_address(infos, port, setup)
     endpoints: list[DatagramEndpoint] = []
@@ -582,6 +612,7 @@ def connect_udp(
     family: int = socket.AF_UNSPEC,
     reuse_port: bool = False,
     allow_broadcast: bool = False,
+    socket_buffer_size: int | None = None,
     **options: Any,
 ) -> DatagramEndpoint:
     """A connected endpoint to *host*:*port* (bound to *local_host*:*local_port* if
@@ -600,5 +631,6 @@ def connect_udp(
         family=family,
         reuse_port=reuse_port,
         allow_broadcast=allow_broadcast,
+        socket_buffer_size=socket_buffer_size,
     )
     return DatagramEndpoint(context, sock, handler, **options)
