@@ -534,3 +534,20 @@ def test_cli_udp_with_tls_is_refused() -> None:
     result = _run_cli("--udp", "--tls-cert", "cert.pem", "--tls-key", "key.pem")
     assert result.returncode == 2, result
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@needs_ipv6
+def test_localhost_failing_at_once_raises_like_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some kernels refuse a loopback connect inside connect() itself: then
+    # connect_tcp raises, as it does for a numeric host, instead of calling the
+    # handler before it has even returned.
+    monkeypatch.setattr(socket.socket, "connect_ex", lambda self, address: errno.ECONNREFUSED)
+    with create_dispatcher() as context:
+        client = Client()
+        with pytest.raises(ConnectError) as info:
+            connect_tcp(context, client, "localhost", 9)
+        assert [a[0] for a, _ in info.value.attempts] == ["127.0.0.1", "::1"]
+        assert client.failed == [] and client.made == []
+        assert len(context) == 0
+        with pytest.raises(ConnectionRefusedError):
+            connect_tcp(context, client, "127.0.0.1", 9)

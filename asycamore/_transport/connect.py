@@ -135,10 +135,15 @@ class _Eyeballs:
         self._errors: list[tuple[Any, BaseException]] = []
         self._stagger: TimerHandle | None = None
         self._deadline: TimerHandle | None = None
+        self._raise_failures = False
         if timeout is not None and timers is not None:
             self._deadline = timers.call_later(timeout, self._timed_out, timeout)
 
     # -- steps -----------------------------------------------------------------------
+
+    def set_raise_failures(self, on: bool) -> None:
+        """While on, a failure of every attempt is raised, not reported."""
+        self._raise_failures = on
 
     def resolve(self) -> None:
         self._resolution = resolve_later(self._context, self._host, self._port, self._resolved)
@@ -148,7 +153,17 @@ class _Eyeballs:
         if infos is None:
             self._fail(exc or OSError(f"cannot resolve {self._host!r}"))
             return
-        self.start(infos)
+        try:
+            self.start(infos)
+        except Exception as error:  # never leave the connection connecting forever
+            self._fail(error)
+
+    def _stagger_over(self) -> None:
+        self._stagger = None
+        try:
+            self._next()
+        except Exception as error:
+            self._fail(error)
 
     def start(self, infos: list[AddrInfo]) -> None:
         self._queue.extend(_interleave(infos))
@@ -180,7 +195,9 @@ class _Eyeballs:
             log.debug("connect to %s: trying %s", self._host, _format(address))
             self._attempts.append(attempt)
             if self._queue and self._timers is not None:
-                self._stagger = self._timers.call_later(CONNECTION_ATTEMPT_DELAY, self._next)
+                self._stagger = self._timers.call_later(
+                    CONNECTION_ATTEMPT_DELAY, self._stagger_over
+                )
             return
         if not self._attempts:
             self._fail_all()
@@ -246,9 +263,15 @@ class _Eyeballs:
     def _fail_all(self) -> None:
         errors = self._errors
         if len(errors) == 1:
-            self._fail(errors[0][1])
+            exc = errors[0][1]
         else:
-            self._fail(ConnectError(self._host, self._port, list(errors)))
+            exc = ConnectError(self._host, self._port, list(errors))
+        if self._raise_failures:
+            # Still inside connect_tcp (every address failed at once): raise there,
+            # as for a numeric host, rather than call the handler before it returns.
+            self.cancel()
+            raise exc
+        self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         conn = self._conn
@@ -322,7 +345,9 @@ def connect_tcp(
     failed.  A resolution failure reaches ``connection_failed`` as the
     :class:`socket.gaierror`; if every address fails, it gets the error of the only
     attempt or a :class:`ConnectError` listing every attempt's.  ``localhost`` is
-    ``127.0.0.1`` and ``::1`` without asking the resolver (RFC 6761).
+    ``127.0.0.1`` and ``::1`` without asking the resolver (RFC 6761), raced the same
+    way, with no thread; if every one of its addresses fails inside ``connect()``
+    itself, that is raised here, as for a number.
     """
     infos = numeric_addresses(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
     if infos is not None and len(infos) == 1:
@@ -334,14 +359,20 @@ def connect_tcp(
     conn = Connection(context, None, handler, start=False, **options)
     eyeballs = _Eyeballs(context, conn, host, port, timeout, timers)
     conn.start_resolving(eyeballs)
-    try:
-        if infos is None:
+    if infos is None:
+        try:
             eyeballs.resolve()
-        else:
-            eyeballs.start(infos)  # a localhost name: two addresses, known at once
-    except BaseException as exc:
-        conn.abort(exc)
-        raise
+        except BaseException:
+            # No socket pair or no thread (EMFILE...): raised here, as for a number.
+            eyeballs.cancel()
+            raise
+    else:
+        # A localhost name: its addresses are known at once, and so may be their errors.
+        eyeballs.set_raise_failures(True)
+        try:
+            eyeballs.start(infos)
+        finally:
+            eyeballs.set_raise_failures(False)
     return conn
 
 

@@ -196,7 +196,14 @@ class _Pool:
                 self.workers += 1
         self.jobs.put(job)
         if spawn:
-            threading.Thread(target=self._work, name="asycamore-resolver", daemon=True).start()
+            try:
+                threading.Thread(target=self._work, name="asycamore-resolver", daemon=True).start()
+            except BaseException:
+                with self.lock:
+                    self.workers -= 1
+                    alone = not self.workers
+                if alone:  # nobody will ever take the job: say so now
+                    raise
 
     def _work(self) -> None:
         jobs, lock = self.jobs, self.lock
