@@ -551,3 +551,28 @@ def test_localhost_failing_at_once_raises_like_a_number(monkeypatch: pytest.Monk
         assert len(context) == 0
         with pytest.raises(ConnectionRefusedError):
             connect_tcp(context, client, "127.0.0.1", 9)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12: fork with threads
+def test_a_forked_child_resolves_with_its_own_workers(fake_name: Any) -> None:
+    with good_server() as server:
+        fake_name([server.getsockname()])
+
+        def connect_once() -> bool:
+            with create_dispatcher() as context:
+                timers = Timers()
+                client = Client()
+                connect_tcp(context, client, NAME, server.getsockname()[1], timers=timers)
+                _spin(context, timers, lambda: bool(client.made or client.failed))
+                return bool(client.made)
+
+        assert connect_once()  # the parent's worker threads exist now
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's workers are not here
+            code = 1
+            try:
+                code = 0 if connect_once() else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
