@@ -531,3 +531,64 @@ def test_cli_udp_echo_takes_a_burst_of_large_datagrams_from_many_senders() -> No
         finally:
             for peer in peers:
                 peer.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("send"), st.integers(0, 9000)),
+            st.tuples(st.just("block"), st.booleans()),
+            st.tuples(st.just("dispatch"), st.just(0)),
+        ),
+        max_size=40,
+    )
+)
+def test_send_queue_invariants(steps: list[tuple[str, Any]]) -> None:
+    """Whatever the mix of sends, full send buffers and dispatches: the queue size is
+    what was queued, pause/resume alternate at the marks, reading is off exactly while
+    paused, and every datagram arrives once, in order."""
+    with Service() as service, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        peer.setblocking(False)
+        sock = FlakySocket(socket.AF_INET, socket.SOCK_DGRAM)
+        handler = Recorder()
+        endpoint = DatagramEndpoint(
+            service.dispatcher, sock, handler, high_water=12_000, low_water=3_000
+        )
+        sent: list[bytes] = []
+        received: list[bytes] = []
+
+        def drain() -> None:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    received.append(peer.recv(65536))
+
+        for i, (step, value) in enumerate(steps):
+            if step == "send":
+                data = bytes([i % 256]) * value
+                endpoint.sendto(data, peer.getsockname())
+                sent.append(data)
+            elif step == "block":
+                sock.fail_with = BlockingIOError(errno.EAGAIN, "full") if value else None
+            else:
+                service.run_once(0)
+            drain()
+            paused = handler.pauses - handler.resumes
+            assert paused in (0, 1)
+            assert endpoint.reading == (not paused)
+            if paused:
+                assert endpoint.write_buffer_size > 3_000
+            else:
+                assert endpoint.write_buffer_size <= 12_000
+        sock.fail_with = None
+        run_until(service, lambda: endpoint.write_buffer_size == 0)
+        deadline = time.monotonic() + 5
+        while len(received) < len(sent) and time.monotonic() < deadline:
+            drain()
+            time.sleep(0.001)
+        assert received == sent
+        assert handler.pauses == handler.resumes
+        assert handler.errors == []
+        endpoint.abort()
