@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asycamore import list_backends
 from asycamore.servicemodel import DatagramProtocol, Service
 from asycamore.udpsocket import (
     MAX_PAYLOAD_IPV4,
@@ -45,6 +46,7 @@ def _has_ipv6_loopback() -> bool:
 
 
 HAVE_IPV6 = _has_ipv6_loopback()
+BACKENDS = [info.name for info in list_backends() if info.available]
 needs_ipv6 = pytest.mark.skipif(not HAVE_IPV6, reason="this machine has no IPv6 loopback (::1)")
 
 
@@ -434,9 +436,21 @@ def test_connect_udp_at_the_tcpsocket_level_without_a_service() -> None:
 
 
 @contextlib.contextmanager
-def udp_echo(host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+def udp_echo(host: str = "127.0.0.1", backend: str | None = None) -> Iterator[tuple[str, int]]:
+    extra = ["--backend", backend] if backend else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "asycamore", "echo", "--udp", "--host", host, "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "asycamore",
+            "echo",
+            "--udp",
+            "--host",
+            host,
+            "--port",
+            "0",
+            *extra,
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -468,13 +482,14 @@ def _ping(family: int, address: tuple[str, int], payloads: list[bytes]) -> None:
             assert peer.recv(65536) == data
 
 
-def test_cli_udp_echo_is_byte_exact_up_to_the_largest_datagram() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cli_udp_echo_is_byte_exact_up_to_the_largest_datagram(backend: str) -> None:
     rng = random.Random(20261201)
     sizes = [0, 1, 1472, 1473, 9000, MAX_PAYLOAD_IPV4] + [
         rng.randrange(MAX_PAYLOAD_IPV4 + 1) for _ in range(40)
     ]
     payloads = [rng.randbytes(size) for size in sizes]
-    with udp_echo() as (host, port):
+    with udp_echo(backend=backend) as (host, port):
         assert host == "127.0.0.1"
         _ping(socket.AF_INET, (host, port), payloads)
         # Several senders at once: each gets its own datagrams back.
