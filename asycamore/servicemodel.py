@@ -2,7 +2,8 @@
 
 A :class:`Service` owns a dispatch context from the factory
 (:func:`~asycamore.create_dispatcher`) and everything registered in it: listeners,
-connections (both from :mod:`asycamore.tcpsocket`) and a wake-up socket.  It runs on
+connections (both from :mod:`asycamore.tcpsocket`), UDP endpoints (from
+:mod:`asycamore.udpsocket`) and a wake-up socket.  It runs on
 :func:`~asycamore.iterate`, and its ``before_dispatch`` callback runs timers
 (:meth:`~Service.call_later`, :meth:`~Service.call_at`), callbacks queued with
 :meth:`~Service.call_soon` (or, from any thread, :meth:`~Service.call_soon_threadsafe`)
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from ssl import SSLContext
 from typing import Any, ClassVar, Literal, overload
 
-from . import tcpsocket
+from . import tcpsocket, udpsocket
 from .dispatcher import Events, IDispatchContext, IDispatchTarget, close_on_error, iterate
 from .tcpsocket import (
     DEFAULT_BACKLOG,
@@ -51,11 +52,14 @@ from .tcpsocket import (
     TLSConnection,
 )
 from .timers import ReadyQueue, TimerHandle, Timers
+from .udpsocket import MAX_DATAGRAM_SIZE, DatagramEndpoint, DatagramHandler
 from .wakeup import DEFAULT_SIGNALS, SignalCatcher, Waker
 
 __all__ = [
     "DEFAULT_STOP_TIMEOUT",
     "Connection",
+    "DatagramEndpoint",
+    "DatagramProtocol",
     "LineProtocol",
     "Listener",
     "Protocol",
@@ -157,6 +161,57 @@ class Protocol:
             transport.close()
 
 
+class DatagramProtocol:
+    """Base class of a UDP endpoint's handler, with do-nothing defaults.
+
+    Override :meth:`datagram_received` (and :meth:`error_received` to hear ICMP
+    errors); reply with ``self.transport.sendto(data, addr)``.
+    """
+
+    __slots__ = ("transport",)
+
+    receive_memoryview: ClassVar[bool] = False
+    """Set to true in a subclass to receive :class:`memoryview` slices of the shared
+    receive buffer in :meth:`datagram_received` (valid only during the call)."""
+
+    transport: DatagramEndpoint | None
+    """The endpoint (set by :meth:`connection_made`)."""
+
+    def __init__(self) -> None:
+        self.transport = None
+
+    def connection_made(self, transport: DatagramEndpoint) -> None:
+        """The endpoint is ready: remember *transport*."""
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """A datagram arrived from *addr*.  The default ignores it."""
+
+    def error_received(self, exc: OSError) -> None:
+        """The kernel reported an error for an earlier datagram (see
+        :meth:`asycamore.udpsocket.DatagramHandler.error_received`).  The default
+        logs it at debug level: UDP errors are expected, the endpoint stays open."""
+        _log.debug("datagram error on %r: %s", self.transport, exc)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The endpoint is closed; *exc* is ``None`` for a normal close, else why."""
+
+    def pause_writing(self) -> None:
+        """The send queue went above its high-water mark (the endpoint has stopped
+        reading by itself); stop sending datagrams of your own until
+        :meth:`resume_writing`."""
+
+    def resume_writing(self) -> None:
+        """The send queue drained to its low-water mark; reading has resumed."""
+
+    def service_stopping(self) -> None:
+        """The service is stopping.  The default closes the endpoint once its queue
+        is sent."""
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            transport.close()
+
+
 class LineProtocol(Protocol):
     """A protocol for line-based exchanges: override :meth:`line_received`.
 
@@ -209,7 +264,7 @@ class LineProtocol(Protocol):
 
 
 class Service:
-    """Runs listeners, connections and timers on one dispatch context.
+    """Runs listeners, connections, UDP endpoints and timers on one dispatch context.
 
     The context is created with :func:`~asycamore.create_dispatcher` from *backend*
     (default: ``$ASYCAMORE_BACKEND`` or the best backend here), unless *dispatcher* is
@@ -260,6 +315,7 @@ class Service:
         self._recv_buffer = memoryview(bytearray(recv_buffer_size))
         self._ready = ReadyQueue()
         self._connections: dict[Connection, TimerHandle | None] = {}
+        self._endpoints: dict[DatagramEndpoint, None] = {}  # ordered, O(1) removal
         self._listeners: list[Listener] = []
         self._waker = Waker()
         try:
@@ -354,6 +410,10 @@ class Service:
     ) -> Listener:
         """Listen on *host*:*port* and serve each connection with a new protocol from
         *protocol_factory*; return the :class:`~asycamore.tcpsocket.Listener`.
+
+        Every address *host* resolves to is served, on one port, by the one listener
+        (``localhost``: ``127.0.0.1`` and ``::1``; see
+        :func:`asycamore.tcpsocket.listen_tcp`).
 
         Raises :class:`OSError` if the address cannot be resolved or bound.  See
         :class:`~asycamore.tcpsocket.Listener` for *max_connections*, *accept_batch* and
@@ -506,8 +566,11 @@ class Service:
         strict_eof: bool = False,
     ) -> Connection | TLSConnection:
         """Connect to *host*:*port* without blocking; *protocol* hears
-        ``connection_made`` or ``connection_failed`` (see
-        :func:`asycamore.tcpsocket.connect_tcp`).
+        ``connection_made`` or ``connection_failed``.
+
+        A host name is resolved in a worker thread and its addresses raced with Happy
+        Eyeballs, with the service's timers for the 250 ms stagger; *timeout* covers
+        resolution and attempts (see :func:`asycamore.tcpsocket.connect_tcp`).
 
         With *ssl* (an :class:`ssl.SSLContext`, or ``True`` for the default, verifying
         one) the connection speaks TLS and the
@@ -581,6 +644,129 @@ class Service:
             tcpsocket.connect_unix, (path,), protocol, timeout, idle_timeout, high_water, low_water
         )
         return conn
+
+    # -- datagram endpoints ------------------------------------------------------------
+
+    def _datagram_options(self, high_water: int | None, low_water: int | None) -> dict[str, Any]:
+        self._check_open()
+        buffer = self._recv_buffer
+        return {
+            "recv_buffer": buffer if buffer.nbytes >= MAX_DATAGRAM_SIZE else None,
+            "high_water": self.high_water if high_water is None else high_water,
+            "low_water": self.low_water if low_water is None else low_water,
+            "on_close": self._remove_endpoint,
+            "start": False,
+        }
+
+    def _start_endpoint(self, endpoint: DatagramEndpoint) -> DatagramEndpoint:
+        self._endpoints[endpoint] = None
+        try:
+            endpoint.start()
+        except BaseException:
+            # The context refused it (start() has closed it, without telling anyone).
+            self._endpoints.pop(endpoint, None)
+            raise
+        return endpoint
+
+    def bind_udp(
+        self,
+        protocol: DatagramHandler,
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        family: int = 0,
+        reuse_port: bool = False,
+        allow_broadcast: bool = False,
+        socket_buffer_size: int | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+    ) -> DatagramEndpoint:
+        """A bound UDP endpoint on *host*:*port* served by *protocol* (see
+        :func:`asycamore.udpsocket.bind_udp`).  Raises :class:`OSError` if the address
+        cannot be resolved or bound; the water marks default to the service's."""
+        options = self._datagram_options(high_water, low_water)
+        sock = udpsocket.create_datagram_socket(
+            host,
+            port,
+            family=family,
+            reuse_port=reuse_port,
+            allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
+        )
+        endpoint = DatagramEndpoint(self.dispatcher, sock, protocol, **options)
+        return self._start_endpoint(endpoint)
+
+    def bind_udp_all(
+        self,
+        protocol_factory: Callable[[], DatagramHandler],
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        family: int = 0,
+        reuse_port: bool = False,
+        allow_broadcast: bool = False,
+        socket_buffer_size: int | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+    ) -> list[DatagramEndpoint]:
+        """One bound endpoint per address of *host*, on one port, each served by a new
+        protocol from *protocol_factory* (see :func:`asycamore.udpsocket.bind_udp_all`)."""
+        options = self._datagram_options(high_water, low_water)
+        endpoints = udpsocket.bind_udp_all(
+            self.dispatcher,
+            protocol_factory,
+            host,
+            port,
+            family=family,
+            reuse_port=reuse_port,
+            allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
+            **options,
+        )
+        try:
+            for endpoint in endpoints:
+                self._start_endpoint(endpoint)
+        except BaseException:
+            for endpoint in endpoints:
+                endpoint.abort()
+            raise
+        return endpoints
+
+    def connect_udp(
+        self,
+        protocol: DatagramHandler,
+        host: str,
+        port: int,
+        *,
+        local_host: str | None = None,
+        local_port: int = 0,
+        family: int = 0,
+        allow_broadcast: bool = False,
+        socket_buffer_size: int | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+    ) -> DatagramEndpoint:
+        """A UDP endpoint connected to *host*:*port*, served by *protocol* (see
+        :func:`asycamore.udpsocket.connect_udp`)."""
+        options = self._datagram_options(high_water, low_water)
+        sock = udpsocket.create_datagram_socket(
+            local_host,
+            local_port,
+            remote=(host, port),
+            family=family,
+            allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
+        )
+        endpoint = DatagramEndpoint(self.dispatcher, sock, protocol, **options)
+        return self._start_endpoint(endpoint)
+
+    def _remove_endpoint(self, endpoint: DatagramEndpoint) -> None:
+        self._endpoints.pop(endpoint, None)
+
+    @property
+    def endpoints(self) -> list[DatagramEndpoint]:
+        """A snapshot of the open datagram endpoints."""
+        return list(self._endpoints)
 
     @property
     def connections(self) -> list[Connection]:
@@ -660,7 +846,7 @@ class Service:
         if ready:
             ready.run()
         self.timers.run_due()
-        if (self._stopping and not self._connections) or self._closed:
+        if (self._stopping and not self._connections and not self._endpoints) or self._closed:
             # A close() from a callback or handler also ends the loop, before it would
             # dispatch on the closed context.
             raise StopIteration
@@ -674,7 +860,7 @@ class Service:
         logged, unregistered and closed.
         """
         try:
-            if isinstance(target, Connection):
+            if isinstance(target, Connection | DatagramEndpoint):
                 _log.error("error in a protocol callback of %r", target, exc_info=exc)
                 target.abort(exc)
                 return
@@ -777,7 +963,8 @@ class Service:
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()
-        for conn in list(self._connections):
+        transports: list[Connection | DatagramEndpoint] = [*self._connections, *self._endpoints]
+        for conn in transports:
             hook = getattr(conn.handler, "service_stopping", None)
             try:
                 if hook is not None:
@@ -787,22 +974,23 @@ class Service:
             except Exception as exc:
                 _log.exception("error in service_stopping of %r", conn)
                 conn.abort(exc)
-        if self._connections:
+        if self._connections or self._endpoints:
             self._stop_timer = self.timers.call_later(
                 self.stop_timeout if timeout is None else timeout, self._stop_timed_out
             )
 
     def _stop_timed_out(self) -> None:
         self._stop_timer = None
-        if self._connections:
+        if self._connections or self._endpoints:
             _log.warning(
                 "stop timeout: aborting %d connection(s) that did not close",
-                len(self._connections),
+                len(self._connections) + len(self._endpoints),
             )
             self._abort_all(TimeoutError("the service stopped; connection aborted"))
 
     def _abort_all(self, exc: BaseException) -> None:
-        for conn in list(self._connections):
+        transports: list[Connection | DatagramEndpoint] = [*self._connections, *self._endpoints]
+        for conn in transports:
             try:
                 conn.abort(exc)
             except Exception:

@@ -63,6 +63,7 @@ def test_all_examples_are_tested() -> None:
         "echo_server.py",
         "many_clients.py",
         "tls_echo_server.py",
+        "udp_echo.py",
     ]
 
 
@@ -135,6 +136,40 @@ def test_many_clients(target: str) -> None:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "300 connections, 900/900 messages echoed" in result.stdout
+
+
+def test_udp_echo_server_and_client() -> None:
+    with server(str(EXAMPLES / "udp_echo.py"), "server") as port:
+        result = run(
+            str(EXAMPLES / "udp_echo.py"),
+            "client",
+            "--port",
+            str(port),
+            "--count",
+            "200",
+            "--size",
+            "1200",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "200/200 datagrams echoed" in result.stdout
+
+
+def test_udp_echo_client_against_asycamore_echo_udp() -> None:
+    with server("-m", "asycamore", "echo", "--udp") as port:
+        result = run(
+            str(EXAMPLES / "udp_echo.py"), "client", "--port", str(port), "--size", "65507"
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_udp_echo_client_reports_a_closed_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run(str(EXAMPLES / "udp_echo.py"), "client", "--port", str(port))
+    assert result.returncode == 1
+    assert "refused" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 class ChatUser:

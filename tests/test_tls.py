@@ -169,13 +169,14 @@ class Server:
     def __init__(self, service: Service, context: ssl.SSLContext, **options: Any) -> None:
         self.protocols: list[Recorder] = []
         echo = options.pop("echo", True)
+        host = options.pop("host", "127.0.0.1")
 
         def factory() -> Recorder:
             protocol = Recorder(echo=echo)
             self.protocols.append(protocol)
             return protocol
 
-        self.listener = service.listen_tcp(factory, ssl=context, **options)
+        self.listener = service.listen_tcp(factory, host, ssl=context, **options)
         self.port = self.listener.port
 
 
@@ -371,6 +372,18 @@ def test_wrong_host_name(service: Service, pki: PKI) -> None:
                         server_hostname="elsewhere.example")  # fmt: skip
     pump(service, lambda: client.ended)
     assert isinstance(client.failed[0], ssl.SSLCertVerificationError)
+
+
+def test_connect_to_a_name(service: Service, pki: PKI) -> None:
+    """TLS over a connect to a name (resolved and raced, Happy Eyeballs): the name is
+    the one checked against the certificate."""
+    server = Server(service, pki.server_context(), host="localhost")
+    client = Recorder()
+    tls = service.connect_tcp(client, "localhost", server.port, ssl=pki.client_context())
+    assert tls.server_hostname == "localhost"
+    tls.write(b"by name")
+    pump(service, lambda: bytes(client.data) == b"by name")
+    assert client.versions == ["TLSv1.3"]
 
 
 def test_connect_refused_reaches_connection_failed(service: Service, pki: PKI) -> None:
@@ -1162,6 +1175,7 @@ def test_cli_bad_tls_files(pki: PKI, tmp_path: Path) -> None:
         "garbage key": ["--tls-cert", cert, "--tls-key", str(garbage)],
         "swapped": ["--tls-cert", key, "--tls-key", cert],
         "mismatched": ["--tls-cert", cert, "--tls-key", str(other_key)],
+        "with --udp": ["--udp", "--tls-cert", cert, "--tls-key", key],
     }
     for name, args in cases.items():
         result = run_cli(*args)
