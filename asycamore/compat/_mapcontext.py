@@ -73,18 +73,21 @@ class Slot:
 
     def handle_read_event(self) -> None:
         """Forward to ``obj.handle_read_event()`` while obj still holds the map entry."""
-        if self.map.get(self.fd) is self.obj:
-            self.obj.handle_read_event()
+        current: Any = self.map.get(self.fd)
+        if current is self.obj:
+            current.handle_read_event()
 
     def handle_write_event(self) -> None:
         """Forward to ``obj.handle_write_event()`` while obj still holds the map entry."""
-        if self.map.get(self.fd) is self.obj:
-            self.obj.handle_write_event()
+        current: Any = self.map.get(self.fd)
+        if current is self.obj:
+            current.handle_write_event()
 
     def handle_expt_event(self) -> None:
         """Forward to ``obj.handle_expt_event()`` while obj still holds the map entry."""
-        if self.map.get(self.fd) is self.obj:
-            self.obj.handle_expt_event()
+        current: Any = self.map.get(self.fd)
+        if current is self.obj:
+            current.handle_expt_event()
 
     def __repr__(self) -> str:
         return f"<asyncore map slot fd={self.fd} {self.obj!r}>"
