@@ -193,19 +193,37 @@ class MapContext:
         self.slots: dict[Any, Slot] = {}
         self._always: dict[Any, Slot] = {}
         self._urgent: _UrgentWatcher | None = None
-        self._pid = os.getpid()
+        self._error_in_handler = self._failed  # bound once, not on every pass
+        self.closed = False
 
-    def poll(self, timeout: float | None) -> None:
+    def run(self, timeout: float | None, count: int | None) -> int | None:
+        """Make up to *count* passes (None: no limit) while the map is not empty and this
+        context is open; return the passes still to make (the loop's ``count``)."""
+        map = self.map
+        one_pass = self._pass
+        if count is None:
+            while map and not self.closed:
+                one_pass(timeout)
+            return None
+        while count > 0 and map and not self.closed:
+            one_pass(timeout)
+            count -= 1
+        return count
+
+    def _pass(self, timeout: float | None) -> None:
         """One asyncore pass: ask every dispatcher, apply the changes, dispatch once."""
         map = self.map
         slots = self.slots
+        # This loop is the cost of an idle dispatcher: locals, not globals, in it.
+        get = slots.get
+        read_urgent, write = READ | URGENT, WRITE
         # A copy: readable() and writable() may add to or remove from the map.
         for fd, obj in list(map.items()):
-            want = READ | URGENT if obj.readable() else 0
+            want = read_urgent if obj.readable() else 0
             # accepting sockets are never asked to write, as in asyncore
             if obj.writable() and not obj.accepting:
-                want |= WRITE
-            slot = slots.get(fd)
+                want |= write
+            slot = get(fd)
             if slot is None or slot.obj is not obj:
                 if slot is not None:  # the number was reused, or the entry replaced
                     self._remove(slot)
@@ -218,7 +236,7 @@ class MapContext:
             for fd in slots.keys() - map.keys():
                 self._remove(slots[fd])
         always = self._always
-        self.ctx.dispatch_once(0 if always else timeout, self._failed)
+        self.ctx.dispatch_once(0 if always else timeout, self._error_in_handler)
         urgent = self._urgent
         if urgent is not None and not urgent.nested:
             urgent.poll_now()
@@ -244,6 +262,7 @@ class MapContext:
 
     def close(self) -> None:
         """Release the context and the urgent-data set."""
+        self.closed = True
         if self._urgent is not None:
             self._urgent.close()
         self.ctx.close()
@@ -322,18 +341,24 @@ _contexts: dict[int, MapContext] = {}
 
 
 def context_for(map: MutableMapping[Any, Any], on_error: OnError) -> MapContext:
-    """The context for *map*, made on first use (and again in a forked child)."""
+    """The context for *map*, made on first use."""
     context = _contexts.get(id(map))
-    if context is not None and context._pid == os.getpid():
-        return context
-    if context is not None:
-        # A forked child shares the parent's epoll set: changing it would change the
-        # parent's interest.  Drop the inherited one and start afresh.
-        release(map)
-    while len(_contexts) >= _MAX_CONTEXTS:
-        release(next(iter(_contexts.values())).map)
-    context = _contexts[id(map)] = MapContext(map, on_error)
+    if context is None:
+        while len(_contexts) >= _MAX_CONTEXTS:
+            release(next(iter(_contexts.values())).map)
+        context = _contexts[id(map)] = MapContext(map, on_error)
     return context
+
+
+def _after_fork_in_child() -> None:
+    # A forked child shares its parent's epoll sets: changing one would change the
+    # parent's interest.  Close the child's descriptors (the parent's sets live on) and
+    # let each map get a fresh context on its next pass.
+    for context in list(_contexts.values()):
+        release(context.map)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def forget(map: MutableMapping[Any, Any], fd: Any) -> None:

@@ -173,7 +173,7 @@ def poll(timeout: float | None = 0.0, map: SocketMap | None = None) -> None:
         # Nothing to watch: the map's context (and its descriptors) can go.
         _mapcontext.release(map)
         return
-    _mapcontext.context_for(map, _on_error).poll(timeout)
+    _mapcontext.context_for(map, _on_error).run(timeout, 1)
 
 
 def poll2(timeout: float | None = 0.0, map: SocketMap | None = None) -> None:
@@ -202,13 +202,10 @@ def loop(
     del use_poll  # see the docstring
     if map is None:
         map = socket_map
-    if count is None:
-        while map:
-            poll(timeout, map)
-    else:
-        while map and count > 0:
-            poll(timeout, map)
-            count -= 1
+    # The passes run inside the map's context; it hands back the rest of the count if
+    # it was closed under it (close_all() from a handler, say) and a new one takes over.
+    while map and (count is None or count > 0):
+        count = _mapcontext.context_for(map, _on_error).run(timeout, count)
     if not map:
         _mapcontext.release(map)
 
@@ -517,7 +514,7 @@ class dispatcher_with_send(dispatcher):
 
     def writable(self) -> bool:
         """Only while connecting or while the buffer holds data."""
-        return (not self.connected) or bool(self.out_buffer)
+        return not self.connected or self.out_buffer != b""
 
     # asyncore's override returns None where dispatcher.send returns a count.
     def send(self, data: Any) -> None:  # type: ignore[override]
