@@ -697,3 +697,49 @@ def test_context_is_kept_per_map_and_released_when_the_map_empties(counted, smap
     asyncore.close_all(other)
     theirs.close()
     other_theirs.close()
+
+
+def test_close_all_from_a_handler_then_new_dispatchers_keep_the_loop_going(counted, smap):
+    """close_all() inside a pass releases the map's context; the same loop() call goes
+    on with a fresh one for dispatchers added afterwards, and keeps its count."""
+    ours, theirs = socket.socketpair()
+    later_ours, later_theirs = socket.socketpair()
+    made: list[Counting] = []
+
+    class Restarter(asyncore.dispatcher):
+        def writable(self) -> bool:
+            return False
+
+        def handle_read(self) -> None:
+            self.recv(10)
+            asyncore.close_all(smap)
+            made.append(Counting(later_ours, smap))
+
+    Restarter(ours, map=smap)
+    theirs.sendall(b"x")
+    later_theirs.sendall(b"y")
+    asyncore.loop(timeout=0.5, map=smap, count=3)
+    assert len(counted) == 2  # a second context took over
+    assert made[0].asked_readable == 2 and made[0].reads == 1
+    theirs.close()
+    later_theirs.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_its_own_context(smap):
+    """A child must not change the parent's epoll set: it starts a fresh context."""
+    ours, theirs = socket.socketpair()
+    counting = Counting(ours, smap)
+    asyncore.loop(timeout=0, map=smap, count=1)  # the parent's context exists
+    pid = os.fork()
+    if pid == 0:  # the child: stop watching, in its own context only
+        try:
+            counting.want_read = False
+            asyncore.loop(timeout=0, map=smap, count=1)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    theirs.sendall(b"x")
+    asyncore.loop(timeout=1.0, map=smap, count=1)
+    assert counting.reads == 1  # the parent still watches for reading
+    theirs.close()

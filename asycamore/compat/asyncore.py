@@ -227,12 +227,19 @@ class dispatcher:
     """
 
     debug: ClassVar[bool] = False
+    """When true, :class:`dispatcher_with_send` logs what it sends."""
     connected = False
+    """Whether the socket is connected (set by the constructor, connect and close)."""
     accepting = False
+    """Whether the socket listens (:meth:`listen`): never watched for writing."""
     connecting = False
+    """Whether a :meth:`connect` is in progress."""
     closing = False
+    """Unused by asyncore itself; kept for programs that set and test it."""
     addr: Any = None
+    """The peer's or the bound address, once known."""
     ignore_log_types: ClassVar[frozenset[str]] = frozenset({"warning"})
+    """The :meth:`log_info` types that are not printed."""
     socket: Any
     """The socket (or socket-like object, such as a :class:`file_wrapper`), or None."""
 
