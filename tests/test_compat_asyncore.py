@@ -743,3 +743,55 @@ def test_forked_child_gets_its_own_context(smap):
     asyncore.loop(timeout=1.0, map=smap, count=1)
     assert counting.reads == 1  # the parent still watches for reading
     theirs.close()
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server_side, _ = listener.accept()
+    listener.close()
+    return server_side, client
+
+
+def test_urgent_data_of_a_closed_but_duplicated_socket_reaches_no_newcomer(smap):
+    """epoll watches files, not numbers: a socket closed without del_channel while a dup
+    keeps it open stays in the urgent set.  Its urgent data must not reach a new
+    dispatcher that took over its number."""
+    got: list[str] = []
+
+    class Urgent(asyncore.dispatcher):
+        def __init__(self, sock: socket.socket, name: str) -> None:
+            super().__init__(sock, map=smap)
+            self.name = name
+
+        def writable(self) -> bool:
+            return False
+
+        def handle_read(self) -> None:
+            self.recv(100)
+
+        def handle_expt(self) -> None:
+            got.append(self.name)
+            self.socket.recv(1, socket.MSG_OOB)
+
+    old_ours, old_peer = _tcp_pair()
+    old = Urgent(old_ours, "old")
+    asyncore.loop(timeout=0, map=smap, count=1)
+    number = old_ours.fileno()
+    kept = os.dup(number)  # keeps the old socket's file open
+    del smap[number]  # no del_channel: the context learns on the next pass
+    old.socket.close()
+    new_ours, new_peer = _tcp_pair()
+    if new_ours.fileno() != number:
+        os.dup2(new_ours.fileno(), number)
+        new_ours.close()
+        new_ours = socket.socket(fileno=number)
+    Urgent(new_ours, "new")
+    old_peer.send(b"!", socket.MSG_OOB)
+    asyncore.loop(timeout=0.2, map=smap, count=3)
+    assert got == []
+    new_peer.send(b"?", socket.MSG_OOB)
+    run(smap, lambda: got == ["new"])
+    os.close(kept)
+    for sock in (old_peer, new_peer):
+        sock.close()

@@ -105,9 +105,6 @@ class _UrgentWatcher:
         if self.nested:
             owner.ctx.register(self, Events.READ)
 
-    def __len__(self) -> int:
-        return len(self._fds)
-
     def fileno(self) -> int:
         """The nested epoll descriptor, watched for READ by the main context."""
         fd: int = self._poller.fileno()

@@ -18,6 +18,7 @@ are therefore the same pass, and ``loop(use_poll=...)`` is accepted and changes 
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
 import warnings
@@ -68,10 +69,14 @@ socket_map: SocketMap = {}
 
 _DISCONNECTED = frozenset({ECONNRESET, ENOTCONN, ESHUTDOWN, ECONNABORTED, EPIPE, EBADF})
 
-# poll(2) bits for readwrite(): the values are the same on every POSIX system, and the
-# names exist only where select.poll does.
-_POLLIN, _POLLPRI, _POLLOUT = 0x001, 0x002, 0x004
-_POLLERR, _POLLHUP, _POLLNVAL = 0x008, 0x010, 0x020
+# poll(2) bits for readwrite(); select has the names only where it has poll, and the
+# fallbacks are the values Linux, macOS and the BSDs share.
+_POLLIN = getattr(select, "POLLIN", 0x001)
+_POLLPRI = getattr(select, "POLLPRI", 0x002)
+_POLLOUT = getattr(select, "POLLOUT", 0x004)
+_POLLERR = getattr(select, "POLLERR", 0x008)
+_POLLHUP = getattr(select, "POLLHUP", 0x010)
+_POLLNVAL = getattr(select, "POLLNVAL", 0x020)
 
 
 class ExitNow(Exception):
