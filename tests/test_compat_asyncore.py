@@ -795,3 +795,31 @@ def test_urgent_data_of_a_closed_but_duplicated_socket_reaches_no_newcomer(smap)
     os.close(kept)
     for sock in (old_peer, new_peer):
         sock.close()
+
+
+def test_urgent_data_is_watched_only_where_it_can_show(smap, capsys):
+    """A dispatcher left with dispatcher's own handle_expt* would only log a hidden
+    warning: it is not watched.  Make the warning visible and it is, as in asyncore."""
+
+    class Plain(asyncore.dispatcher):
+        def writable(self) -> bool:
+            return False
+
+        def handle_read(self) -> None:
+            self.recv(100)
+
+    quiet_ours, quiet_peer = _tcp_pair()
+    loud_ours, loud_peer = _tcp_pair()
+    Plain(quiet_ours, map=smap)
+    loud = Plain(loud_ours, map=smap)
+    loud.ignore_log_types = frozenset()
+    quiet_peer.send(b"!", socket.MSG_OOB)
+    loud_peer.send(b"!", socket.MSG_OOB)
+    asyncore.loop(timeout=0.5, map=smap, count=1)
+    out = capsys.readouterr().out
+    assert out.count("warning: unhandled incoming priority event") == 1
+    assert asyncore._handles_urgent(loud) and not asyncore._handles_urgent(
+        smap[quiet_ours.fileno()]
+    )
+    quiet_peer.close()
+    loud_peer.close()

@@ -10,7 +10,8 @@ two predicate calls and one comparison per pass, and the wait costs O(ready).
 Urgent (out-of-band) data has no :class:`asycamore.Events` bit, so a second, private
 readiness set watches it: an epoll instance asking only ``EPOLLPRI``, itself registered
 for READ in the main context (epoll descriptors are pollable), so urgent data wakes a
-blocked wait on any backend.  Where there is no epoll, a ``select.poll`` set asking
+blocked wait on any backend; the :class:`Policy` says which objects it is asked for.
+Where there is no epoll, a ``select.poll`` set asking
 ``POLLPRI`` is polled without blocking after each wait instead: urgent data is then
 noticed on the first pass that something else, or the timeout, ends.
 """
@@ -21,12 +22,12 @@ import errno
 import os
 import select
 from collections.abc import Callable, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import asycamore
 from asycamore import Events, IDispatchContext
 
-__all__ = ["MapContext", "context_for", "forget", "release"]
+__all__ = ["MapContext", "Policy", "context_for", "forget", "release"]
 
 READ: Final = 1
 WRITE: Final = 2
@@ -41,8 +42,15 @@ _MAX_CONTEXTS: Final = 64
 would otherwise keep its context (and a descriptor) forever; the oldest beyond this are
 closed, and a map polled again just gets a fresh one."""
 
-OnError = Callable[[Any, Exception], None]
-"""``on_error(obj, exc)``: asyncore's policy for an exception from one of obj's handlers."""
+
+class Policy(NamedTuple):
+    """What asyncore decides about the objects in a map (this module only dispatches)."""
+
+    on_error: Callable[[Any, Exception], None]
+    """``on_error(obj, exc)``: an exception from one of obj's handlers (being handled)."""
+    handles_urgent: Callable[[Any], bool]
+    """``handles_urgent(obj)``: whether urgent data should reach obj at all (asked once,
+    when obj enters the context)."""
 
 
 def _urgent_poller() -> Any:
@@ -53,7 +61,7 @@ def _urgent_poller() -> Any:
 class Slot:
     """The dispatch target standing for one ``map[fd] = obj`` entry."""
 
-    __slots__ = ("always", "fd", "map", "obj", "wanted")
+    __slots__ = ("always", "fd", "map", "obj", "urgent", "wanted")
 
     def __init__(self, fd: int, obj: Any, map: MutableMapping[Any, Any]) -> None:
         self.fd = fd
@@ -63,6 +71,8 @@ class Slot:
         # True for a descriptor the backend refuses (epoll and regular files, EPERM):
         # select and poll call such files always ready, and so does this slot.
         self.always = False
+        # Whether urgent data is watched for while the URGENT bit is wanted.
+        self.urgent = False
 
     def fileno(self) -> int:
         """The map key: asyncore's maps are keyed by descriptor."""
@@ -183,9 +193,10 @@ class MapContext:
     it asked for; :meth:`poll` brings the context up to date and dispatches once.
     """
 
-    def __init__(self, map: MutableMapping[Any, Any], on_error: OnError) -> None:
+    def __init__(self, map: MutableMapping[Any, Any], policy: Policy) -> None:
         self.map = map
-        self.on_error = on_error
+        self.on_error = policy.on_error
+        self._handles_urgent = policy.handles_urgent
         self.ctx: IDispatchContext = asycamore.create_dispatcher()
         self.slots: dict[Any, Slot] = {}
         self._always: dict[Any, Slot] = {}
@@ -280,9 +291,11 @@ class MapContext:
                 return
             slot.always = True
             self._always[fd] = slot
+        else:
+            slot.urgent = self._handles_urgent(obj)
         slot.wanted = want if not slot.always else want & _RW
         self.slots[fd] = slot
-        if slot.wanted & URGENT:
+        if slot.wanted & URGENT and slot.urgent:
             self._urgent_set().add(fd)
 
     def _change(self, slot: Slot, want: int) -> None:
@@ -297,7 +310,7 @@ class MapContext:
                 self._remove(slot)
                 self.on_error(slot.obj, exc)
                 return
-        if diff & URGENT:
+        if diff & URGENT and slot.urgent:
             if want & URGENT:
                 self._urgent_set().add(slot.fd)
             else:
@@ -311,7 +324,7 @@ class MapContext:
             self._always.pop(slot.fd, None)
         elif slot in self.ctx:
             self.ctx.unregister(slot)
-        if slot.wanted & URGENT and self._urgent is not None:
+        if slot.wanted & URGENT and slot.urgent and self._urgent is not None:
             self._urgent.discard(slot.fd)
         slot.wanted = 0
 
@@ -337,13 +350,13 @@ _contexts: dict[int, MapContext] = {}
 """Keyed by ``id(map)``; each context holds its map, so the id cannot be reused."""
 
 
-def context_for(map: MutableMapping[Any, Any], on_error: OnError) -> MapContext:
+def context_for(map: MutableMapping[Any, Any], policy: Policy) -> MapContext:
     """The context for *map*, made on first use."""
     context = _contexts.get(id(map))
     if context is None:
         while len(_contexts) >= _MAX_CONTEXTS:
             release(next(iter(_contexts.values())).map)
-        context = _contexts[id(map)] = MapContext(map, on_error)
+        context = _contexts[id(map)] = MapContext(map, policy)
     return context
 
 

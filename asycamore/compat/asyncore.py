@@ -104,6 +104,25 @@ def _on_error(obj: Any, exc: Exception) -> None:
         obj.handle_error()
 
 
+def _handles_urgent(obj: Any) -> bool:
+    """Whether urgent data should reach *obj*: not when it would only meet dispatcher's
+    own handle_expt_event and handle_expt, whose one effect is a warning that
+    ``ignore_log_types`` hides (and, since nothing reads the byte, a loop that spins)."""
+    if not isinstance(obj, dispatcher):
+        return True  # anything else in a map: no way to tell
+    cls = type(obj)
+    return (
+        cls.handle_expt is not dispatcher.handle_expt
+        or cls.handle_expt_event is not dispatcher.handle_expt_event
+        or cls.log_info is not dispatcher.log_info
+        or obj.ignore_log_types != dispatcher.ignore_log_types
+        or not {"handle_expt", "handle_expt_event", "log_info"}.isdisjoint(vars(obj))
+    )
+
+
+_POLICY = _mapcontext.Policy(_on_error, _handles_urgent)
+
+
 def read(obj: Any) -> None:
     """Call ``obj.handle_read_event()``; an exception other than ExitNow goes to handle_error."""
     try:
@@ -178,7 +197,7 @@ def poll(timeout: float | None = 0.0, map: SocketMap | None = None) -> None:
         # Nothing to watch: the map's context (and its descriptors) can go.
         _mapcontext.release(map)
         return
-    _mapcontext.context_for(map, _on_error).run(timeout, 1)
+    _mapcontext.context_for(map, _POLICY).run(timeout, 1)
 
 
 def poll2(timeout: float | None = 0.0, map: SocketMap | None = None) -> None:
@@ -210,7 +229,7 @@ def loop(
     # The passes run inside the map's context; it hands back the rest of the count if
     # it was closed under it (close_all() from a handler, say) and a new one takes over.
     while map and (count is None or count > 0):
-        count = _mapcontext.context_for(map, _on_error).run(timeout, count)
+        count = _mapcontext.context_for(map, _POLICY).run(timeout, count)
     if not map:
         _mapcontext.release(map)
 
