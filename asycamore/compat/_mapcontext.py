@@ -225,8 +225,9 @@ class MapContext:
         # This loop is the cost of an idle dispatcher: locals, not globals, in it.
         get = slots.get
         read_urgent, write = READ | URGENT, WRITE
-        # A copy: readable() and writable() may add to or remove from the map.
-        for fd, obj in list(map.items()):
+        # A copy, since readable() and writable() may add to or remove from the map; a
+        # dict copy, not a list of pairs, so that no pair is allocated per dispatcher.
+        for fd, obj in dict(map).items():
             want = read_urgent if obj.readable() else 0
             # accepting sockets are never asked to write, as in asyncore
             if obj.writable() and not obj.accepting:
