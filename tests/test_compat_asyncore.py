@@ -81,7 +81,9 @@ def test_public_api_is_complete():
     assert issubclass(asyncore.ExitNow, Exception)
 
 
-@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="3.11's stdlib has asyncore")
+@pytest.mark.skipif(
+    sys.version_info[:2] != (3, 11), reason="compares with the stdlib asyncore, only in 3.11"
+)
 def test_public_api_matches_python_311():
     """Every class and function the 3.11 modules define, and socket_map, exists here."""
     script = (
