@@ -11,9 +11,9 @@ Urgent (out-of-band) data has no :class:`asycamore.Events` bit, so a second, pri
 readiness set watches it: an epoll instance asking only ``EPOLLPRI``, itself registered
 for READ in the main context (epoll descriptors are pollable), so urgent data wakes a
 blocked wait on any backend; the :class:`Policy` says which objects it is asked for.
-Where there is no epoll, a ``select.poll`` set asking
-``POLLPRI`` is polled without blocking after each wait instead: urgent data is then
-noticed on the first pass that something else, or the timeout, ends.
+Where there is no epoll, a ``select.poll`` set asking ``POLLPRI`` is polled without
+blocking after each wait instead: urgent data is then noticed on the first pass that
+something else, or the timeout, ends.
 """
 
 from __future__ import annotations
@@ -124,10 +124,12 @@ class _UrgentWatcher:
         """Watch *fd* for urgent data."""
         try:
             self._poller.register(fd, _PRI)
-        except OSError:
+        except OSError as exc:
             # EPERM: a file epoll cannot watch has no urgent data.  EBADF: the main
             # context reports the closed descriptor through its own path.
-            return
+            if exc.errno in (errno.EPERM, errno.EBADF):
+                return
+            raise
         self._fds.add(fd)
 
     def discard(self, fd: int) -> None:
@@ -190,7 +192,8 @@ class MapContext:
     """An asycamore dispatch context mirroring one asyncore map.
 
     ``slots`` holds one :class:`Slot` per map key seen on the last pass, with the events
-    it asked for; :meth:`poll` brings the context up to date and dispatches once.
+    it asked for; each pass of :meth:`run` brings the context up to date and dispatches
+    once.
     """
 
     def __init__(self, map: MutableMapping[Any, Any], policy: Policy) -> None:
