@@ -3,6 +3,7 @@ backend, and the map context's promise to touch the kernel only on a change."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -441,8 +442,13 @@ def test_handle_expt_on_urgent_data(smap):
 
     Urgent(server_side, map=smap)
     client.send(b"!", socket.MSG_OOB)
-    with deadline(5.0, "urgent data"):
-        asyncore.loop(timeout=5.0, map=smap, count=1)  # wakes on the urgent byte alone
+    # Blocking passes that must wake on the urgent byte alone (a pass may also end on a
+    # spurious READ report as the byte lands, hence up to three).
+    with deadline(4.0, "urgent data"):
+        for _ in range(3):
+            if got:
+                break
+            asyncore.loop(timeout=10.0, map=smap, count=1)
     assert got == [b"!"]
     client.close()
 
@@ -770,7 +776,10 @@ def test_urgent_data_of_a_closed_but_duplicated_socket_reaches_no_newcomer(smap)
             return False
 
         def handle_read(self) -> None:
-            self.recv(100)
+            # Linux may report the socket readable as the urgent byte lands, with
+            # nothing in the normal stream yet (asyncore's recv lets EAGAIN through).
+            with contextlib.suppress(BlockingIOError):
+                self.recv(100)
 
         def handle_expt(self) -> None:
             got.append(self.name)
@@ -808,7 +817,10 @@ def test_urgent_data_is_watched_only_where_it_can_show(smap, capsys):
             return False
 
         def handle_read(self) -> None:
-            self.recv(100)
+            # Linux may report the socket readable as the urgent byte lands, with
+            # nothing in the normal stream yet (asyncore's recv lets EAGAIN through).
+            with contextlib.suppress(BlockingIOError):
+                self.recv(100)
 
     quiet_ours, quiet_peer = _tcp_pair()
     loud_ours, loud_peer = _tcp_pair()
