@@ -41,8 +41,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
     echo = commands.add_parser("echo", help="run a TCP echo service until SIGINT/SIGTERM")
     echo.add_argument("--backend", metavar="NAME", help="backend to use (default: the best)")
-    echo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    echo.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address or name to serve on, every address it resolves to (IPv6: ::1 or [::1])",
+    )
     echo.add_argument("--port", type=_port, default=0, help="port (0: any free port)")
+    echo.add_argument(
+        "--udp", action="store_true", help="echo UDP datagrams instead of TCP (not with TLS)"
+    )
+    echo.add_argument(
+        "--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain"
+    )
+    echo.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
     echo.add_argument(
         "--workers",
         type=_workers,
@@ -64,10 +75,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    # ASCII digits only: int() would also take ' 80 ', '1_000' and other scripts' digits.
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"invalid port {text!r} (0-65535, digits only)")
+    port = int(text)
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
     return port
@@ -146,7 +157,17 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 def _cmd_echo(args: argparse.Namespace) -> int:
     from .echo import serve_echo
 
-    return serve_echo(backend=args.backend, host=args.host, port=args.port, workers=args.workers)
+    if args.udp and (args.tls_cert or args.tls_key):
+        raise UsageError("--udp cannot be combined with --tls-cert/--tls-key")
+    return serve_echo(
+        backend=args.backend,
+        host=args.host,
+        port=args.port,
+        udp=args.udp,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        workers=args.workers,
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

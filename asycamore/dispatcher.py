@@ -64,8 +64,12 @@ class IDispatchContext(Protocol):
     of the :doc:`contract </concepts>`; :mod:`asycamore.testing` checks them.
     """
 
-    name: str
-    """The backend's name, for example ``"epoll"``."""
+    # A read-only member, so that a backend's class attribute (``name: ClassVar[str]``,
+    # as every backend has) satisfies it as well as an instance attribute does.
+    @property
+    def name(self) -> str:
+        """The backend's name, for example ``"epoll"``."""
+        ...
 
     def register(self, target: IDispatchTarget, events: Events = Events.READ) -> None:
         """Start watching *target* for *events*.

@@ -1,9 +1,14 @@
-"""``asycamore echo``: a TCP echo service built on :mod:`asycamore.servicemodel`.
+"""``asycamore echo``: a TCP, TLS or UDP echo service on :mod:`asycamore.servicemodel`.
 
-Every byte received is written back; when the peer half-closes, what is buffered is
-sent and the connection is closed.  Memory stays bounded when a peer sends without
+TCP: every byte received is written back; when the peer half-closes, what is buffered
+is sent and the connection is closed.  Memory stays bounded when a peer sends without
 reading: the connection stops reading while its write buffer is above the high-water
-mark.
+mark.  UDP (``udp=True``): every datagram is sent back to its sender, byte for byte,
+from the socket it arrived on.
+
+The host is served on every address it names (``localhost``: ``127.0.0.1`` and
+``::1``; ``""``: every interface of both families), all on one port.  An IPv6 address
+may be written in brackets (``[::1]``), and is printed that way.
 """
 
 from __future__ import annotations
@@ -11,13 +16,23 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 import sys
-from collections.abc import Callable
+from typing import Any
 
 from .errors import UsageError
-from .servicemodel import Protocol, Service
+from .servicemodel import DatagramProtocol, Protocol, Service
+from .tcpsocket import Connection, TLSConnection
+from .udpsocket import DatagramEndpoint
 
-__all__ = ["EchoProtocol", "serve_echo"]
+__all__ = [
+    "DatagramEchoProtocol",
+    "EchoProtocol",
+    "format_address",
+    "parse_host",
+    "serve_echo",
+    "tls_server_context",
+]
 
 STOP_TIMEOUT = 2.0
 """Seconds the echo service lets its connections flush after SIGINT/SIGTERM/SIGHUP."""
@@ -27,28 +42,116 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 do: a closed terminal stops it cleanly (echo has no configuration to reload).  Other
 signals (SIGQUIT, SIGUSR1, ...) keep their default action."""
 
-
-def _drop(data: bytes) -> None:
-    pass
+UDP_SOCKET_BUFFER = 4 * 1024 * 1024
+"""``SO_RCVBUF``/``SO_SNDBUF`` of the UDP echo's sockets: a burst of dozens of 64 KiB
+datagrams from many senders at once fits (the default holds three); the kernel caps it
+at ``net.core.rmem_max``."""
 
 
 class EchoProtocol(Protocol):
     """Writes back everything it receives (memoryviews of the shared buffer: no copy
     unless the socket cannot take the data at once)."""
 
-    __slots__ = ()
+    __slots__ = ("_write",)
 
     receive_memoryview = True
 
-    # A property, not a method: the connection looks data_received up once
-    # connection_made has run and then calls what it got for every read, so here it
-    # gets the transport's own write and an echoed message costs no Python frame of
-    # ours (a subclass may still override data_received with a method).
-    @property
-    def data_received(self) -> Callable[[bytes], None]:
-        """Echo: the transport's ``write`` (a no-op before ``connection_made``)."""
-        transport = self.transport
-        return _drop if transport is None else transport.write
+    def connection_made(self, transport: Connection | TLSConnection) -> None:
+        """Remember the transport's ``write`` for the hot path."""
+        self.transport = transport
+        self._write = transport.write
+
+    def data_received(self, data: bytes) -> None:
+        """Echo *data*."""
+        self._write(data)
+
+
+class DatagramEchoProtocol(DatagramProtocol):
+    """Sends every datagram back to its sender (a memoryview of the shared buffer:
+    no copy unless the socket cannot take it at once)."""
+
+    __slots__ = ("_sendto",)
+
+    receive_memoryview = True
+
+    def connection_made(self, transport: DatagramEndpoint) -> None:
+        """Remember the endpoint's ``sendto`` for the hot path."""
+        self.transport = transport
+        self._sendto = transport.sendto
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Echo *data* to *addr*."""
+        self._sendto(data, addr)
+
+
+def parse_host(text: str) -> str:
+    """*text* as a host for the resolver: ``[v6]`` loses its brackets.
+
+    Brackets hold an IPv6 address only (as in URLs, RFC 3986); anything else in
+    brackets, or an unbalanced bracket, raises :class:`~asycamore.errors.UsageError`.
+    Other malformed hosts are the resolver's to refuse.
+    """
+    if not (text.startswith("[") or text.endswith("]")):
+        return text
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else ""
+    try:
+        socket.inet_pton(socket.AF_INET6, inner.partition("%")[0])
+    except (OSError, ValueError):
+        raise UsageError(f"bad address {text!r}: brackets hold an IPv6 address") from None
+    return inner
+
+
+def format_address(address: Any) -> str:
+    """``HOST:PORT`` for a socket address, ``[HOST]:PORT`` for IPv6."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password() -> bytes:
+    # An encrypted key would make OpenSSL prompt on the terminal: refuse it instead.
+    raise _EncryptedKey
+
+
+def tls_server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server :class:`ssl.SSLContext` for TLS 1.2 and later with *cert_file* (a PEM
+    certificate chain) and *key_file* (its PEM private key, not encrypted).
+
+    Client-initiated renegotiation is refused (a CPU cost a client could impose at
+    will).  A missing, unreadable, malformed or mismatched file raises
+    :class:`~asycamore.errors.UsageError` with one line that says which and why.
+    """
+    for what, path in (("certificate", cert_file), ("key", key_file)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot read the TLS {what} {path!r}: {exc.strerror}") from None
+    try:
+        # Parses the certificates alone, so that a bad file is named as such.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert_file)
+    except (ssl.SSLError, ValueError):
+        raise UsageError(f"the TLS certificate {cert_file!r} is not a PEM certificate") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_no_password)
+    except _EncryptedKey:
+        raise UsageError(
+            f"the TLS key {key_file!r} is encrypted (give an unencrypted key)"
+        ) from None
+    except ssl.SSLError as exc:
+        if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
+            # (The second: a key of another type than the certificate's.)
+            message = f"the TLS certificate {cert_file!r} does not match the key {key_file!r}"
+        else:
+            message = f"the TLS key {key_file!r} is not a PEM private key"
+        raise UsageError(message) from None
+    return context
 
 
 def _log_to_stderr() -> logging.Handler | None:
@@ -70,45 +173,71 @@ def _bind_error(exc: OSError | OverflowError, host: str, port: int) -> UsageErro
     if isinstance(exc, OverflowError):
         return UsageError(f"bad port {port}: {exc}")
     reason = exc.strerror or str(exc)
-    return UsageError(f"cannot listen on {host}:{port}: {reason}")
+    return UsageError(f"cannot listen on {format_address((host, port))}: {reason}")
 
 
 def serve_echo(
     backend: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    *,
+    udp: bool = False,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     workers: int | None = None,
 ) -> int:
-    """Serve TCP echo on *host*:*port* until a :data:`STOP_SIGNALS` signal; return the
-    exit status.
+    """Serve echo on *host*:*port* until a :data:`STOP_SIGNALS` signal; return the exit
+    status.
 
-    Prints ``listening on HOST:PORT`` (the real port) to stdout once listening.  On a
-    signal, stops accepting, lets the connections flush for up to
-    :data:`STOP_TIMEOUT` seconds, closes them and returns 0.  A bad backend raises a
-    :class:`~asycamore.BackendError`, a bad or busy address a
-    :class:`~asycamore.errors.UsageError`.
+    TCP, or UDP with *udp*, on every address of *host* (see the module docstring).
+    Prints ``listening on HOST:PORT`` -- the first address and the real port, as
+    bound -- to stdout once serving.  On a signal, stops accepting, lets the
+    connections flush for up to :data:`STOP_TIMEOUT` seconds, closes them and returns
+    0.  A bad backend raises a :class:`~asycamore.BackendError`, a bad or busy address
+    a :class:`~asycamore.errors.UsageError`.
+
+    With *tls_cert* and *tls_key* (both or neither; not with *udp*) the TCP echo speaks
+    TLS 1.2 or later (see :func:`tls_server_context`); clients that fail or stall the
+    handshake are dropped without disturbing the others.
 
     With *workers*, that many forked processes serve the port under a supervising
     parent (:mod:`asycamore.workers`); the line is printed once all of them serve.
     """
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together: give both or neither")
+    if udp and tls_cert is not None:
+        raise UsageError("--udp cannot be combined with --tls-cert/--tls-key")
+    sslcontext = None
+    if tls_cert is not None and tls_key is not None:
+        sslcontext = tls_server_context(tls_cert, tls_key)
     handler = _log_to_stderr()
+    host = parse_host(host)
     try:
         if workers is not None:
-            return _serve_workers(backend, host, port, workers)
+            if udp:
+                raise UsageError("--workers cannot be combined with --udp (not supported yet)")
+            return _serve_workers(backend, host, port, workers, sslcontext)
         try:
             service = Service(backend, stop_timeout=STOP_TIMEOUT)
         except OSError as exc:  # EMFILE, for one: no descriptor for the context or waker
             raise UsageError(f"cannot start: {exc.strerror or exc}") from None
         with service:
             try:
-                listener = service.listen_tcp(EchoProtocol, host, port)
+                if udp:
+                    endpoints = service.bind_udp_all(
+                        DatagramEchoProtocol, host, port, socket_buffer_size=UDP_SOCKET_BUFFER
+                    )
+                    address = endpoints[0].getsockname()
+                else:
+                    listener = service.listen_tcp(EchoProtocol, host, port, ssl=sslcontext)
+                    address = listener.address
             except (OSError, OverflowError) as exc:
                 raise _bind_error(exc, host, port) from None
             # Handlers first: a SIGTERM right after the line below must stop us cleanly.
             # They stay (ignoring) until the process has exited: a second signal while
             # it exits must not turn its status 0 into a death by signal.
             with service.signal_handling(STOP_SIGNALS, ignore_afterwards=True):
-                print(f"listening on {host}:{listener.port}", flush=True)
+                print(f"listening on {format_address(address)}", flush=True)
                 service.serve_forever()
     finally:
         if handler is not None:
@@ -116,22 +245,28 @@ def serve_echo(
     return 0
 
 
-def _serve_workers(backend: str | None, host: str, port: int, workers: int) -> int:
+def _serve_workers(
+    backend: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    sslcontext: ssl.SSLContext | None,
+) -> int:
     from .workers import Worker, WorkerPool, WorkerStartError
 
     pool = WorkerPool(
         workers, backend=backend, stop_timeout=STOP_TIMEOUT, stop_signals=STOP_SIGNALS
     )
     try:
-        address = pool.bind_tcp(host, port)
+        addresses = pool.bind_tcp(host, port)
     except (OSError, OverflowError) as exc:
         raise _bind_error(exc, host, port) from None
 
     def setup(service: Service, worker: Worker) -> None:
-        worker.listen(service, EchoProtocol)
+        worker.listen(service, EchoProtocol, ssl=sslcontext)
 
     def on_ready() -> None:
-        print(f"listening on {host}:{address[1]}", flush=True)
+        print(f"listening on {format_address(addresses[0])}", flush=True)
 
     try:
         return pool.run(setup, on_ready=on_ready, ignore_signals_afterwards=True)

@@ -2,7 +2,8 @@
 
 A :class:`Service` owns a dispatch context from the factory
 (:func:`~asycamore.create_dispatcher`) and everything registered in it: listeners,
-connections (both from :mod:`asycamore.tcpsocket`) and a wake-up socket.  It runs on
+connections (both from :mod:`asycamore.tcpsocket`), UDP endpoints (from
+:mod:`asycamore.udpsocket`) and a wake-up socket.  It runs on
 :func:`~asycamore.iterate`, and its ``before_dispatch`` callback runs timers
 (:meth:`~Service.call_later`, :meth:`~Service.call_at`), callbacks queued with
 :meth:`~Service.call_soon` (or, from any thread, :meth:`~Service.call_soon_threadsafe`)
@@ -35,24 +36,31 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from ssl import SSLContext
+from typing import Any, ClassVar, Literal, overload
 
-from . import tcpsocket
+from . import tcpsocket, udpsocket
 from .dispatcher import Events, IDispatchContext, IDispatchTarget, close_on_error, iterate
 from .tcpsocket import (
     DEFAULT_BACKLOG,
+    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_RECV_BUFFER_SIZE,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     Connection,
     Listener,
     StreamHandler,
+    TLSConnection,
 )
 from .timers import ReadyQueue, TimerHandle, Timers
+from .udpsocket import MAX_DATAGRAM_SIZE, DatagramEndpoint, DatagramHandler
 from .wakeup import DEFAULT_SIGNALS, SignalCatcher, Waker
 
 __all__ = [
     "DEFAULT_STOP_TIMEOUT",
     "Connection",
+    "DatagramEndpoint",
+    "DatagramProtocol",
     "LineProtocol",
     "Listener",
     "Protocol",
@@ -81,14 +89,16 @@ class Protocol:
     """Set to true in a subclass to receive :class:`memoryview` slices of the shared
     receive buffer in :meth:`data_received` (no copy; valid only during the call)."""
 
-    transport: Connection | None
-    """The connection (set by :meth:`connection_made`)."""
+    transport: Connection | TLSConnection | None
+    """The connection (set by :meth:`connection_made`): a
+    :class:`~asycamore.tcpsocket.TLSConnection` for TLS, which has the same API."""
 
     def __init__(self) -> None:
         self.transport = None
 
-    def connection_made(self, transport: Connection) -> None:
-        """The connection is established: remember *transport*."""
+    def connection_made(self, transport: Connection | TLSConnection) -> None:
+        """The connection is established (for TLS: the handshake completed): remember
+        *transport*."""
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -119,8 +129,16 @@ class Protocol:
 
     def connection_failed(self, exc: BaseException) -> None:
         """A client connect failed or timed out (called instead of
-        :meth:`connection_made`).  The default logs it."""
+        :meth:`connection_made`), or, for TLS, its handshake did (an
+        :class:`ssl.SSLCertVerificationError` for a certificate that does not verify).
+        The default logs it."""
         _log.warning("connect failed: %s", exc)
+
+    def handshake_failed(self, exc: BaseException) -> None:
+        """A TLS client of a server failed its handshake or did not finish it in time
+        (called instead of :meth:`connection_made`; see :doc:`/tls`).  The default logs
+        it at debug level: garbage and stalled handshakes are routine for a server."""
+        _log.debug("TLS handshake failed: %s", exc)
 
     def connection_idle(self) -> None:
         """Nothing was read or written for the connection's idle timeout.
@@ -140,6 +158,57 @@ class Protocol:
         open at the stop timeout are aborted.
         """
         transport = getattr(self, "transport", None)  # robust to a missing super() call
+        if transport is not None:
+            transport.close()
+
+
+class DatagramProtocol:
+    """Base class of a UDP endpoint's handler, with do-nothing defaults.
+
+    Override :meth:`datagram_received` (and :meth:`error_received` to hear ICMP
+    errors); reply with ``self.transport.sendto(data, addr)``.
+    """
+
+    __slots__ = ("transport",)
+
+    receive_memoryview: ClassVar[bool] = False
+    """Set to true in a subclass to receive :class:`memoryview` slices of the shared
+    receive buffer in :meth:`datagram_received` (valid only during the call)."""
+
+    transport: DatagramEndpoint | None
+    """The endpoint (set by :meth:`connection_made`)."""
+
+    def __init__(self) -> None:
+        self.transport = None
+
+    def connection_made(self, transport: DatagramEndpoint) -> None:
+        """The endpoint is ready: remember *transport*."""
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """A datagram arrived from *addr*.  The default ignores it."""
+
+    def error_received(self, exc: OSError) -> None:
+        """The kernel reported an error for an earlier datagram (see
+        :meth:`asycamore.udpsocket.DatagramHandler.error_received`).  The default
+        logs it at debug level: UDP errors are expected, the endpoint stays open."""
+        _log.debug("datagram error on %r: %s", self.transport, exc)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The endpoint is closed; *exc* is ``None`` for a normal close, else why."""
+
+    def pause_writing(self) -> None:
+        """The send queue went above its high-water mark (the endpoint has stopped
+        reading by itself); stop sending datagrams of your own until
+        :meth:`resume_writing`."""
+
+    def resume_writing(self) -> None:
+        """The send queue drained to its low-water mark; reading has resumed."""
+
+    def service_stopping(self) -> None:
+        """The service is stopping.  The default closes the endpoint once its queue
+        is sent."""
+        transport = getattr(self, "transport", None)
         if transport is not None:
             transport.close()
 
@@ -196,7 +265,7 @@ class LineProtocol(Protocol):
 
 
 class Service:
-    """Runs listeners, connections and timers on one dispatch context.
+    """Runs listeners, connections, UDP endpoints and timers on one dispatch context.
 
     The context is created with :func:`~asycamore.create_dispatcher` from *backend*
     (default: ``$ASYCAMORE_BACKEND`` or the best backend here), unless *dispatcher* is
@@ -247,6 +316,7 @@ class Service:
         self._recv_buffer = memoryview(bytearray(recv_buffer_size))
         self._ready = ReadyQueue()
         self._connections: dict[Connection, TimerHandle | None] = {}
+        self._endpoints: dict[DatagramEndpoint, None] = {}  # ordered, O(1) removal
         self._listeners: list[Listener] = []
         self._waker = Waker()
         try:
@@ -344,13 +414,25 @@ class Service:
         low_water: int | None = None,
         accept_batch: int = 64,
         backoff: float = 0.25,
+        ssl: SSLContext | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
     ) -> Listener:
         """Listen on *host*:*port* and serve each connection with a new protocol from
         *protocol_factory*; return the :class:`~asycamore.tcpsocket.Listener`.
 
+        Every address *host* resolves to is served, on one port, by the one listener
+        (``localhost``: ``127.0.0.1`` and ``::1``; see
+        :func:`asycamore.tcpsocket.listen_tcp`).
+
         Raises :class:`OSError` if the address cannot be resolved or bound.  See
         :class:`~asycamore.tcpsocket.Listener` for *max_connections*, *accept_batch* and
         *backoff*; *idle_timeout* and the water marks default to the service's.
+
+        With *ssl* (a server :class:`ssl.SSLContext`) the connections speak TLS: see
+        :func:`asycamore.tcpsocket.listen_tcp` and :doc:`/tls`.  The service's timers
+        run the handshake and shutdown timeouts.
         """
         listener = tcpsocket.listen_tcp(
             self.dispatcher,
@@ -363,6 +445,10 @@ class Service:
             max_connections=max_connections,
             accept_batch=accept_batch,
             backoff=backoff,
+            ssl=ssl,
+            handshake_timeout=handshake_timeout,
+            shutdown_timeout=shutdown_timeout,
+            strict_eof=strict_eof,
             **self._listener_options(idle_timeout, high_water, low_water),
         )
         self._listeners.append(listener)
@@ -395,7 +481,7 @@ class Service:
     def listen_socket(
         self,
         protocol_factory: Callable[[], StreamHandler],
-        sock: socket.socket,
+        sock: socket.socket | Sequence[socket.socket],
         *,
         max_connections: int | None = None,
         idle_timeout: float | None = None,
@@ -403,12 +489,26 @@ class Service:
         low_water: int | None = None,
         accept_batch: int = 64,
         backoff: float = 0.25,
+        ssl: SSLContext | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
     ) -> Listener:
-        """Like :meth:`listen_tcp`, on *sock*, a socket that is already bound and
-        listening (inherited from a parent process, say: see :mod:`asycamore.workers`).
+        """Like :meth:`listen_tcp`, on *sock*: a socket, or several (one listener then
+        serves them all), already bound and listening -- inherited from a parent
+        process, say (see :mod:`asycamore.workers`).
 
-        The listener owns *sock* from then on and closes it when it closes.
+        The listener owns the sockets from then on and closes them when it closes.
         """
+        if ssl is not None:
+            protocol_factory = tcpsocket.tls_handler_factory(
+                protocol_factory,
+                ssl,
+                timers=self.timers,
+                handshake_timeout=handshake_timeout,
+                shutdown_timeout=shutdown_timeout,
+                strict_eof=strict_eof,
+            )
         listener = Listener(
             self.dispatcher,
             sock,
@@ -423,14 +523,15 @@ class Service:
 
     def _connect(
         self,
-        connect: Callable[..., Connection],
+        connect: Callable[..., Connection | TLSConnection],
         target: tuple[Any, ...],
         protocol: StreamHandler,
         timeout: float | None,
         idle_timeout: float | None,
         high_water: int | None,
         low_water: int | None,
-    ) -> Connection:
+        **tls_options: Any,
+    ) -> Any:
         self._check_open()
         if idle_timeout is None:
             idle_timeout = self.idle_timeout
@@ -441,10 +542,66 @@ class Service:
             timeout=timeout,
             timers=self.timers,
             on_close=self._remove,
+            **tls_options,
             **self._connection_options(idle_timeout, high_water, low_water),
         )
-        self._add(conn, idle_timeout)
+        # The service tracks plain connections (a TLS one runs on one).
+        self._add(conn.connection if isinstance(conn, TLSConnection) else conn, idle_timeout)
         return conn
+
+    @overload
+    def connect_tcp(
+        self,
+        protocol: StreamHandler,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        ssl: Literal[False] | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
+    ) -> Connection: ...
+
+    @overload
+    def connect_tcp(
+        self,
+        protocol: StreamHandler,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        ssl: SSLContext | Literal[True],
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
+    ) -> TLSConnection: ...
+
+    @overload
+    def connect_tcp(
+        self,
+        protocol: StreamHandler,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        ssl: SSLContext | bool | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
+    ) -> Connection | TLSConnection: ...
 
     def connect_tcp(
         self,
@@ -456,11 +613,34 @@ class Service:
         idle_timeout: float | None = None,
         high_water: int | None = None,
         low_water: int | None = None,
-    ) -> Connection:
+        ssl: SSLContext | bool | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
+    ) -> Connection | TLSConnection:
         """Connect to *host*:*port* without blocking; *protocol* hears
-        ``connection_made`` or ``connection_failed`` (see
-        :func:`asycamore.tcpsocket.connect_tcp`)."""
-        return self._connect(
+        ``connection_made`` or ``connection_failed``.
+
+        A host name is resolved in a worker thread and its addresses raced with Happy
+        Eyeballs, with the service's timers for the 250 ms stagger; *timeout* covers
+        resolution and attempts (see :func:`asycamore.tcpsocket.connect_tcp`).
+
+        With *ssl* (an :class:`ssl.SSLContext`, or ``True`` for the default, verifying
+        one) the connection speaks TLS and the
+        :class:`~asycamore.tcpsocket.TLSConnection` is returned; the service's timers
+        run its timeouts.  See :doc:`/tls`.
+        """
+        tls_options: dict[str, Any] = {}
+        if ssl is not None and ssl is not False:
+            tls_options = {
+                "ssl": ssl,
+                "server_hostname": server_hostname,
+                "handshake_timeout": handshake_timeout,
+                "shutdown_timeout": shutdown_timeout,
+                "strict_eof": strict_eof,
+            }
+        return self._connect(  # type: ignore[no-any-return]
             tcpsocket.connect_tcp,
             (host, port),
             protocol,
@@ -468,6 +648,39 @@ class Service:
             idle_timeout,
             high_water,
             low_water,
+            **tls_options,
+        )
+
+    def start_tls(
+        self,
+        connection: Connection,
+        sslcontext: SSLContext | bool,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        protocol: StreamHandler | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        strict_eof: bool = False,
+        received: bytes = b"",
+    ) -> TLSConnection:
+        """Upgrade the open plain *connection* to TLS (STARTTLS), on either side; the
+        service's timers run the timeouts.  See :func:`asycamore.tcpsocket.start_tls`:
+        *protocol* (default: the connection's) hears ``connection_made`` again, with the
+        returned :class:`~asycamore.tcpsocket.TLSConnection`, once the handshake
+        completes."""
+        self._check_open()
+        return tcpsocket.start_tls(
+            connection,
+            sslcontext,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            protocol=protocol,
+            timers=self.timers,
+            handshake_timeout=handshake_timeout,
+            shutdown_timeout=shutdown_timeout,
+            strict_eof=strict_eof,
+            received=received,
         )
 
     def connect_unix(
@@ -481,9 +694,133 @@ class Service:
         low_water: int | None = None,
     ) -> Connection:
         """Like :meth:`connect_tcp`, to the Unix domain socket at *path*."""
-        return self._connect(
+        conn: Connection = self._connect(
             tcpsocket.connect_unix, (path,), protocol, timeout, idle_timeout, high_water, low_water
         )
+        return conn
+
+    # -- datagram endpoints ------------------------------------------------------------
+
+    def _datagram_options(self, high_water: int | None, low_water: int | None) -> dict[str, Any]:
+        self._check_open()
+        buffer = self._recv_buffer
+        return {
+            "recv_buffer": buffer if buffer.nbytes >= MAX_DATAGRAM_SIZE else None,
+            "high_water": self.high_water if high_water is None else high_water,
+            "low_water": self.low_water if low_water is None else low_water,
+            "on_close": self._remove_endpoint,
+            "start": False,
+        }
+
+    def _start_endpoint(self, endpoint: DatagramEndpoint) -> DatagramEndpoint:
+        self._endpoints[endpoint] = None
+        try:
+            endpoint.start()
+        except BaseException:
+            # The context refused it (start() has closed it, without telling anyone).
+            self._endpoints.pop(endpoint, None)
+            raise
+        return endpoint
+
+    def bind_udp(
+        self,
+        protocol: DatagramHandler,
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        family: int = 0,
+        reuse_port: bool = False,
+        allow_broadcast: bool = False,
+        socket_buffer_size: int | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+    ) -> DatagramEndpoint:
+        """A bound UDP endpoint on *host*:*port* served by *protocol* (see
+        :func:`asycamore.udpsocket.bind_udp`).  Raises :class:`OSError` if the address
+        cannot be resolved or bound; the water marks default to the service's."""
+        options = self._datagram_options(high_water, low_water)
+        sock = udpsocket.create_datagram_socket(
+            host,
+            port,
+            family=family,
+            reuse_port=reuse_port,
+            allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
+        )
+        endpoint = DatagramEndpoint(self.dispatcher, sock, protocol, **options)
+        return self._start_endpoint(endpoint)
+
+    def bind_udp_all(
+        self,
+        protocol_factory: Callable[[], DatagramHandler],
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        family: int = 0,
+        reuse_port: bool = False,
+        allow_broadcast: bool = False,
+        socket_buffer_size: int | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+    ) -> list[DatagramEndpoint]:
+        """One bound endpoint per address of *host*, on one port, each served by a new
+        protocol from *protocol_factory* (see :func:`asycamore.udpsocket.bind_udp_all`)."""
+        options = self._datagram_options(high_water, low_water)
+        endpoints = udpsocket.bind_udp_all(
+            self.dispatcher,
+            protocol_factory,
+            host,
+            port,
+            family=family,
+            reuse_port=reuse_port,
+            allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
+            **options,
+        )
+        try:
+            for endpoint in endpoints:
+                self._start_endpoint(endpoint)
+        except BaseException:
+            for endpoint in endpoints:
+                endpoint.abort()
+            raise
+        return endpoints
+
+    def connect_udp(
+        self,
+        protocol: DatagramHandler,
+        host: str,
+        port: int,
+        *,
+        local_host: str | None = None,
+        local_port: int = 0,
+        family: int = 0,
+        allow_broadcast: bool = False,
+        socket_buffer_size: int | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
+    ) -> DatagramEndpoint:
+        """A UDP endpoint connected to *host*:*port*, served by *protocol* (see
+        :func:`asycamore.udpsocket.connect_udp`)."""
+        options = self._datagram_options(high_water, low_water)
+        sock = udpsocket.create_datagram_socket(
+            local_host,
+            local_port,
+            remote=(host, port),
+            family=family,
+            allow_broadcast=allow_broadcast,
+            socket_buffer_size=socket_buffer_size,
+        )
+        endpoint = DatagramEndpoint(self.dispatcher, sock, protocol, **options)
+        return self._start_endpoint(endpoint)
+
+    def _remove_endpoint(self, endpoint: DatagramEndpoint) -> None:
+        self._endpoints.pop(endpoint, None)
+
+    @property
+    def endpoints(self) -> list[DatagramEndpoint]:
+        """A snapshot of the open datagram endpoints."""
+        return list(self._endpoints)
 
     @property
     def connections(self) -> list[Connection]:
@@ -563,7 +900,7 @@ class Service:
         if ready:
             ready.run()
         self.timers.run_due()
-        if (self._stopping and not self._connections) or self._closed:
+        if (self._stopping and not self._connections and not self._endpoints) or self._closed:
             # A close() from a callback or handler also ends the loop, before it would
             # dispatch on the closed context.
             raise StopIteration
@@ -577,7 +914,7 @@ class Service:
         logged, unregistered and closed.
         """
         try:
-            if isinstance(target, Connection):
+            if isinstance(target, Connection | DatagramEndpoint):
                 _log.error("error in a protocol callback of %r", target, exc_info=exc)
                 target.abort(exc)
                 return
@@ -680,7 +1017,8 @@ class Service:
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()
-        for conn in list(self._connections):
+        transports: list[Connection | DatagramEndpoint] = [*self._connections, *self._endpoints]
+        for conn in transports:
             hook = getattr(conn.handler, "service_stopping", None)
             try:
                 if hook is not None:
@@ -690,22 +1028,23 @@ class Service:
             except Exception as exc:
                 _log.exception("error in service_stopping of %r", conn)
                 conn.abort(exc)
-        if self._connections:
+        if self._connections or self._endpoints:
             self._stop_timer = self.timers.call_later(
                 self.stop_timeout if timeout is None else timeout, self._stop_timed_out
             )
 
     def _stop_timed_out(self) -> None:
         self._stop_timer = None
-        if self._connections:
+        if self._connections or self._endpoints:
             _log.warning(
                 "stop timeout: aborting %d connection(s) that did not close",
-                len(self._connections),
+                len(self._connections) + len(self._endpoints),
             )
             self._abort_all(TimeoutError("the service stopped; connection aborted"))
 
     def _abort_all(self, exc: BaseException) -> None:
-        for conn in list(self._connections):
+        transports: list[Connection | DatagramEndpoint] = [*self._connections, *self._endpoints]
+        for conn in transports:
             try:
                 conn.abort(exc)
             except Exception:

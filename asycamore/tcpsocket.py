@@ -13,7 +13,14 @@ themselves, calling :meth:`~asycamore.IDispatchContext.modify` only when it chan
   keep up, half-close, graceful :meth:`~Connection.close` and :meth:`~Connection.abort`.
 - :func:`connect_tcp` / :func:`connect_unix` start a non-blocking connect with an
   optional timeout; the handler hears :meth:`~StreamHandler.connection_made` or
-  ``connection_failed(exc)``.
+  ``connection_failed(exc)``.  A host name is resolved in a worker thread (the loop
+  never blocks) and its addresses are raced with Happy Eyeballs (RFC 8305).
+- :func:`listen_tcp` listens on every address a name resolves to (``localhost``:
+  ``127.0.0.1`` and ``::1``), with one :class:`Listener`, on one port.
+- :class:`TLSConnection` is TLS layered on a connection (``ssl.MemoryBIO``): server
+  side with ``listen_tcp(..., ssl=context)``, client side with ``connect_tcp(...,
+  ssl=context_or_True)``, and :func:`start_tls` to upgrade an open connection
+  (STARTTLS).  It has :class:`Connection`'s API; see :doc:`/tls`.
 - :class:`~asycamore.timers.Timers` (from :mod:`asycamore.timers`, also importable
   from here) is the timer heap that the listener's back-off and the connect timeout
   use; :class:`asycamore.servicemodel.Service` runs one for you.
@@ -33,32 +40,50 @@ from ._transport.base import (
     DEFAULT_LINGER,
     DEFAULT_RECV_BUFFER_SIZE,
 )
-from ._transport.connect import connect_tcp, connect_unix
+from ._transport.connect import CONNECTION_ATTEMPT_DELAY, ConnectError, connect_tcp, connect_unix
 from ._transport.listener import (
     Listener,
     create_listening_socket,
+    create_listening_sockets,
     create_unix_listening_socket,
     listen_tcp,
     listen_unix,
 )
 from ._transport.stream import Connection, StreamHandler, default_recv_buffer
+from ._transport.tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    TLSConnection,
+    client_context,
+    start_tls,
+    tls_handler_factory,
+)
 from .timers import TimerHandle, Timers
 
 __all__ = [
+    "CONNECTION_ATTEMPT_DELAY",
     "DEFAULT_BACKLOG",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HIGH_WATER",
     "DEFAULT_LINGER",
     "DEFAULT_RECV_BUFFER_SIZE",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "ConnectError",
     "Connection",
     "Listener",
     "StreamHandler",
+    "TLSConnection",
     "TimerHandle",
     "Timers",
+    "client_context",
     "connect_tcp",
     "connect_unix",
     "create_listening_socket",
+    "create_listening_sockets",
     "create_unix_listening_socket",
     "default_recv_buffer",
     "listen_tcp",
     "listen_unix",
+    "start_tls",
+    "tls_handler_factory",
 ]

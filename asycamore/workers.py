@@ -76,7 +76,7 @@ from typing import Any
 
 from .dispatcher import Events, IDispatchContext
 from .servicemodel import DEFAULT_STOP_TIMEOUT, Service
-from .tcpsocket import DEFAULT_BACKLOG, Listener, StreamHandler, create_listening_socket
+from .tcpsocket import DEFAULT_BACKLOG, Listener, StreamHandler, create_listening_sockets
 from .wakeup import SignalCatcher, Waker
 
 __all__ = [
@@ -126,11 +126,12 @@ class Worker:
         service: Service,
         protocol_factory: Callable[[], StreamHandler],
         **options: Any,
-    ) -> list[Listener]:
-        """Serve every listening socket of the worker with *protocol_factory*
-        (:meth:`Service.listen_socket() <asycamore.servicemodel.Service.listen_socket>`,
-        which takes *options*)."""
-        return [service.listen_socket(protocol_factory, sock, **options) for sock in self.sockets]
+    ) -> Listener:
+        """Serve every listening socket of the worker with *protocol_factory*, from one
+        listener (:meth:`Service.listen_socket()
+        <asycamore.servicemodel.Service.listen_socket>`, which takes *options*:
+        ``ssl=`` for TLS, the water marks...)."""
+        return service.listen_socket(protocol_factory, self.sockets, **options)
 
 
 @dataclass
@@ -232,41 +233,44 @@ class WorkerPool:
         self._parent_signals = (*self.stop_signals, signal.SIGCHLD)
         self._slots = [_Slot(index, []) for index in range(workers)]
         self.addresses: list[Any] = []
-        """The bound addresses (``getsockname()``), one per :meth:`bind_tcp` call."""
+        """The bound addresses (``getsockname()``), in the order :meth:`bind_tcp` bound them."""
         self._running = False
         self._inherited: tuple[Waker, list[int]] | None = None
 
     # -- the parent ----------------------------------------------------------------------
 
-    def bind_tcp(self, host: str | None, port: int, *, backlog: int = DEFAULT_BACKLOG) -> Any:
-        """Bind and listen on *host*:*port* now, in the parent; return the bound
-        address (port 0 picks a free port, shared by every worker).
+    def bind_tcp(
+        self, host: str | None, port: int, *, backlog: int = DEFAULT_BACKLOG
+    ) -> list[Any]:
+        """Bind and listen on every address of *host*:*port* now, in the parent (as
+        :meth:`Service.listen_tcp() <asycamore.servicemodel.Service.listen_tcp>` does:
+        ``localhost`` is ``127.0.0.1`` and ``::1``); return the bound addresses (port 0
+        picks a free port, shared by every address and worker).
 
         Raises :class:`OSError` (:class:`socket.gaierror` for a bad address) before
         any worker exists.
         """
-        first = create_listening_socket(host, port, backlog=backlog, reuse_port=self.reuse_port)
-        sockets = [first]
+        first = create_listening_sockets(host, port, backlog=backlog, reuse_port=self.reuse_port)
+        per_worker = [first]
         try:
-            address = first.getsockname()
+            addresses = [sock.getsockname() for sock in first]
             if self.reuse_port:
+                # The other workers' sockets: the same addresses, on the port now known.
                 for _ in range(self.workers - 1):
-                    sock = create_listening_socket(
-                        address[0],
-                        address[1],
-                        family=first.family,
-                        backlog=backlog,
-                        reuse_port=True,
+                    per_worker.append(
+                        create_listening_sockets(
+                            host, addresses[0][1], backlog=backlog, reuse_port=True
+                        )
                     )
-                    sockets.append(sock)
         except BaseException:
-            for sock in sockets:
-                sock.close()
+            for sockets in per_worker:
+                for sock in sockets:
+                    sock.close()
             raise
         for slot in self._slots:
-            slot.sockets.append(sockets[slot.index] if self.reuse_port else first)
-        self.addresses.append(address)
-        return address
+            slot.sockets.extend(per_worker[slot.index] if self.reuse_port else first)
+        self.addresses.extend(addresses)
+        return addresses
 
     @property
     def pids(self) -> list[int]:

@@ -37,14 +37,13 @@ state test, the hook ``kernel_poll``, and a loop over its result; the hooks read
 from __future__ import annotations
 
 import errno
-import logging
 import math
 import os
 import weakref
 from collections.abc import Mapping
 from typing import ClassVar, Final, Self
 
-from asycamore.dispatcher import ErrorHandler, Events, IDispatchTarget
+from asycamore.dispatcher import ErrorHandler, Events, IDispatchTarget, close_on_error
 
 __all__ = [
     "CLOSED",
@@ -57,7 +56,6 @@ __all__ = [
     "ceil_timeout",
 ]
 
-_log = logging.getLogger("asycamore")
 
 READ: Final = int(Events.READ)
 """`Events.READ <asycamore.Events.READ>` as a plain int, for the hooks' arithmetic."""
@@ -456,16 +454,8 @@ class DispatcherBase:
         """Rule 7: the caller's error handler, or log, unregister and close."""
         if error_in_handler is not None:
             error_in_handler(target, exc)
-            return
-        _log.error("unhandled error in a handler of %r", target, exc_info=exc)
-        if target in self:
-            self.unregister(target)
-        close = getattr(target, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                _log.exception("error closing %r after a handler error", target)
+        else:
+            close_on_error(self, target, exc)
 
     def _evict_closed(
         self, registration: Registration, error_in_handler: ErrorHandler | None

@@ -130,7 +130,8 @@ def echo_server(
         )
     try:
         line = _read_line(proc, 20.0)
-        assert line.startswith(f"listening on {host}:"), line
+        shown = f"[{host}]" if ":" in host else host
+        assert line.startswith(f"listening on {shown}:"), line
         port = int(line.rsplit(":", 1)[1])
         yield EchoServer(proc, port, host, stderr_path, line)
     finally:
@@ -272,7 +273,7 @@ def test_prints_one_line_and_exits_0_on_signal(tmp_path: Path, signum: int) -> N
         assert "Traceback" not in server.stderr()
 
 
-def test_ipv6_host_is_printed_as_given(tmp_path: Path) -> None:
+def test_ipv6_host_is_printed_in_brackets(tmp_path: Path) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     try:
@@ -281,7 +282,7 @@ def test_ipv6_host_is_printed_as_given(tmp_path: Path) -> None:
     except OSError:
         pytest.skip("::1 is not available")
     with echo_server(tmp_path, host="::1") as server:
-        assert server.first_line.startswith("listening on ::1:")
+        assert server.first_line.startswith("listening on [::1]:")
         _echo_once(server, b"over IPv6")
         assert server.stop() == 0
 

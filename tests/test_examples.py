@@ -57,7 +57,14 @@ def server(*args: str) -> Iterator[int]:
 
 
 def test_all_examples_are_tested() -> None:
-    assert SCRIPTS == ["chat_server.py", "echo_client.py", "echo_server.py", "many_clients.py"]
+    assert SCRIPTS == [
+        "chat_server.py",
+        "echo_client.py",
+        "echo_server.py",
+        "many_clients.py",
+        "tls_echo_server.py",
+        "udp_echo.py",
+    ]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -131,6 +138,40 @@ def test_many_clients(target: str) -> None:
         assert "300 connections, 900/900 messages echoed" in result.stdout
 
 
+def test_udp_echo_server_and_client() -> None:
+    with server(str(EXAMPLES / "udp_echo.py"), "server") as port:
+        result = run(
+            str(EXAMPLES / "udp_echo.py"),
+            "client",
+            "--port",
+            str(port),
+            "--count",
+            "200",
+            "--size",
+            "1200",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "200/200 datagrams echoed" in result.stdout
+
+
+def test_udp_echo_client_against_asycamore_echo_udp() -> None:
+    with server("-m", "asycamore", "echo", "--udp") as port:
+        result = run(
+            str(EXAMPLES / "udp_echo.py"), "client", "--port", str(port), "--size", "65507"
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_udp_echo_client_reports_a_closed_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run(str(EXAMPLES / "udp_echo.py"), "client", "--port", str(port))
+    assert result.returncode == 1
+    assert "refused" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 class ChatUser:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -183,3 +224,31 @@ def test_chat_server_idle_timeout() -> None:
         assert user.hear() == ""
         assert 0.25 < time.monotonic() - started < 5
         user.close()
+
+
+def test_tls_echo_server_self_test() -> None:
+    result = run(str(EXAMPLES / "tls_echo_server.py"), "--self-test", timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "self-test: echoed" in result.stdout
+
+
+def test_tls_echo_server_with_a_python_client(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    script = str(EXAMPLES / "tls_echo_server.py")
+    with (
+        server(script, "--cert", str(cert), "--key", str(key)) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"ping\n")
+        assert tls.recv(5) == b"ping\n"

@@ -17,9 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,7 +51,11 @@ def _start_echo(
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit, cwd="/"
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=limit,  # noqa: PLW1509 - only setrlimit, before exec
+        cwd="/",
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 10
@@ -253,9 +257,9 @@ def test_restore_is_atomic_with_respect_to_signals(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("bad", [math.nan, "1", None, True])
 def test_timers_refuse_nan_and_non_numbers(bad: Any) -> None:
     timers = Timers()
-    with pytest.raises(ValueError, match="number|NaN"):
+    with pytest.raises(ValueError, match=r"number|NaN"):
         timers.call_later(bad, print)
-    with pytest.raises(ValueError, match="number|NaN"):
+    with pytest.raises(ValueError, match=r"number|NaN"):
         timers.call_at(bad, print)
     assert len(timers) == 0
 
@@ -478,3 +482,44 @@ def test_a_reset_while_lingering_is_reported() -> None:
         assert lost[0] is None or (
             isinstance(lost[0], OSError) and lost[0].errno == errno.ECONNRESET
         )
+
+
+# -- fork with a busy parent -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork with threads
+def test_a_child_closing_an_inherited_service_leaves_the_parent_serving(backend: str) -> None:
+    """The child leaves ``with Service()`` through sys.exit; the parent serves on.
+
+    epoll used to lose the parent's targets, its wake-up socket included, from the
+    parent's own set: the parent then served nothing and ignored stop().
+    """
+    with Service(backend) as service:
+        listener = service.listen_tcp(EchoProtocol, "127.0.0.1", 0)
+        pid = os.fork()
+        if pid == 0:  # the child: close everything inherited, as `with` would on exit
+            code = 1
+            try:
+                service.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        with socket.create_connection(listener.address, timeout=5) as sock:
+            sock.sendall(b"still here")
+            got = b""
+            deadline = time.monotonic() + 5
+            while got != b"still here" and time.monotonic() < deadline:
+                service.run_once(0.05)
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    got += sock.recv(100)
+                sock.setblocking(True)
+            assert got == b"still here"
+        stopper = threading.Timer(0.1, service.stop)
+        stopper.start()
+        service.call_later(5, pytest.fail, "stop() from another thread was not heard")
+        service.serve_forever(handle_signals=False)
+        stopper.join()

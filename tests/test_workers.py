@@ -168,7 +168,7 @@ PID_SERVER = textwrap.dedent(
     pool = WorkerPool(workers, reuse_port=(mode == "reuseport"), stop_timeout=1.0)
     pool.min_uptime = 5.0
     pool.max_restart_delay = 0.4
-    host, port = pool.bind_tcp("127.0.0.1", 0)[:2]
+    host, port = pool.bind_tcp("127.0.0.1", 0)[0][:2]
 
     def setup(service, worker):
         if crash == "setup":
@@ -354,3 +354,62 @@ def test_pool_arguments_are_checked() -> None:
     for wrong in (1.5, "2", True):
         with pytest.raises(TypeError):
             WorkerPool(wrong)  # type: ignore[arg-type]
+
+
+# -- with the other echo options ---------------------------------------------------------------
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_workers_serve_every_address_of_the_host(tmp_path: Path) -> None:
+    argv = [*ASYCAMORE, "echo", "--workers", "2", "--host", "localhost"]
+    with start(argv, tmp_path, workers=2) as pool:
+        assert _echo(pool.port, b"v4") == b"v4"
+        if _ipv6_loopback():
+            with socket.create_connection(("::1", pool.port), timeout=5) as sock:
+                sock.sendall(b"v6")
+                assert sock.recv(16) == b"v6"
+        assert pool.stop() == 0
+
+
+def test_workers_serve_tls(tmp_path: Path) -> None:
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    argv = [*ASYCAMORE, "echo", "--workers", "2", "--tls-cert", str(cert), "--tls-key", str(key)]
+    with start(argv, tmp_path, workers=2) as pool:
+        for _ in range(4):
+            with (
+                socket.create_connection(("127.0.0.1", pool.port), timeout=5) as raw,
+                client_context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
+                tls.sendall(b"secret")
+                assert tls.recv(16) == b"secret"
+        assert pool.stop() == 0
+
+
+def test_workers_with_udp_are_refused() -> None:
+    result = subprocess.run(
+        [*ASYCAMORE, "echo", "--workers", "2", "--udp"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -8,6 +8,8 @@ One module per concern, in the manner of Twisted's ``internet/``:
   Unix) and its read/write/EOF state machine.
 - :mod:`.connect`: client connects.
 - :mod:`.listener`: listening sockets and :class:`~.listener.Listener`.
+- :mod:`.tls`: :class:`~.tls.TLSConnection`, TLS layered on a connection (the plain
+  connection's handler, and its protocol's transport).
 
 The package is private: users import from :mod:`asycamore.tcpsocket`.  Its modules
 talk to each other only through the names they export (no ``_private`` reach-ins).

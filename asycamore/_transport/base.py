@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_LINGER",
     "DEFAULT_RECV_BUFFER_SIZE",
     "EVENTS",
+    "NO_SOCKET",
     "READ",
     "WRITE",
     "Transport",
@@ -53,6 +54,13 @@ DEFAULT_BACKLOG: Final = 4096
 READ: Final = 1
 WRITE: Final = 2
 EVENTS: Final = (Events.NONE, Events.READ, Events.WRITE, Events.READ | Events.WRITE)
+
+
+NO_SOCKET: Final = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+"""A closed socket: the socket of a transport that has none yet (a client connect
+still resolving its host name).  Everything a transport does with it fails with
+``EBADF`` or does nothing (``close()``), so no code path needs a ``None`` check."""
+NO_SOCKET.close()
 
 
 def water_marks(high: int | None, low: int | None) -> tuple[int, int]:
@@ -103,7 +111,7 @@ class Transport:
     def __init__(
         self,
         context: IDispatchContext,
-        sock: socket.socket,
+        sock: socket.socket | None,
         handler: Any,
         high_water: int | None,
         low_water: int | None,
@@ -111,9 +119,13 @@ class Transport:
         on_close: Callable[[Any], object] | None,
     ) -> None:
         self._context = context
-        self._sock = sock
-        sock.setblocking(False)
-        self._fileno = sock.fileno()
+        if sock is None:
+            self._sock = NO_SOCKET
+            self._fileno = -1
+        else:
+            self._sock = sock
+            sock.setblocking(False)
+            self._fileno = sock.fileno()
         self._handler = handler
         self._events = 0
         self._buffered = 0

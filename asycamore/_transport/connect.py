@@ -1,17 +1,305 @@
-"""Client connects: :func:`connect_tcp` and :func:`connect_unix`."""
+"""Client connects: :func:`connect_tcp` (with Happy Eyeballs) and :func:`connect_unix`.
+
+A numeric host is connected at once, on one socket, exactly as before names were
+supported: no thread, no extra object.  A host name goes through :class:`_Eyeballs`:
+
+1. The name is resolved off the loop (:func:`.resolve.resolve_later`), except a
+   localhost name, whose addresses are known (:mod:`.resolve`).
+2. The addresses are put in RFC 8305 order: the resolver's order (which already
+   follows RFC 6724's preferences), with the families interleaved starting with the
+   first one's, so a broken family costs one attempt, not all of them.
+3. One attempt starts; each further one starts when the previous attempt fails or
+   :data:`CONNECTION_ATTEMPT_DELAY` (250 ms) passes without it finishing, whichever
+   is first.  The first attempt to connect wins; the others are closed at once.
+4. The winning socket becomes the :class:`~.stream.Connection`'s socket
+   (:meth:`~.stream.Connection.connect_socket`); if every attempt fails, the handler's
+   ``connection_failed`` gets the only error, or a :class:`ConnectError` listing each
+   address with its error.
+
+The :class:`~.stream.Connection` exists from the start (so that it can be written to
+and closed while connecting, as with a numeric host); it has no socket until one
+attempt wins.  Closing it cancels the resolution and every attempt.
+"""
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import socket
-from typing import Any
+from typing import Any, Final, Literal, overload
 
-from ..dispatcher import IDispatchContext
-from ..timers import Timers
+from ..dispatcher import Events, IDispatchContext
+from ..timers import TimerHandle, Timers
+from .base import log
+from .resolve import AddrInfo, Resolution, numeric_addresses, resolve_later
 from .stream import Connection, StreamHandler
+from .tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    SSLContext,
+    TLSConnection,
+    check_tls_options,
+    client_context,
+)
 
-__all__ = ["connect_tcp", "connect_unix"]
+__all__ = ["CONNECTION_ATTEMPT_DELAY", "ConnectError", "connect_tcp", "connect_unix"]
+
+CONNECTION_ATTEMPT_DELAY: Final = 0.25
+"""Seconds between the starts of two connection attempts (RFC 8305 section 5)."""
+
+
+class ConnectError(OSError):
+    """Every address of a host name was tried and none connected.
+
+    :attr:`attempts` lists ``(address, exception)`` for each attempt, in the order
+    they were made, and the message names them all.  :attr:`errno` is the errno the
+    attempts share (``ECONNREFUSED`` when every address refused), else ``None``.
+    """
+
+    def __init__(self, host: str, port: int, attempts: list[tuple[Any, BaseException]]) -> None:
+        codes = {getattr(exc, "errno", None) for _, exc in attempts}
+        code = codes.pop() if len(codes) == 1 else None
+        listed = "; ".join(f"{_format(address)}: {exc}" for address, exc in attempts)
+        message = f"cannot connect to {host}:{port} ({len(attempts)} addresses tried: {listed})"
+        if code is None:
+            super().__init__(message)
+        else:
+            super().__init__(code, message)
+        self.attempts = attempts
+        """``(address, exception)`` for each attempt, in order."""
+
+
+def _format(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
+def _interleave(infos: list[AddrInfo]) -> list[AddrInfo]:
+    """RFC 8305 section 4: alternate the families, starting with the first's."""
+    by_family: dict[int, collections.deque[AddrInfo]] = {}
+    for info in infos:
+        by_family.setdefault(info[0], collections.deque()).append(info)
+    queues = list(by_family.values())  # dicts keep insertion order: first family first
+    ordered: list[AddrInfo] = []
+    while queues:
+        for q in list(queues):
+            ordered.append(q.popleft())
+            if not q:
+                queues.remove(q)
+    return ordered
+
+
+class _Attempt:
+    """One connection attempt: a connecting socket, watched for writability."""
+
+    __slots__ = ("_eyeballs", "_fileno", "address", "sock")
+
+    def __init__(self, eyeballs: _Eyeballs, sock: socket.socket, address: Any) -> None:
+        self._eyeballs = eyeballs
+        self.sock = sock
+        self.address = address
+        self._fileno = sock.fileno()
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def handle_read_event(self) -> None:
+        """Never called: an attempt only waits for writability."""
+
+    def handle_write_event(self) -> None:
+        """The connect finished: tell the race."""
+        self._eyeballs.attempt_finished(self)
+
+    def close(self) -> None:
+        """The dispatch error policy dropped the attempt: it failed."""
+        self._eyeballs.attempt_failed(
+            self, ConnectionAbortedError(errno.ECONNABORTED, "attempt dropped")
+        )
+
+
+class _Eyeballs:
+    """The pending work of a connect to a host name (see the module docstring)."""
+
+    def __init__(
+        self,
+        context: IDispatchContext,
+        conn: Connection,
+        host: str,
+        port: int,
+        timeout: float | None,
+        timers: Timers | None,
+    ) -> None:
+        self._context = context
+        self._conn: Connection | None = conn
+        self._host = host
+        self._port = port
+        self._timers = timers
+        self._resolution: Resolution | None = None
+        self._queue: collections.deque[AddrInfo] = collections.deque()
+        self._attempts: list[_Attempt] = []
+        self._errors: list[tuple[Any, BaseException]] = []
+        self._stagger: TimerHandle | None = None
+        self._deadline: TimerHandle | None = None
+        self._raise_failures = False
+        if timeout is not None and timers is not None:
+            self._deadline = timers.call_later(timeout, self._timed_out, timeout)
+
+    # -- steps -----------------------------------------------------------------------
+
+    def set_raise_failures(self, on: bool) -> None:
+        """While on, a failure of every attempt is raised, not reported."""
+        self._raise_failures = on
+
+    def resolve(self) -> None:
+        self._resolution = resolve_later(self._context, self._host, self._port, self._resolved)
+
+    def _resolved(self, infos: list[AddrInfo] | None, exc: BaseException | None) -> None:
+        self._resolution = None
+        if infos is None:
+            self._fail(exc or OSError(f"cannot resolve {self._host!r}"))
+            return
+        try:
+            self.start(infos)
+        except Exception as error:  # never leave the connection connecting forever
+            self._fail(error)
+
+    def _stagger_over(self) -> None:
+        self._stagger = None
+        try:
+            self._next()
+        except Exception as error:
+            self._fail(error)
+
+    def start(self, infos: list[AddrInfo]) -> None:
+        self._queue.extend(_interleave(infos))
+        self._next()
+
+    def _next(self) -> None:
+        """Start the next attempt (and arm the stagger timer for the one after)."""
+        if self._stagger is not None:
+            self._stagger.cancel()
+            self._stagger = None
+        while self._queue and self._conn is not None:
+            family, type_, proto, _, address = self._queue.popleft()
+            try:
+                sock = socket.socket(family, type_, proto)
+            except OSError as exc:
+                self._errors.append((address, exc))
+                continue
+            try:
+                sock.setblocking(False)
+                err = sock.connect_ex(address)
+                if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+                    raise OSError(err, os.strerror(err))
+                attempt = _Attempt(self, sock, address)
+                self._context.register(attempt, Events.WRITE)
+            except (OSError, ValueError, KeyError) as exc:  # the context may refuse the fd
+                sock.close()
+                self._errors.append((address, exc))
+                continue
+            log.debug("connect to %s: trying %s", self._host, _format(address))
+            self._attempts.append(attempt)
+            if self._queue and self._timers is not None:
+                self._stagger = self._timers.call_later(
+                    CONNECTION_ATTEMPT_DELAY, self._stagger_over
+                )
+            return
+        if not self._attempts:
+            self._fail_all()
+
+    def attempt_finished(self, attempt: _Attempt) -> None:
+        try:
+            err = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as exc:
+            self.attempt_failed(attempt, exc)
+            return
+        if err:
+            self.attempt_failed(attempt, OSError(err, os.strerror(err)))
+            return
+        conn = self._conn
+        self._drop(attempt, close=False)
+        if conn is None:
+            attempt.sock.close()
+            return
+        log.debug("connect to %s: %s won", self._host, _format(attempt.address))
+        try:
+            # connect_socket cancels us (closing the other attempts) and calls the
+            # handler's connection_made.
+            conn.connect_socket(attempt.sock)
+        except Exception as exc:
+            # As if the connection itself had been the target that raised.
+            log.exception("error in connection_made of %r", conn)
+            conn.abort(exc)
+
+    def attempt_failed(self, attempt: _Attempt, exc: BaseException) -> None:
+        if attempt not in self._attempts:
+            return
+        self._drop(attempt, close=True)
+        self._errors.append((attempt.address, exc))
+        if self._conn is None:
+            return
+        if self._queue:
+            self._next()  # a failure starts the next attempt at once (RFC 8305 sec. 5)
+        elif not self._attempts:
+            self._fail_all()
+
+    # -- endings ---------------------------------------------------------------------
+
+    def _drop(self, attempt: _Attempt, close: bool) -> None:
+        self._attempts.remove(attempt)
+        try:  # noqa: SIM105
+            self._context.unregister(attempt)
+        except (KeyError, ValueError):
+            pass
+        if close:
+            attempt.sock.close()
+
+    def _timed_out(self, timeout: float) -> None:
+        self._deadline = None
+        tried = (
+            f" (tried: {', '.join(_format(a) for a, _ in self._errors)})" if self._errors else ""
+        )
+        self._fail(
+            TimeoutError(
+                errno.ETIMEDOUT, f"connect to {self._host} timed out after {timeout} s{tried}"
+            )
+        )
+
+    def _fail_all(self) -> None:
+        errors = self._errors
+        if len(errors) == 1:
+            exc = errors[0][1]
+        else:
+            exc = ConnectError(self._host, self._port, list(errors))
+        if self._raise_failures:
+            # Still inside connect_tcp (every address failed at once): raise there,
+            # as for a numeric host, rather than call the handler before it returns.
+            self.cancel()
+            raise exc
+        self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.abort(exc)  # calls cancel() through the connection's release
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Stop everything: the resolution, the attempts, the timers (idempotent)."""
+        self._conn = None
+        self._queue.clear()
+        if self._resolution is not None:
+            self._resolution.cancel()
+            self._resolution = None
+        for timer in (self._stagger, self._deadline):
+            if timer is not None:
+                timer.cancel()
+        self._stagger = self._deadline = None
+        for attempt in list(self._attempts):
+            self._drop(attempt, close=True)
 
 
 def _connect(
@@ -36,6 +324,7 @@ def _connect(
     return conn
 
 
+@overload
 def connect_tcp(
     context: IDispatchContext,
     handler: StreamHandler,
@@ -44,8 +333,66 @@ def connect_tcp(
     *,
     timeout: float | None = None,
     timers: Timers | None = None,
+    ssl: Literal[False] | None = None,
+    server_hostname: str | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+    strict_eof: bool = False,
     **options: Any,
-) -> Connection:
+) -> Connection: ...
+
+
+@overload
+def connect_tcp(
+    context: IDispatchContext,
+    handler: StreamHandler,
+    host: str,
+    port: int,
+    *,
+    timeout: float | None = None,
+    timers: Timers | None = None,
+    ssl: SSLContext | Literal[True],
+    server_hostname: str | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+    strict_eof: bool = False,
+    **options: Any,
+) -> TLSConnection: ...
+
+
+@overload
+def connect_tcp(
+    context: IDispatchContext,
+    handler: StreamHandler,
+    host: str,
+    port: int,
+    *,
+    timeout: float | None = None,
+    timers: Timers | None = None,
+    ssl: SSLContext | bool | None = None,
+    server_hostname: str | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+    strict_eof: bool = False,
+    **options: Any,
+) -> Connection | TLSConnection: ...
+
+
+def connect_tcp(
+    context: IDispatchContext,
+    handler: StreamHandler,
+    host: str,
+    port: int,
+    *,
+    timeout: float | None = None,
+    timers: Timers | None = None,
+    ssl: SSLContext | bool | None = None,
+    server_hostname: str | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+    strict_eof: bool = False,
+    **options: Any,
+) -> Connection | TLSConnection:
     """Start a non-blocking TCP connect to *host*:*port*; return the connection.
 
     The connection is registered at once; when the connect completes the handler's
@@ -55,14 +402,92 @@ def connect_tcp(
     :meth:`Connection.write_eof` may be called meanwhile: the data is sent once
     connected.  *options* are passed to :class:`Connection`.
 
-    *host* is resolved with a blocking :func:`socket.getaddrinfo` (instant for a
-    numeric address); resolution errors and errors the OS reports at once raise
-    :class:`OSError` here.
+    A numeric *host* is connected at once; errors the OS reports at once (and a
+    malformed host) raise :class:`OSError` here.  A host name never blocks the loop:
+    it is resolved in a worker thread, the result is delivered through the context,
+    and the addresses are tried with Happy Eyeballs (RFC 8305): families alternated,
+    a new attempt every 250 ms (:data:`CONNECTION_ATTEMPT_DELAY`) or as soon as the
+    previous one fails, the first to connect wins and the others are closed.  Without
+    *timers* there is no stagger: each address is tried when the previous one has
+    failed.  A resolution failure reaches ``connection_failed`` as the
+    :class:`socket.gaierror`; if every address fails, it gets the error of the only
+    attempt or a :class:`ConnectError` listing every attempt's.  ``localhost`` is
+    ``127.0.0.1`` and ``::1`` without asking the resolver (RFC 6761), raced the same
+    way, with no thread; if every one of its addresses fails inside ``connect()``
+    itself, that is raised here, as for a number.
+
+    With *ssl* (an :class:`ssl.SSLContext`, or ``True`` for
+    :func:`ssl.create_default_context`: certificates verified, host names checked) the
+    connection speaks TLS and a :class:`TLSConnection` is returned: the handler hears
+    ``connection_made`` once the handshake completes, ``connection_failed(exc)`` if the
+    connect or the handshake fails (:class:`ssl.SSLCertVerificationError` for a
+    certificate that does not verify).  *server_hostname* (default *host*) is sent for
+    SNI and checked against the certificate; *handshake_timeout* (counted from the TCP
+    connect), *shutdown_timeout* and *strict_eof* are :class:`TLSConnection`'s, and the
+    timeouts need *timers* (or ``None``).
     """
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    family, type_, proto, _, address = infos[0]
-    sock = socket.socket(family, type_, proto)
-    return _connect(context, sock, address, handler, timeout, timers, options)
+    sslcontext = None
+    if ssl is not None and ssl is not False:
+        # Every TLS argument is checked before a socket exists.
+        sslcontext = client_context(ssl)
+        check_tls_options(timers, handshake_timeout, shutdown_timeout)
+        if server_hostname is None:
+            server_hostname = host
+    conn = _connect_tcp(context, handler, host, port, timeout, timers, options)
+    if sslcontext is None:
+        return conn
+    try:
+        return TLSConnection(
+            conn,
+            handler,
+            sslcontext,
+            server_side=False,
+            server_hostname=server_hostname,
+            timers=timers,
+            handshake_timeout=handshake_timeout,
+            shutdown_timeout=shutdown_timeout,
+            strict_eof=strict_eof,
+        )
+    except BaseException:
+        conn.abort()
+        raise
+
+
+def _connect_tcp(
+    context: IDispatchContext,
+    handler: StreamHandler,
+    host: str,
+    port: int,
+    timeout: float | None,
+    timers: Timers | None,
+    options: dict[str, Any],
+) -> Connection:
+    """The plain connect of :func:`connect_tcp` (TLS, if asked for, goes on top)."""
+    infos = numeric_addresses(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    if infos is not None and len(infos) == 1:
+        family, type_, proto, _, address = infos[0]
+        sock = socket.socket(family, type_, proto)
+        return _connect(context, sock, address, handler, timeout, timers, options)
+    if timeout is not None and timers is None:
+        raise ValueError("a connect timeout needs timers")
+    conn = Connection(context, None, handler, start=False, **options)
+    eyeballs = _Eyeballs(context, conn, host, port, timeout, timers)
+    conn.start_resolving(eyeballs)
+    if infos is None:
+        try:
+            eyeballs.resolve()
+        except BaseException:
+            # No socket pair or no thread (EMFILE...): raised here, as for a number.
+            eyeballs.cancel()
+            raise
+    else:
+        # A localhost name: its addresses are known at once, and so may be their errors.
+        eyeballs.set_raise_failures(True)
+        try:
+            eyeballs.start(infos)
+        finally:
+            eyeballs.set_raise_failures(False)
+    return conn
 
 
 def connect_unix(

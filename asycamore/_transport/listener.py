@@ -8,18 +8,27 @@ import functools
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import Any, Final
 
 from ..dispatcher import Events, IDispatchContext
 from ..timers import TimerHandle, Timers
 from .base import DEFAULT_BACKLOG, EVENTS, READ, log
+from .resolve import AddrInfo, resolve
 from .stream import Connection, StreamHandler
+from .tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    SSLContext,
+    tls_handler_factory,
+)
 
 __all__ = [
     "Listener",
+    "bind_every_address",
     "create_listening_socket",
+    "create_listening_sockets",
     "create_unix_listening_socket",
     "listen_tcp",
     "listen_unix",
@@ -80,8 +89,53 @@ class _Throttle:
         log.warning(message, *args)
 
 
+def _socket_kind(sock: socket.socket) -> tuple[int, int, int] | None:
+    """What `_accept` needs to build an accepted socket: family, type and protocol as
+    ints, for a plain socket.socket; ``None`` for a subclass, whose accept() is used."""
+    if type(sock) is not socket.socket:
+        return None
+    return int(sock.family), int(sock.type), sock.proto
+
+
+class _Acceptor:
+    """The dispatch target of a :class:`Listener`'s second and further sockets.
+
+    The listener itself is the target of its first socket (so the common, one-socket
+    case has no indirection); each further socket gets one of these, which accepts
+    through the listener: limits, counts and callbacks are the listener's, shared by
+    all of its addresses.
+    """
+
+    __slots__ = ("_fileno", "_kind", "_listener", "sock")
+
+    def __init__(self, listener: Listener, sock: socket.socket) -> None:
+        self._listener = listener
+        self.sock = sock
+        self._kind = _socket_kind(sock)
+        sock.setblocking(False)
+        self._fileno = sock.fileno()
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def handle_read_event(self) -> None:
+        self._listener._accept_from(self.sock, self._kind)
+
+    def handle_write_event(self) -> None:
+        """Never called: registered for reading only."""
+
+    def close(self) -> None:
+        """The dispatch error policy dropped this socket: close the whole listener."""
+        self._listener.close()
+
+
 class Listener:
-    """A listening socket as a dispatch target: accepts connections for handlers.
+    """Listening sockets as a dispatch target: accepts connections for handlers.
+
+    *sock* is one listening socket or a sequence of them: one listener then serves
+    every address a name resolves to (:func:`listen_tcp`), with one connection count,
+    one limit and one :meth:`close`.  :attr:`sock`, :attr:`address` and :attr:`port`
+    are the first socket's; :attr:`sockets` and :attr:`addresses` are all of them.
 
     For each accepted socket, ``handler_factory()`` makes a handler and a
     :class:`Connection` is started with it (*connection_options* are passed to the
@@ -110,7 +164,7 @@ class Listener:
     def __init__(
         self,
         context: IDispatchContext,
-        sock: socket.socket,
+        sock: socket.socket | Sequence[socket.socket],
         handler_factory: Callable[[], StreamHandler],
         *,
         timers: Timers | None = None,
@@ -126,10 +180,15 @@ class Listener:
             raise ValueError("max_connections must be at least 1")
         if accept_batch < 1:
             raise ValueError("accept_batch must be at least 1")
+        socks = [sock] if isinstance(sock, socket.socket) else list(sock)
+        if not socks:
+            raise ValueError("a listener needs at least one socket")
+        sock = socks[0]
         self._context = context
         self._sock = sock
         sock.setblocking(False)
         self._fileno = sock.fileno()
+        self._more = [_Acceptor(self, more) for more in socks[1:]]
         self._factory = handler_factory
         self._timers = timers
         self.max_connections = max_connections
@@ -155,9 +214,7 @@ class Listener:
             **connection_options,
         )
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
-        self._kind = (
-            (int(sock.family), int(sock.type), sock.proto) if type(sock) is socket.socket else None
-        )
+        self._kind = _socket_kind(sock)
         self._count = 0
         self._events = 0
         self._closed = False
@@ -173,6 +230,15 @@ class Listener:
         self.refused = 0
         """How many accepted connections the context refused (FD_SETSIZE)."""
         context.register(self, Events.READ)
+        try:
+            for acceptor in self._more:
+                context.register(acceptor, Events.READ)
+        except BaseException:
+            for acceptor in self._more:
+                with contextlib.suppress(KeyError, ValueError):
+                    context.unregister(acceptor)
+            context.unregister(self)
+            raise
         self._events = READ
 
     # -- the dispatch target ---------------------------------------------------------------------
@@ -183,8 +249,9 @@ class Listener:
 
     def handle_read_event(self) -> None:
         """Accept up to :attr:`accept_batch` pending connections."""
-        listening = self._sock
-        kind = self._kind
+        self._accept_from(self._sock, self._kind)
+
+    def _accept_from(self, listening: socket.socket, kind: tuple[int, int, int] | None) -> None:
         new_socket = socket.socket
         limit = self.max_connections
         for _ in range(self.accept_batch):
@@ -226,9 +293,19 @@ class Listener:
         return self._sock
 
     @property
+    def sockets(self) -> list[socket.socket]:
+        """Every listening socket, the first one first."""
+        return [self._sock, *(acceptor.sock for acceptor in self._more)]
+
+    @property
     def address(self) -> Any:
-        """The address the socket is bound to (``getsockname()``)."""
+        """The address the (first) socket is bound to (``getsockname()``)."""
         return self._sock.getsockname()
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The address of every socket (``getsockname()``), the first one first."""
+        return [sock.getsockname() for sock in self.sockets]
 
     @property
     def port(self) -> int:
@@ -261,6 +338,10 @@ class Listener:
             self._resume_timer = None
         with contextlib.suppress(KeyError, ValueError):
             self._context.unregister(self)
+        for acceptor in self._more:
+            with contextlib.suppress(KeyError, ValueError):
+                self._context.unregister(acceptor)
+            acceptor.sock.close()
         self._events = 0
         self._sock.close()
         self._fileno = -1
@@ -283,6 +364,8 @@ class Listener:
     def _set_events(self, events: int) -> None:
         if events != self._events and not self._closed:
             self._context.modify(self, EVENTS[events])
+            for acceptor in self._more:
+                self._context.modify(acceptor, EVENTS[events])
             self._events = events
 
     def _start(self, sock: socket.socket) -> None:
@@ -381,9 +464,7 @@ def create_listening_socket(
     *reuse_address* is false; ``SO_REUSEPORT`` only with *reuse_port*.  Raises
     :class:`OSError` (:class:`socket.gaierror` for a bad address) on failure.
     """
-    infos = socket.getaddrinfo(
-        host or None, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-    )
+    infos = resolve(host or None, port, family, socket.SOCK_STREAM, socket.AI_PASSIVE)
     af, type_, proto, _, address = infos[0]
     sock = socket.socket(af, type_, proto)
     try:
@@ -400,6 +481,99 @@ def create_listening_socket(
         sock.close()
         raise
     return sock
+
+
+_BIND_TRIES: Final = 16  # port 0 on several addresses: tries to find a port free on all
+
+
+def bind_every_address(
+    infos: Sequence[AddrInfo],
+    port: int,
+    setup: Callable[[socket.socket], object],
+) -> list[socket.socket]:
+    """One socket per address of *infos*, bound to the same *port*; IPv6 ``V6ONLY``.
+
+    ``setup(sock)`` runs on each new socket before ``bind`` (socket options) and
+    after it (``listen``) is the caller's business.  With *port* 0 the first socket
+    gets a free port from the kernel and the others are bound to that same port, so a
+    name means one port; if that port is taken on another address, everything is
+    closed and tried again with a new port (up to 16 times).  An address of a family
+    this kernel does not support (``EAFNOSUPPORT``) is skipped, as long as one is left.
+    IPv6 sockets are ``IPV6_V6ONLY``: ``::`` beside ``0.0.0.0`` is two sockets, each
+    with its own family, never one dual-stack socket that would collide with the other.
+    """
+    for tries_left in range(_BIND_TRIES - 1, -1, -1):
+        socks: list[socket.socket] = []
+        bound = port
+        try:
+            for af, type_, proto, _, address in infos:
+                try:
+                    sock = socket.socket(af, type_, proto)
+                except OSError as exc:
+                    if exc.errno == errno.EAFNOSUPPORT and (socks or len(infos) > 1):
+                        continue
+                    raise
+                socks.append(sock)
+                if af == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                setup(sock)
+                sock.bind((address[0], bound, *address[2:]))
+                if not bound:
+                    bound = sock.getsockname()[1]
+            if not socks:
+                raise OSError(errno.EAFNOSUPPORT, "no address of a supported family")
+            return socks
+        except BaseException as exc:
+            for sock in socks:
+                sock.close()
+            retry = (
+                isinstance(exc, OSError)
+                and exc.errno == errno.EADDRINUSE
+                and not port
+                and len(socks) > 1
+                and tries_left
+            )
+            if not retry:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def create_listening_sockets(
+    host: str | None = "127.0.0.1",
+    port: int = 0,
+    *,
+    family: int = socket.AF_UNSPEC,
+    backlog: int = DEFAULT_BACKLOG,
+    reuse_address: bool = True,
+    reuse_port: bool = False,
+) -> list[socket.socket]:
+    """Non-blocking TCP sockets listening on every address *host* resolves to.
+
+    Like :func:`create_listening_socket`, but every address gets its socket, all on
+    the same port (see :func:`bind_every_address`): ``localhost`` is ``127.0.0.1``
+    and ``::1``, ``None`` or ``""`` is ``0.0.0.0`` and ``::``.  Resolution of a name
+    blocks (this runs when a service starts); a numeric address does not.
+    """
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("SO_REUSEPORT is not supported on this platform")
+    infos = resolve(host or None, port, family, socket.SOCK_STREAM, socket.AI_PASSIVE)
+
+    def setup(sock: socket.socket) -> None:
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+
+    socks = bind_every_address(infos, port, setup)
+    try:
+        for sock in socks:
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def create_unix_listening_socket(path: str, *, backlog: int = DEFAULT_BACKLOG) -> socket.socket:
@@ -429,18 +603,45 @@ def listen_tcp(
     backlog: int = DEFAULT_BACKLOG,
     reuse_address: bool = True,
     reuse_port: bool = False,
+    ssl: SSLContext | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+    strict_eof: bool = False,
     **listener_options: Any,
 ) -> Listener:
-    """Listen on *host*:*port* (see :func:`create_listening_socket`); return the
-    :class:`Listener`, already registered in *context*.  *listener_options* are passed
-    to :class:`Listener`."""
-    sock = create_listening_socket(
+    """Listen on every address of *host*:*port*; return the :class:`Listener`,
+    already registered in *context*.
+
+    ``localhost`` listens on ``127.0.0.1`` and ``::1``, ``None`` or ``""`` on every
+    interface of both families, a name on each address it resolves to -- all on one
+    port, with one listener (see :func:`create_listening_sockets`).  *listener_options*
+    are passed to :class:`Listener`.
+
+    With *ssl*, a server :class:`ssl.SSLContext` holding the certificate chain and key,
+    every accepted connection speaks TLS (see :func:`tls_handler_factory`): the
+    protocol hears ``connection_made`` with a :class:`TLSConnection` once the handshake
+    completes.  A client that fails the handshake or does not finish it within
+    *handshake_timeout* seconds is dropped (its protocol hears ``handshake_failed(exc)``
+    if it has one).  The timeouts need ``timers=`` (or ``None``); *shutdown_timeout* and
+    *strict_eof* are :class:`TLSConnection`'s.
+    """
+    if ssl is not None:
+        handler_factory = tls_handler_factory(
+            handler_factory,
+            ssl,
+            timers=listener_options.get("timers"),
+            handshake_timeout=handshake_timeout,
+            shutdown_timeout=shutdown_timeout,
+            strict_eof=strict_eof,
+        )
+    socks = create_listening_sockets(
         host, port, backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port
     )
     try:
-        return Listener(context, sock, handler_factory, **listener_options)
+        return Listener(context, socks, handler_factory, **listener_options)
     except BaseException:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise
 
 

@@ -55,7 +55,7 @@ from time import monotonic
 from typing import Any, Final, Protocol
 
 from ..dispatcher import IDispatchContext
-from ..timers import TimerHandle, Timers
+from ..timers import Timers
 from .base import (
     DEFAULT_LINGER,
     DEFAULT_RECV_BUFFER_SIZE,
@@ -67,7 +67,7 @@ from .base import (
     set_nodelay,
 )
 
-__all__ = ["Connection", "StreamHandler", "default_recv_buffer"]
+__all__ = ["Cancellable", "Connection", "StreamHandler", "default_recv_buffer"]
 
 # _state: only moves forward.
 _CONNECTING: Final = 0
@@ -92,6 +92,15 @@ _MIN_READ: Final = 64 * 1024  # no read is capped below this (see _first_read_si
 _LINGER_READS: Final = 16  # reads that close() makes at once to discard queued input
 _COALESCE_BELOW: Final = 4096  # small writes are copied into a shared tail chunk...
 _COALESCE_LIMIT: Final = 64 * 1024  # ...until it is this big
+
+
+class Cancellable(Protocol):
+    """Anything with a ``cancel()``: a timer, or a connect's pending work
+    (see :meth:`Connection.start_resolving`)."""
+
+    def cancel(self) -> None:
+        """Stop it; harmless twice."""
+        ...
 
 
 class StreamHandler(Protocol):
@@ -159,8 +168,10 @@ class Connection(Transport):
     """A connected stream socket as a dispatch target: the transport of one handler.
 
     *sock* must be connected (or connecting, see :func:`connect_tcp`); it is made
-    non-blocking.  With ``start=True`` (the default) the connection registers itself in
-    *context* for reading and calls ``handler.connection_made(self)``.
+    non-blocking.  ``None`` makes a connection without a socket yet, for a client
+    connect that must resolve a name first (see :meth:`start_resolving`).  With
+    ``start=True`` (the default) the connection registers itself in *context* for
+    reading and calls ``handler.connection_made(self)``.
 
     Reading: each readable event makes one ``recv_into`` the shared receive buffer
     (*recv_buffer*, default :func:`default_recv_buffer`) and hands the bytes to
@@ -206,7 +217,7 @@ class Connection(Transport):
     def __init__(
         self,
         context: IDispatchContext,
-        sock: socket.socket,
+        sock: socket.socket | None,
         handler: StreamHandler,
         *,
         recv_buffer: memoryview | None = None,
@@ -231,7 +242,8 @@ class Connection(Transport):
         self._state = _OPEN
         self._read_off = 0
         self._shut_wr = _SHUT_WR_NONE
-        self._timer: TimerHandle | None = None
+        # The connect timeout, or a pending connect's work: cancelled on release.
+        self._timer: Cancellable | None = None
         if start:
             self.start()
 
@@ -260,12 +272,22 @@ class Connection(Transport):
         handler = self._handler
         if handler is not None:
             handler.connection_made(self)
-            # data_received is looked up again once connection_made has run, so that a
-            # handler can hand out a callable it only has from then on: asycamore.echo's
-            # protocol gives its transport's write, and an echoed message then costs no
-            # frame of its own.  (A close in connection_made has set _deliver already.)
-            if self._state == _OPEN:
-                self._deliver = handler.data_received
+
+    def set_handler(self, handler: StreamHandler) -> None:
+        """Hand the connection to another handler, from the next callback on.
+
+        For a protocol switch on an open (or connecting) connection: a TLS layer taking
+        over the byte stream (:func:`~asycamore.tcpsocket.start_tls`, and the way
+        ``ssl=`` connections are built), or a protocol upgrade.  The new handler's
+        ``receive_memoryview`` is looked up again; it is *not* told
+        ``connection_made`` (it has the connection already).  Raises
+        :class:`RuntimeError` once the connection is closed.
+        """
+        if self._state == _CLOSED:
+            raise RuntimeError("set_handler() on a closed connection")
+        self._handler = handler
+        self._wants_views = bool(getattr(handler, "receive_memoryview", False))
+        self._deliver = handler.data_received
 
     def _register(self, events: int) -> None:
         self._context.register(self, EVENTS[events])
@@ -632,11 +654,8 @@ class Connection(Transport):
             self._finish(None)  # the peer is done too: nothing can arrive any more
             return
         if self._shut_wr != _SHUT_WR_DONE:
-            self._shut_wr = _SHUT_WR_DONE
-            try:
-                self._sock.shutdown(socket.SHUT_WR)
-            except OSError as exc:
-                self._lose(exc)
+            self._shutdown_write()
+            if self._state == _CLOSED:
                 return
         # Discard what has arrived; a reset or the peer's EOF may already be there.
         recv_into = self._sock.recv_into
@@ -754,6 +773,42 @@ class Connection(Transport):
         if timeout is not None and timers is not None:
             self._timer = timers.call_later(timeout, self._connect_timed_out)
 
+    def start_resolving(self, pending: Cancellable) -> None:
+        """Be a client connect whose socket does not exist yet.
+
+        For a connection made with ``sock=None`` and ``start=False``: it is connecting
+        (writes are buffered, :meth:`close` and :meth:`abort` end it with
+        ``connection_failed``) while *pending* -- the caller's name resolution and
+        connection attempts -- runs.  *pending* finishes with :meth:`connect_socket`
+        (success) or :meth:`abort` (failure: ``abort(exc)`` reaches
+        ``connection_failed(exc)``); if the connection is closed first,
+        ``pending.cancel()`` is called.  :func:`connect_tcp` uses it for host names.
+        """
+        self._state = _CONNECTING
+        self._read_off |= _OFF_CONNECTING
+        self._timer = pending
+
+    def connect_socket(self, sock: socket.socket) -> None:
+        """Finish a :meth:`start_resolving` connect with *sock*, which has connected.
+
+        The connection registers *sock* in its context and calls
+        ``handler.connection_made``; the pending work is cancelled (it has nothing
+        left to do but close the attempts that lost).  If the context refuses *sock*,
+        the connect fails with that error.
+        """
+        if self._state != _CONNECTING or self._fileno >= 0:
+            sock.close()
+            raise RuntimeError("connect_socket() on a connection that is not resolving")
+        sock.setblocking(False)
+        self._sock = sock
+        self._fileno = sock.fileno()
+        try:
+            self._register(WRITE)
+        except (KeyError, ValueError) as exc:
+            self._fail_connect(exc)
+            return
+        self._finish_connect()
+
     def _connect_timed_out(self) -> None:
         self._timer = None
         if self._state == _CONNECTING:
@@ -778,8 +833,6 @@ class Connection(Transport):
         handler = self._handler
         if handler is not None:
             handler.connection_made(self)
-            if self._state == _OPEN:  # see start()
-                self._deliver = handler.data_received
         if self._state != _OPEN:
             return
         if self._chunks:

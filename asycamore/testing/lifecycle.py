@@ -117,5 +117,6 @@ class LifecycleRules(KitBase):
         static = inspect.getattr_static(cls, "is_available")
         assert isinstance(static, classmethod), "is_available must be a classmethod"
         assert cls.is_available() is True  # type: ignore[attr-defined]
-        assert isinstance(getattr(cls, "name", None), str)
-        assert ctx.name == cls.name
+        class_name = getattr(cls, "name", None)  # the entry point's name, on the class
+        assert isinstance(class_name, str)
+        assert ctx.name == class_name
