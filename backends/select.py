@@ -5,9 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import select
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from typing_extensions import override
+if TYPE_CHECKING:
+    from typing_extensions import override
+else:  # the same marker, without importing typing_extensions (see base.override)
+    from .base import override
 
 from .base import CLOSED, READ, WRITE, DispatcherBase, Registration, ceil_timeout
 
