@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import signal
 import socket
 import threading
@@ -240,6 +241,22 @@ class _Waker:
         self._writer.close()
 
 
+class _ScheduleHintTimers(Timers):
+    """The service's timers: each new one is reported to :meth:`Service.serving`'s
+    *on_schedule*, so a foreign loop already waiting can wait less."""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__()
+        self._service = service
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        handle = super().call_at(when, callback, *args)
+        on_schedule = self._service._on_schedule
+        if on_schedule is not None:
+            on_schedule(when)
+        return handle
+
+
 class Service:
     """Runs listeners, connections and timers on one dispatch context.
 
@@ -276,7 +293,7 @@ class Service:
             self._owns_dispatcher = False
         self.dispatcher: IDispatchContext = dispatcher
         """The dispatch context."""
-        self.timers = Timers()
+        self.timers: Timers = _ScheduleHintTimers(self)
         """The service's :class:`~asycamore.tcpsocket.Timers`."""
         self.dispatchvars: dict[str, Any] = {}
         """The ``dispatchvars`` of :meth:`serve_forever`'s :func:`~asycamore.iterate`."""
@@ -305,6 +322,7 @@ class Service:
         self._stop_timer: TimerHandle | None = None
         self._signals: list[int] = []
         self._signal_restore: Callable[[], None] | None = None
+        self._on_schedule: Callable[[float], object] | None = None
         self._closed = False
 
     # -- scheduling ------------------------------------------------------------------------
@@ -317,6 +335,8 @@ class Service:
         """Call ``callback(*args)`` before the next dispatch (in order of calls)."""
         handle = TimerHandle(0.0, callback, args, None)
         self._ready.append(handle)
+        if self._on_schedule is not None:
+            self._on_schedule(-math.inf)
         return handle
 
     def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> TimerHandle:
@@ -325,6 +345,8 @@ class Service:
         self._ready.append(handle)
         if threading.get_ident() != self._thread_id:
             self._waker.wake()
+        elif self._on_schedule is not None:
+            self._on_schedule(-math.inf)
         return handle
 
     def wakeup(self) -> None:
@@ -649,23 +671,45 @@ class Service:
         the previous handlers and wake-up fd are restored afterwards (see
         :meth:`signal_handling`).
         """
+        with self.serving(), contextlib.ExitStack() as stack:
+            if handle_signals and self._signal_restore is None:
+                stack.enter_context(self.signal_handling())
+            iterate(
+                self.dispatcher,
+                timeout=None,
+                dispatchvars=self.dispatchvars,
+                before_dispatch=self.before_dispatch,
+                error_in_handler=self.error_in_handler,
+            )
+
+    @contextlib.contextmanager
+    def serving(self, *, on_schedule: Callable[[float], object] | None = None) -> Iterator[None]:
+        """A context manager: the service runs in this thread while it is active.
+
+        :meth:`serve_forever` runs :func:`~asycamore.iterate` inside it; a foreign main
+        loop (:func:`asycamore.aio.serve`) drives :meth:`before_dispatch`,
+        :meth:`error_in_handler` and the dispatcher inside it instead.  While active,
+        :attr:`running` is true, :meth:`stop` and :meth:`call_soon_threadsafe` from other
+        threads wake the dispatcher, and on exit a stop in progress is reset.
+
+        *on_schedule* is for a loop that waits for the dispatcher's readiness with its own
+        deadline: ``on_schedule(when)`` is called, in this thread, whenever something is
+        scheduled that the next :meth:`before_dispatch` must handle by *when* on the
+        :meth:`time` clock (``-inf``: at once) -- a queued callback, a timer, a stop or a
+        close -- so that a wait the loop already started can be cut short.  (Inside a
+        dispatch, or from other threads, nothing is missed: the next round, or the wake-up
+        socket, sees it.)
+        """
         self._check_open()
         if self._running:
             raise RuntimeError("the service is already running")
         self._running = True
         self._thread_id = threading.get_ident()
+        self._on_schedule = on_schedule
         try:
-            with contextlib.ExitStack() as stack:
-                if handle_signals and self._signal_restore is None:
-                    stack.enter_context(self.signal_handling())
-                iterate(
-                    self.dispatcher,
-                    timeout=None,
-                    dispatchvars=self.dispatchvars,
-                    before_dispatch=self.before_dispatch,
-                    error_in_handler=self.error_in_handler,
-                )
+            yield
         finally:
+            self._on_schedule = None
             self._running = False
             self._thread_id = None
             self._stopping = False
@@ -763,6 +807,8 @@ class Service:
             self._stop_timer = self.timers.call_later(
                 self.stop_timeout if timeout is None else timeout, self._stop_timed_out
             )
+        elif self._on_schedule is not None:
+            self._on_schedule(-math.inf)  # nothing left to wait for: end the loop now
 
     def _stop_timed_out(self) -> None:
         self._stop_timer = None
@@ -799,6 +845,13 @@ class Service:
         self._waker.close()
         if self._owns_dispatcher:
             self.dispatcher.close()
+        if self._on_schedule is not None:
+            self._on_schedule(-math.inf)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def __enter__(self) -> Service:
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+from collections.abc import Callable
 from typing import ClassVar, Final, Self
 
 from asycamore.dispatcher import ErrorHandler, Events, IDispatchTarget
@@ -92,6 +93,7 @@ class DispatcherBase:
         # target alive, so its id cannot be reused while it is registered.
         self._by_target: dict[int, Registration] = {}
         self._closed = False
+        self._interest_watcher: Callable[[], object] | None = None
 
     @classmethod
     def is_available(cls) -> bool:
@@ -157,6 +159,8 @@ class DispatcherBase:
         registration = Registration(target, fd, mask)
         self._by_fd[fd] = registration
         self._by_target[id(target)] = registration
+        if mask and self._interest_watcher is not None:
+            self._interest_watcher()
 
     def modify(self, target: IDispatchTarget, events: Events) -> None:
         """Change the events *target* is watched for; no system call if nothing changes."""
@@ -173,6 +177,8 @@ class DispatcherBase:
         else:
             self._kernel_modify(registration.fd, old, mask)
         registration.events = mask
+        if self._interest_watcher is not None:
+            self._interest_watcher()
 
     def unregister(self, target: IDispatchTarget) -> None:
         """Stop watching *target*; works after its descriptor was closed."""
@@ -184,6 +190,8 @@ class DispatcherBase:
         registration.events = 0
         if events and not self._closed:
             self._kernel_remove(registration.fd, events)
+            if self._interest_watcher is not None:
+                self._interest_watcher()
 
     def _registration(self, target: IDispatchTarget) -> Registration:
         try:
@@ -196,6 +204,30 @@ class DispatcherBase:
 
     def __len__(self) -> int:
         return len(self._by_target)
+
+    # -- hosting in a foreign main loop ---------------------------------------------------
+    #
+    # epoll and kqueue hand a foreign loop one descriptor (fileno()) that the kernel keeps
+    # readable while a registered descriptor is ready.  select and poll have no such
+    # descriptor; these two methods let asycamore.nesting wait for them in a helper thread
+    # over the same descriptors, and learn when to wait over a new set.
+
+    def interest(self) -> dict[int, Events]:
+        """A snapshot of what this context asks the OS about: ``{fd: events}``.
+
+        Targets registered with ``Events.NONE`` are left out (they receive nothing).
+        For :mod:`asycamore.nesting`, which waits over these descriptors in a helper
+        thread when a context has no ``fileno()``.
+        """
+        return {fd: Events(r.events) for fd, r in self._by_fd.items() if r.events}
+
+    def watch_interest(self, callback: Callable[[], object] | None) -> None:
+        """Call ``callback()`` after every change to :meth:`interest` (``None``: stop).
+
+        It runs in the thread that made the change, inside ``register``, ``modify`` or
+        ``unregister``; it must not call back into the context.  One watcher at a time.
+        """
+        self._interest_watcher = callback
 
     # -- dispatch ------------------------------------------------------------------------
 
