@@ -35,6 +35,8 @@ _WRITE: Final = selectors.EVENT_WRITE
 assert int(Events.READ) == _READ and int(Events.WRITE) == _WRITE
 # selectors mask -> Events, without building an IntFlag on every register/modify.
 _EVENTS: Final = (Events.NONE, Events.READ, Events.WRITE, Events.READ | Events.WRITE)
+_LARGE_BATCH: Final = 1024
+"""A dispatch with this many handler calls may have been cut short by the backend."""
 
 
 def _fileobj_to_fd(fileobj: Any) -> int:
@@ -53,28 +55,38 @@ def _fileobj_to_fd(fileobj: Any) -> int:
 
 
 class _Target:
-    """The dispatch target of one registered file object: its handlers note readiness."""
+    """The dispatch target of one registered file object: its handlers note readiness.
 
-    __slots__ = ("fd", "key", "ready")
+    ``mask`` accumulates this select's events; ``turn`` says which select it belongs to,
+    so the target is listed once per select however many times it is reported.
+    """
 
-    def __init__(self, key: selectors.SelectorKey, ready: list[tuple[Any, int]]) -> None:
+    __slots__ = ("fd", "key", "mask", "selector", "turn")
+
+    def __init__(self, key: selectors.SelectorKey, selector: DispatchSelector) -> None:
         self.fd = key.fd
         self.key = key
-        self.ready = ready
+        self.selector = selector
+        self.mask = 0
+        self.turn = -1
 
     def fileno(self) -> int:
         return self.fd
 
+    def _note(self, event: int) -> None:
+        selector = self.selector
+        if self.turn == selector._turn:
+            self.mask |= event
+        else:
+            self.turn = selector._turn
+            self.mask = event
+            selector._ready.append(self)
+
     def handle_read_event(self) -> None:
-        self.ready.append((self.key, _READ))
+        self._note(_READ)
 
     def handle_write_event(self) -> None:
-        ready = self.ready
-        # Rule 4: a READ for this target, if any, was noted just before: merge.
-        if ready and ready[-1][0] is self.key:
-            ready[-1] = (self.key, _READ | _WRITE)
-        else:
-            ready.append((self.key, _WRITE))
+        self._note(_WRITE)
 
     def __repr__(self) -> str:
         return f"<DispatchSelector target fd={self.fd}>"
@@ -124,7 +136,8 @@ class DispatchSelector(selectors.BaseSelector):
         self.dispatcher: IDispatchContext = dispatcher
         """The dispatch context."""
         self._targets: dict[int, _Target] = {}
-        self._ready: list[tuple[Any, int]] = []
+        self._ready: list[_Target] = []
+        self._turn = 0  # numbers the selects (see _Target)
         self._map: _KeyMap | None = _KeyMap(self)
 
     def _fd_of(self, fileobj: Any) -> int:
@@ -148,7 +161,7 @@ class DispatchSelector(selectors.BaseSelector):
         key = selectors.SelectorKey(fileobj, self._fd_of(fileobj), events, data)
         if key.fd in self._targets:
             raise KeyError(f"{fileobj!r} (FD {key.fd}) is already registered")
-        target = _Target(key, self._ready)
+        target = _Target(key, self)
         # The context may refuse the descriptor (select: FD_SETSIZE; epoll: a regular
         # file): nothing is recorded then.
         self.dispatcher.register(target, _EVENTS[events])
@@ -178,10 +191,15 @@ class DispatchSelector(selectors.BaseSelector):
         if events != key.events:
             if not events or events & ~(_READ | _WRITE):
                 raise ValueError(f"Invalid events: {events!r}")
-            if target in self.dispatcher:
-                self.dispatcher.modify(target, _EVENTS[events])
-            else:  # evicted as closed (rule 6): let the context decide again
-                self.dispatcher.register(target, _EVENTS[events])
+            try:
+                if target in self.dispatcher:
+                    self.dispatcher.modify(target, _EVENTS[events])
+                else:  # evicted as closed (rule 6): let the context decide again
+                    self.dispatcher.register(target, _EVENTS[events])
+            except BaseException:
+                # As selectors does (bpo-30014): a failed modify leaves it unregistered.
+                self.unregister(fileobj)
+                raise
             key = key._replace(events=events, data=data)
         elif data is not key.data:
             key = key._replace(data=data)
@@ -195,9 +213,19 @@ class DispatchSelector(selectors.BaseSelector):
         """Wait up to *timeout* seconds (``None``: block, ``<= 0``: poll) and return the
         ready ``(key, events)`` pairs."""
         ready = self._ready
+        self._turn += 1
         try:
-            self.dispatcher.dispatch_once(timeout, self._evicted)
-            return ready.copy()
+            calls = self.dispatcher.dispatch_once(timeout, self._evicted)
+            # A backend may cap the reports of one wait (epoll and kqueue: at
+            # _LARGE_BATCH, level-triggered, so the rest come next time); selectors
+            # reports every ready descriptor at once.  The kernel rotates its ready list,
+            # so polling again until nothing new comes collects them all.
+            while calls >= _LARGE_BATCH:
+                known = len(ready)
+                calls = self.dispatcher.dispatch_once(0, self._evicted)
+                if len(ready) == known:
+                    break
+            return [(target.key, target.mask) for target in ready]
         finally:
             ready.clear()
 
@@ -205,7 +233,7 @@ class DispatchSelector(selectors.BaseSelector):
         # Our handlers never raise, so this is rule 6: the context found the descriptor
         # closed and unregistered it.  Report it ready, as PollSelector reports POLLNVAL.
         if isinstance(target, _Target) and self._targets.get(target.fd) is target:
-            self._ready.append((target.key, target.key.events))
+            target._note(target.key.events)
 
     @override
     def close(self) -> None:
