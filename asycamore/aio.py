@@ -68,6 +68,8 @@ class _Host:
         self._waiting: asyncio.Future[bool] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = math.inf  # loop time the current round may wait until
+        self.finished = False
+        """Set by :meth:`finish`: the hosting ends without another dispatch."""
         _hosted.add(key)
         try:
             if self._fd is not None:
@@ -112,7 +114,7 @@ class _Host:
         self._readiness.arm()
         ready = False
         try:
-            ready = await waiting
+            ready = bool(await waiting)
         finally:
             self._waiting = None
             self._set_timer(math.inf)
@@ -134,34 +136,45 @@ class _Host:
             else:
                 self._set_timer(when)
 
+    def finish(self) -> None:
+        """End the hosting now, without dispatching again (the context is gone)."""
+        self.finished = True
+        self.hurry(-math.inf)
+
     # -- one round ---------------------------------------------------------------------
 
     async def round(self, dispatchvars: MutableMapping[str, Any]) -> None:
-        """Wait as ``dispatch_once(dispatchvars["timeout"])`` would, then dispatch."""
+        """Wait as ``dispatch_once(dispatchvars["timeout"])`` would, and dispatch."""
         loop = self._loop
+        dispatcher = self._dispatcher
         timeout = dispatchvars["timeout"]
         if timeout is not None and timeout <= 0:
             self._deadline = -math.inf
             await asyncio.sleep(0)  # other tasks run between rounds
-        else:
-            self._deadline = math.inf if timeout is None else loop.time() + timeout
-            if self._fd is not None:
+            if not self.finished:
+                dispatcher.dispatch_once(0, dispatchvars["error_in_handler"])
+            return
+        self._deadline = math.inf if timeout is None else loop.time() + timeout
+        fd = self._fd
+        if fd is None:  # "probe" mode: see asycamore.nesting
+            await asyncio.sleep(0)
+            pauses = probe_intervals()
+        # A dispatch that makes no handler call is invisible to the caller, so it does
+        # not end the round: a readiness report can be stale by the time the task runs
+        # (asyncio may have collected it before the previous round consumed it), and in
+        # "probe" mode finding nothing is the normal case.  finish() is honoured after
+        # every wait.
+        while True:
+            if fd is not None:
                 await self._wait(self._deadline)
-            else:
-                await self._probe(dispatchvars)
+            if self.finished:
                 return
-        self._dispatcher.dispatch_once(0, dispatchvars["error_in_handler"])
-
-    async def _probe(self, dispatchvars: MutableMapping[str, Any]) -> None:
-        # "probe" mode (see asycamore.nesting): dispatch_once(0) is both the readiness
-        # test and the round's dispatch; the probes that find nothing are invisible.
-        await asyncio.sleep(0)
-        for pause in probe_intervals():
-            if self._dispatcher.dispatch_once(0, dispatchvars["error_in_handler"]):
+            if dispatcher.dispatch_once(0, dispatchvars["error_in_handler"]):
                 return
-            if self._loop.time() >= self._deadline:
+            if loop.time() >= self._deadline:
                 return
-            await self._wait(min(self._deadline, self._loop.time() + pause))
+            if fd is None:
+                await self._wait(min(self._deadline, loop.time() + next(pauses)))
 
 
 @contextlib.contextmanager
@@ -195,6 +208,8 @@ async def _iterate(host: _Host, dispatcher: IDispatchContext, dispatchvars: Any)
         if dispatchvars["count"] == 0:
             return
         await host.round(dispatchvars)
+        if host.finished:
+            return
         if dispatchvars["count"] > 0:
             dispatchvars["count"] -= 1
         if not _run_callback("after_dispatch", dispatcher, dispatchvars):
@@ -263,7 +278,10 @@ async def serve(service: Service) -> None:
     with _hosting(dispatcher) as host:
 
         def on_schedule(when: float) -> None:
-            host.hurry(-math.inf if when == -math.inf else when - service.time())
+            if service.closed:
+                host.finish()
+            else:
+                host.hurry(-math.inf if when == -math.inf else when - service.time())
 
         with service.serving(on_schedule=on_schedule):
             dispatchvars = service.dispatchvars

@@ -247,9 +247,10 @@ class _Waiter:
             with self._cond:
                 while self._snapshot is None and not self._closing:
                     self._cond.wait()
-                if self._closing:
+                snapshot = self._snapshot
+                if self._closing or snapshot is None:
                     return
-                snapshot, self._snapshot = self._snapshot, None
+                self._snapshot = None
                 generation = self._generation
                 self._polling = True
             poller = select.poll()

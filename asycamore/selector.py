@@ -152,9 +152,7 @@ class DispatchSelector(selectors.BaseSelector):
             raise
 
     @override
-    def register(
-        self, fileobj: Any, events: int, data: Any = None
-    ) -> selectors.SelectorKey:
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         """Register *fileobj* for *events*; return its :class:`~selectors.SelectorKey`."""
         if not events or events & ~(_READ | _WRITE):
             raise ValueError(f"Invalid events: {events!r}")

@@ -65,9 +65,7 @@ def _per_mechanism(suite: str, backend: str) -> type | None:
     def create_event_loop(self: Any) -> asyncio.AbstractEventLoop:
         return aio.new_event_loop(backend)
 
-    cls = type(
-        f"Test_{suite}_{backend}", (base,), {"create_event_loop": create_event_loop}
-    )
+    cls = type(f"Test_{suite}_{backend}", (base,), {"create_event_loop": create_event_loop})
     _exclude(cls, suite)
     return cls
 
@@ -86,7 +84,7 @@ def _with_loop_factory(suite: str, class_name: str, backend: str) -> type | None
         attrs["create_event_loop"] = create_event_loop
     else:  # the suite calls asyncio.new_event_loop(): the policy decides
 
-        def setUp(self: Any) -> None:  # noqa: N802 (unittest's name)
+        def setUp(self: Any) -> None:
             asyncio.set_event_loop_policy(aio.EventLoopPolicy(backend))
             self.addCleanup(asyncio.set_event_loop_policy, None)
             base.setUp(self)
