@@ -41,10 +41,6 @@ __all__ = ["EventLoopPolicy", "iterate", "new_event_loop", "run", "serve"]
 
 _T = TypeVar("_T")
 
-# Contexts hosted right now (by id): a second host on the same context would dispatch
-# it from two places at once, and a handler that starts one re-enters dispatch_once.
-_hosted: set[int] = set()
-
 
 class _Host:
     """One context hosted by the running asyncio loop: the waits between rounds.
@@ -55,22 +51,15 @@ class _Host:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, dispatcher: IDispatchContext) -> None:
-        key = id(dispatcher)
-        if key in _hosted:
-            raise RuntimeError(
-                f"{dispatcher!r} is already hosted by a running asycamore.aio.iterate or "
-                "serve (a handler may not start another one on it)"
-            )
         self._loop = loop
         self._dispatcher = dispatcher
-        self._readiness = Readiness(dispatcher)
+        self._readiness = Readiness(dispatcher)  # refuses a context hosted already
         self._fd = self._readiness.fileno()
         self._waiting: asyncio.Future[bool] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = math.inf  # loop time the current round may wait until
         self.finished = False
         """Set by :meth:`finish`: the hosting ends without another dispatch."""
-        _hosted.add(key)
         try:
             if self._fd is not None:
                 loop.add_reader(self._fd, self._on_readable)
@@ -85,7 +74,6 @@ class _Host:
                 self._loop.remove_reader(self._fd)
             self._fd = None
         self._readiness.close()
-        _hosted.discard(id(self._dispatcher))
 
     # -- waiting ---------------------------------------------------------------------
 

@@ -61,6 +61,12 @@ _POLLOUT: Final = getattr(select, "POLLOUT", 4)
 _TO_POLL: Final = (0, _POLLIN, _POLLOUT, _POLLIN | _POLLOUT)
 
 
+# The contexts with an open Readiness (by id).  Two hosts of one context would dispatch
+# it from two places, and a handler that starts a host on its own context would
+# re-enter dispatch_once.
+_hosted: set[int] = set()
+
+
 def probe_intervals() -> Iterator[float]:
     """The pauses between probes of a ``"probe"``-mode context: 1 ms, doubling to
     :data:`PROBE_MAX_INTERVAL`, then that forever.  Start a new one after activity."""
@@ -88,6 +94,10 @@ class Readiness:
        cancellation), before dispatching;
     4. :meth:`close` when done.  It leaves the context as it found it.
 
+    A context has one :class:`Readiness` at a time (:class:`RuntimeError` otherwise):
+    that is how every host refuses to host a context twice, or to be started from one
+    of the context's own handlers.
+
     For a ``"fileno"`` context all but :meth:`fileno` are no-ops.
     """
 
@@ -95,9 +105,16 @@ class Readiness:
     """How readiness is learned (see the module docstring)."""
 
     def __init__(self, dispatcher: IDispatchContext) -> None:
+        if id(dispatcher) in _hosted:
+            raise RuntimeError(
+                f"{dispatcher!r} is already hosted by a foreign loop (asycamore.aio, "
+                "asycamore.tk): one host at a time, and a handler may not start another "
+                "on its own context"
+            )
         self.dispatcher = dispatcher
         """The context watched."""
         self._waiter: _Waiter | None = None
+        self._closed = False
         fileno = getattr(dispatcher, "fileno", None)
         if callable(fileno):
             self.mode = "fileno"
@@ -111,6 +128,7 @@ class Readiness:
         else:
             self.mode = "probe"
             self._fileno = None
+        _hosted.add(id(dispatcher))
 
     def fileno(self) -> int | None:
         """The descriptor to watch for reading, or ``None`` in ``"probe"`` mode."""
@@ -135,9 +153,13 @@ class Readiness:
 
     def close(self) -> None:
         """Stop the helper thread (joined) and close its sockets.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         if self._waiter is not None:
             self._waiter.close()
             self._waiter = None
+        _hosted.discard(id(self.dispatcher))
 
     def __enter__(self) -> Readiness:
         return self
