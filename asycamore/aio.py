@@ -136,32 +136,27 @@ class _Host:
         loop = self._loop
         dispatcher = self._dispatcher
         timeout = dispatchvars["timeout"]
-        if timeout is not None and timeout <= 0:
-            self._deadline = -math.inf
-            await asyncio.sleep(0)  # other tasks run between rounds
-            if not self.finished:
-                dispatcher.dispatch_once(0, dispatchvars["error_in_handler"])
-            return
-        self._deadline = math.inf if timeout is None else loop.time() + timeout
-        fd = self._fd
-        if fd is None:  # "probe" mode: see asycamore.nesting
-            await asyncio.sleep(0)
-            pauses = probe_intervals()
+        if timeout is None:
+            self._deadline = math.inf
+        else:
+            self._deadline = -math.inf if timeout <= 0 else loop.time() + timeout
+        pauses = probe_intervals() if self._fd is None else None
+        await asyncio.sleep(0)  # other tasks run between rounds
         # A dispatch that makes no handler call is invisible to the caller, so it does
-        # not end the round: a readiness report can be stale by the time the task runs
-        # (asyncio may have collected it before the previous round consumed it), and in
-        # "probe" mode finding nothing is the normal case.  finish() is honoured after
-        # every wait.
-        while True:
-            if fd is not None:
-                await self._wait(self._deadline)
-            if self.finished:
-                return
+        # not end the round (unless the timeout has passed).  That lets a round try
+        # ``dispatch_once(0)`` before waiting -- when the context is busy it is ready
+        # already, and waiting for the descriptor would cost a turn of the loop -- and
+        # makes a stale readiness report harmless (asyncio may have collected it before
+        # the previous round consumed the readiness).  In "probe" mode finding nothing
+        # is the normal case.
+        while not self.finished:
             if dispatcher.dispatch_once(0, dispatchvars["error_in_handler"]):
                 return
             if loop.time() >= self._deadline:
                 return
-            if fd is None:
+            if pauses is None:
+                await self._wait(self._deadline)
+            else:
                 await self._wait(min(self._deadline, loop.time() + next(pauses)))
 
 

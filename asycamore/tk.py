@@ -121,14 +121,10 @@ class Hosting:
             self._finish(None)
             return
         timeout = self.dispatchvars["timeout"]
-        now = time.monotonic()
-        self._deadline = math.inf if timeout is None else now + max(timeout, 0.0)
+        self._deadline = math.inf if timeout is None else time.monotonic() + max(timeout, 0.0)
         self._pauses = probe_intervals()
         self._in_round = True
-        if self._fd is None or self._deadline <= now:
-            self._later(0, self._attempt)  # other events first, then probe/dispatch
-        else:
-            self._wait()
+        self._later(0, self._attempt)  # other events first, then try to dispatch
 
     def _wait(self) -> None:
         self._waiting = True
@@ -137,8 +133,10 @@ class Hosting:
             self._later(_ms(self._deadline - time.monotonic()), self._attempt)
 
     def _attempt(self) -> None:
-        # The descriptor was readable, the deadline passed or a probe is due.  As in
-        # asycamore.aio, a dispatch without a handler call does not end the round.
+        # The round's first try, the descriptor was readable, the deadline passed or a
+        # probe is due.  As in asycamore.aio, a dispatch without a handler call does not
+        # end the round (unless the timeout has passed): a busy context is dispatched
+        # without waiting, and a stale readiness report is harmless.
         if self._waiting:
             self._waiting = False
             self._readiness.disarm()
