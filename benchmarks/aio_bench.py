@@ -37,6 +37,7 @@ SERVERS = suite.SERVERS
 WORKLOADS = ("pingpong", "bulk")
 TARGETS = (
     ("aio-loop-epoll", "asyncio", 0.95),
+    ("aio-loop-epoll-buffered", "asyncio-buffered", 0.95),
     ("aio-serve-epoll", "asycamore-epoll", 0.90),
 )
 
@@ -49,6 +50,19 @@ def subjects() -> list[suite.Subject]:
         suite.Subject(
             "aio-loop-epoll",
             [py, str(SERVERS / "aio_echo.py"), "--mode", "loop", "--backend", "epoll"],
+        ),
+        suite.Subject("asyncio-buffered", [py, str(SERVERS / "asyncio_echo.py"), "--buffered"]),
+        suite.Subject(
+            "aio-loop-epoll-buffered",
+            [
+                py,
+                str(SERVERS / "aio_echo.py"),
+                "--mode",
+                "loop",
+                "--backend",
+                "epoll",
+                "--buffered",
+            ],
         ),
         suite.Subject("asycamore-epoll", bench.asycamore_echo_command("epoll")),
         suite.Subject(

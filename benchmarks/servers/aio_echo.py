@@ -44,9 +44,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--uvloop", action="store_true", help="--mode serve: host on uvloop")
+    parser.add_argument("--buffered", action="store_true", help="--mode loop: BufferedProtocol")
     args = parser.parse_args()
     if args.mode == "loop":
-        aio.run(asyncio_echo.serve(args.host, args.port), backend=args.backend)
+        aio.run(asyncio_echo.serve(args.host, args.port, args.buffered), backend=args.backend)
     elif args.uvloop:
         import uvloop
 
