@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as suite  # noqa: E402  (benchmarks/run.py, next to this file)
+import run as suite  # benchmarks/run.py, next to this file
 
-from asycamore import bench  # noqa: E402
+from asycamore import bench
 
 SERVERS = suite.SERVERS
 WORKLOADS = ("pingpong", "bulk")

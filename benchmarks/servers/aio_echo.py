@@ -22,7 +22,7 @@ from asycamore.echo import EchoProtocol
 from asycamore.servicemodel import Service
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import asyncio_echo  # noqa: E402  (the reference server, next to this file)
+import asyncio_echo  # the reference server, next to this file
 
 
 async def serve_hosted(backend: str | None, host: str, port: int) -> None:
