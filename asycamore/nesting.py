@@ -13,8 +13,8 @@ There are three ways to get such a descriptor, tried in this order:
     readable while any registered descriptor is ready.  No thread, no extra system call.
 
 ``"thread"``
-    The context has ``interest()`` and ``watch_interest()`` (select, poll: see
-    :meth:`asycamore.backends._base.DispatcherBase.interest`).  While the foreign loop
+    The context has ``interest()`` and ``watch_interest()`` (every built-in backend
+    does; select and poll get here).  While the foreign loop
     waits (between :meth:`Readiness.arm` and the next :meth:`Readiness.disarm`), a
     helper thread blocks in :func:`select.poll` over a snapshot of the context's
     interest, taken in the loop's thread, and writes one byte to a socket pair when a
