@@ -371,9 +371,10 @@ def test_idle_costs_no_cpu(dispatcher: Any, pair: tuple[socket.socket, socket.so
     assert used < 0.1, used
 
 
-def test_call_soon_threadsafe_from_another_thread_wakes_serve() -> None:
+@pytest.mark.parametrize("backend", HOSTED)
+def test_call_soon_threadsafe_from_another_thread_wakes_serve(backend: str) -> None:
     async def main() -> float:
-        with Service("poll") as service:
+        with Service(backend) as service:
             served = asyncio.create_task(aio.serve(service))
             await asyncio.sleep(0.05)
             woke = asyncio.get_running_loop().create_future()
@@ -412,6 +413,43 @@ def test_a_deadline_moved_earlier_by_a_host_callback_is_met() -> None:
             return float(when - start)
 
     assert 0.04 <= asyncio.run(main()) < 1.0
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_an_idle_asyncio_loop_on_asycamore_costs_no_cpu(backend: str) -> None:
+    async def main() -> float:
+        await asyncio.sleep(0.05)
+        start = time.process_time()
+        await asyncio.sleep(0.5)
+        return time.process_time() - start
+
+    assert aio.run(main(), backend=backend) < 0.1
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="the backends do not refuse a re-entrant dispatch_once yet (being added on "
+    "main); asycamore.aio refuses a hosted loop started from a handler (see "
+    "test_one_host_per_context_and_no_reentry)",
+)
+def test_a_reentrant_dispatch_once_from_a_hosted_handler_is_refused(
+    dispatcher: Any, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = pair
+    failures: list[Exception] = []
+
+    class Reentrant(Reader):
+        def handle_read_event(self) -> None:
+            super().handle_read_event()
+            try:
+                dispatcher.dispatch_once(0)
+            except RuntimeError as exc:
+                failures.append(exc)
+
+    dispatcher.register(Reentrant(a))
+    b.send(b"x")
+    asyncio.run(aio.iterate(dispatcher, 5.0, 1))
+    assert len(failures) == 1
 
 
 # -- aio.serve ------------------------------------------------------------------------------
