@@ -98,7 +98,7 @@ def test_thread_mode_signals_readiness_and_stops(
 def test_thread_mode_renews_a_stale_wait(pair: tuple[socket.socket, socket.socket]) -> None:
     """An interest change during a wait: the thread gives up its snapshot, consume()
     says "wait again" and re-arms with the new interest."""
-    a, b = pair
+    a, _ = pair
     c, d = socket.socketpair()
     with c, d, asycamore.create_dispatcher("select") as dispatcher:
         dispatcher.register(Target(a))
