@@ -93,12 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--only", default=",".join(WORKLOADS))
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--quiet-wait", type=float, help="seconds to wait for idle CPUs before a measurement"
+    )
     args = parser.parse_args(argv)
     cfg = suite.QUICK if args.quick else suite.FULL
     if args.rounds:
         cfg.rounds = args.rounds
     if args.seconds:
         cfg.seconds = args.seconds
+    if args.quiet_wait is not None:
+        cfg.quiet_wait = args.quiet_wait
     workloads = [w for w in WORKLOADS if w in args.only.split(",")]
     bench.raise_nofile_limit()
     cpus = bench.cpu_layout()

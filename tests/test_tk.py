@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 import time
@@ -21,12 +22,21 @@ AVAILABLE = [info.name for info in asycamore.list_backends() if info.available]
 HOSTED = [name for name in ("select", "poll", "epoll", "kqueue") if name in AVAILABLE]
 
 
-@pytest.fixture
-def tcl() -> Any:
+@pytest.fixture(scope="module")
+def tcl() -> Iterator[Any]:
+    """One interpreter for the module, released in this thread.
+
+    A Tcl interpreter must be deleted by the thread that made it (Tcl aborts the
+    process otherwise): one left to the garbage collector can be collected in whatever
+    thread triggers a collection -- here, the tests' client threads.
+    """
     try:
-        return tkinter.Tcl()
+        interpreter = tkinter.Tcl()
     except tkinter.TclError as exc:  # pragma: no cover - a Python without Tcl
         pytest.skip(f"no Tcl: {exc}")
+    yield interpreter
+    del interpreter
+    gc.collect()
 
 
 def run_until(tcl: Any, done: Callable[[], bool], limit: float = 10.0) -> None:
