@@ -55,38 +55,29 @@ def _fileobj_to_fd(fileobj: Any) -> int:
 
 
 class _Target:
-    """The dispatch target of one registered file object: its handlers note readiness.
+    """The dispatch target of one registered file object: its handlers note readiness
+    in the selector's list of ``(key, events)``."""
 
-    ``mask`` accumulates this select's events; ``turn`` says which select it belongs to,
-    so the target is listed once per select however many times it is reported.
-    """
+    __slots__ = ("fd", "key", "ready")
 
-    __slots__ = ("fd", "key", "mask", "selector", "turn")
-
-    def __init__(self, key: selectors.SelectorKey, selector: DispatchSelector) -> None:
+    def __init__(self, key: selectors.SelectorKey, ready: list[tuple[Any, int]]) -> None:
         self.fd = key.fd
         self.key = key
-        self.selector = selector
-        self.mask = 0
-        self.turn = -1
+        self.ready = ready
 
     def fileno(self) -> int:
         return self.fd
 
-    def _note(self, event: int) -> None:
-        selector = self.selector
-        if self.turn == selector._turn:
-            self.mask |= event
-        else:
-            self.turn = selector._turn
-            self.mask = event
-            selector._ready.append(self)
-
     def handle_read_event(self) -> None:
-        self._note(_READ)
+        self.ready.append((self.key, _READ))
 
     def handle_write_event(self) -> None:
-        self._note(_WRITE)
+        ready = self.ready
+        # Rule 4: this target's READ, if any, was noted just before: one entry.
+        if ready and ready[-1][0] is self.key:
+            ready[-1] = (self.key, _READ | _WRITE)
+        else:
+            ready.append((self.key, _WRITE))
 
     def __repr__(self) -> str:
         return f"<DispatchSelector target fd={self.fd}>"
@@ -136,8 +127,10 @@ class DispatchSelector(selectors.BaseSelector):
         self.dispatcher: IDispatchContext = dispatcher
         """The dispatch context."""
         self._targets: dict[int, _Target] = {}
-        self._ready: list[_Target] = []
-        self._turn = 0  # numbers the selects (see _Target)
+        self._ready: list[tuple[Any, int]] = []
+        # Bound once: select() runs on every turn of an asyncio loop.
+        self._dispatch_once = dispatcher.dispatch_once
+        self._on_evicted = self._evicted
         self._map: _KeyMap | None = _KeyMap(self)
 
     def _fd_of(self, fileobj: Any) -> int:
@@ -159,7 +152,7 @@ class DispatchSelector(selectors.BaseSelector):
         key = selectors.SelectorKey(fileobj, self._fd_of(fileobj), events, data)
         if key.fd in self._targets:
             raise KeyError(f"{fileobj!r} (FD {key.fd}) is already registered")
-        target = _Target(key, self)
+        target = _Target(key, self._ready)
         # The context may refuse the descriptor (select: FD_SETSIZE; epoll: a regular
         # file): nothing is recorded then.
         self.dispatcher.register(target, _EVENTS[events])
@@ -210,28 +203,47 @@ class DispatchSelector(selectors.BaseSelector):
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         """Wait up to *timeout* seconds (``None``: block, ``<= 0``: poll) and return the
         ready ``(key, events)`` pairs."""
+        # This runs once per turn of an asyncio loop: kept to the bone.
         ready = self._ready
-        self._turn += 1
-        try:
-            calls = self.dispatcher.dispatch_once(timeout, self._evicted)
-            # A backend may cap the reports of one wait (epoll and kqueue: at
-            # _LARGE_BATCH, level-triggered, so the rest come next time); selectors
-            # reports every ready descriptor at once.  The kernel rotates its ready list,
-            # so polling again until nothing new comes collects them all.
-            while calls >= _LARGE_BATCH:
-                known = len(ready)
-                calls = self.dispatcher.dispatch_once(0, self._evicted)
-                if len(ready) == known:
-                    break
-            return [(target.key, target.mask) for target in ready]
-        finally:
+        ready.clear()  # of a select that an exception (a signal handler's) cut short
+        if self._dispatch_once(timeout, self._on_evicted) >= _LARGE_BATCH:
+            self._collect_all()
+        result = ready.copy()
+        ready.clear()
+        return result
+
+    def _collect_all(self) -> None:
+        """After a large batch: poll again until nothing new comes, one entry per key.
+
+        A backend may cap the reports of one wait (epoll and kqueue: at
+        _LARGE_BATCH, level-triggered, so the rest come next time); selectors reports
+        every ready descriptor at once.  The kernel rotates its ready list, so polling
+        again collects them all; a descriptor reported twice is merged.
+        """
+        ready = self._ready
+        merged: dict[int, tuple[Any, int]] = {}
+
+        def merge() -> None:
+            for key, events in ready:
+                if key.fd in merged:
+                    events |= merged[key.fd][1]
+                merged[key.fd] = (key, events)
             ready.clear()
+
+        merge()
+        while True:
+            calls = self._dispatch_once(0, self._on_evicted)
+            known = len(merged)
+            merge()
+            if calls < _LARGE_BATCH or len(merged) == known:
+                break
+        ready.extend(merged.values())
 
     def _evicted(self, target: IDispatchTarget, exc: Exception) -> None:
         # Our handlers never raise, so this is rule 6: the context found the descriptor
         # closed and unregistered it.  Report it ready, as PollSelector reports POLLNVAL.
         if isinstance(target, _Target) and self._targets.get(target.fd) is target:
-            target._note(target.key.events)
+            self._ready.append((target.key, target.key.events))
 
     @override
     def close(self) -> None:
