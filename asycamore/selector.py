@@ -225,9 +225,8 @@ class DispatchSelector(selectors.BaseSelector):
 
         def merge() -> None:
             for key, events in ready:
-                if key.fd in merged:
-                    events |= merged[key.fd][1]
-                merged[key.fd] = (key, events)
+                earlier = merged.get(key.fd)
+                merged[key.fd] = (key, events | earlier[1] if earlier else events)
             ready.clear()
 
         merge()
