@@ -526,12 +526,37 @@ def test_shutdown_loop_first_then_context(backend: str) -> None:
     fds, threads = _open_fds(), _threads()
     dispatcher = asycamore.create_dispatcher(backend)
     loop = asyncio.new_event_loop()
-    task = loop.create_task(aio.iterate(dispatcher, None))
-    loop.run_until_complete(asyncio.sleep(0.02))
+    watched = len(loop._selector.get_map())  # type: ignore[attr-defined]
+    task = loop.create_task(aio.iterate(dispatcher, 0.01))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert len(loop._selector.get_map()) == watched + 1  # type: ignore[attr-defined]
     task.cancel()
     loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+    # No reader and no timer left behind: the loop has nothing to wake up for.
+    assert len(loop._selector.get_map()) == watched  # type: ignore[attr-defined]
+    start = time.monotonic()
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert time.monotonic() - start < 1.0
     loop.close()
     dispatcher.dispatch_once(0)  # usable
+    dispatcher.close()
+    assert (_open_fds(), _threads()) == (fds, threads)
+
+
+@pytest.mark.parametrize("backend", HOSTED)
+def test_shutdown_loop_closed_under_a_pending_hosting(backend: str) -> None:
+    """The loop closed with the hosting task still pending (no cancel): when the task's
+    coroutine is collected, the hosting is undone all the same."""
+    fds, threads = _open_fds(), _threads()
+    dispatcher = asycamore.create_dispatcher(backend)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(aio.iterate(dispatcher, None))
+    loop.run_until_complete(asyncio.sleep(0.02))
+    loop.close()
+    coroutine = task.get_coro()
+    del task
+    assert coroutine is not None
+    coroutine.close()  # what the garbage collector does to a pending coroutine
     dispatcher.close()
     assert (_open_fds(), _threads()) == (fds, threads)
 
