@@ -138,6 +138,8 @@ class _Host:
         timeout = dispatchvars["timeout"]
         if timeout is None:
             self._deadline = math.inf
+        elif math.isnan(timeout):
+            raise ValueError("timeout is NaN")  # as the backends' dispatch_once does
         else:
             self._deadline = -math.inf if timeout <= 0 else loop.time() + timeout
         pauses = probe_intervals() if self._fd is None else None
@@ -219,9 +221,13 @@ async def iterate(
     calls ``dispatch_once(0, error_in_handler)`` in the loop's thread.
 
     Cancelling the awaiting task ends the loop between rounds (or during a wait) and
-    leaves the context usable.  A context can be hosted by one :func:`iterate` or
-    :func:`serve` at a time (:class:`RuntimeError` otherwise, also for a handler that
-    tries to start one on its own context).
+    leaves the context usable.  (As from any coroutine, a :class:`StopIteration` that
+    escapes ``dispatch_once`` -- from an *error_in_handler* -- surfaces as
+    :class:`RuntimeError`; from the callbacks it ends the loop, as documented.)
+
+    A context can be hosted by one :func:`iterate` or :func:`serve` at a time
+    (:class:`RuntimeError` otherwise, also for a handler that tries to start one on its
+    own context).
     """
     if dispatchvars is None:
         dispatchvars = {}

@@ -77,9 +77,13 @@ class Hosting:
         self._in_round = False  # between before_dispatch and after_dispatch
         self._deadline = math.inf
         self._pauses = probe_intervals()
-        if self._fd is not None:
-            master.tk.createfilehandler(self._fd, tkinter.READABLE, self._on_readable)
-        self._later(0, self._begin)
+        try:
+            if self._fd is not None:
+                master.tk.createfilehandler(self._fd, tkinter.READABLE, self._on_readable)
+            self._later(0, self._begin)
+        except BaseException:
+            self._readiness.close()
+            raise
 
     # -- Tk plumbing -------------------------------------------------------------------
 
@@ -121,6 +125,8 @@ class Hosting:
             self._finish(None)
             return
         timeout = self.dispatchvars["timeout"]
+        if timeout is not None and math.isnan(timeout):
+            raise ValueError("timeout is NaN")  # as the backends' dispatch_once does
         self._deadline = math.inf if timeout is None else time.monotonic() + max(timeout, 0.0)
         self._pauses = probe_intervals()
         self._in_round = True
