@@ -367,7 +367,7 @@ async def hosted():
         mode = Readiness(dispatcher).mode
         return dispatcher.name, mode, reader.threads == {threading.get_ident()}
 
-class Demo(cpython.BaseSelectorTestCase, unittest.TestCase):
+class Demo(cpython.BaseSelectorTestCase, cpython.ScalableSelectorMixIn, unittest.TestCase):
     class SELECTOR(DispatchSelector):
         def __init__(self):
             super().__init__("demo")
@@ -390,7 +390,7 @@ def test_asyncio_on_the_plugin_and_the_plugin_in_asyncio(venv: PluginVenv) -> No
     assert result["echo"] == ["demo", "hello"]
     assert result["hosted"] == ["demo", "probe", True]
     runs, failed = result["selectors"]
-    assert runs >= 15 and failed == 0
+    assert runs >= 16 and failed == 0
 
 
 # -- uninstalling -------------------------------------------------------------------------
