@@ -16,8 +16,10 @@ Subjects (echo servers, loopback, each in its own process pinned like run.py's):
                        on a stock asyncio loop
 
 ``inprocess`` runs asyncio_echo.py's BufferedProtocol server and a client on one loop,
-stock against ``aio.new_event_loop("epoll")``, and compares the process's CPU time per
-message: the loop's share is doubled and no other process takes part.
+stock against ``aio.new_event_loop("epoll")``, and ``asycamore echo``'s protocol with
+asycamore clients in one Service, ``serve_forever`` against ``aio.serve``; it compares
+the process's CPU time per message (the loop's share is doubled and no other process
+takes part, so these ratios hold on a busy machine).
 
 Targets (issue 12): ``aio-loop-epoll`` >= 0.95x ``asyncio`` (and the same for the
 BufferedProtocol pair, which does not allocate per read); ``aio-serve-epoll`` >= 0.9x
@@ -46,6 +48,8 @@ import asyncio_echo
 import run as suite
 
 from asycamore import aio, bench
+from asycamore.echo import EchoProtocol
+from asycamore.servicemodel import Connection, Protocol, Service
 
 SERVERS = suite.SERVERS
 WORKLOADS = ("pingpong", "bulk", "inprocess")
@@ -182,6 +186,66 @@ def inprocess(rounds: int, messages: int) -> dict[str, Any]:
     }
 
 
+class _ServicePingPong(Protocol):
+    """A client connection of the in-process Service workload (64 B in flight)."""
+
+    def __init__(self, messages: int, service: Service, finished: list[int]) -> None:
+        super().__init__()
+        self.left = messages
+        self.service = service
+        self.finished = finished
+
+    def connection_made(self, transport: Connection) -> None:
+        super().connection_made(transport)
+        transport.write(b"x" * 64)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.left -= 1
+        if self.left > 0:
+            self.transport.write(b"x" * 64)
+            return
+        self.finished.append(1)
+        self.transport.close()
+        if len(self.finished) == _CONNS:
+            self.service.stop()
+
+
+_CONNS = 16
+
+
+def _service_pingpong(messages: int, hosted: bool) -> float:
+    """``asycamore echo``'s protocol and asycamore clients in one Service, run by
+    serve_forever or by aio.serve on a stock asyncio loop: CPU us per message."""
+    with Service("epoll") as service:
+        listener = service.listen_tcp(EchoProtocol, "127.0.0.1", 0)
+        finished: list[int] = []
+        start = time.process_time()
+        for _ in range(_CONNS):
+            client = _ServicePingPong(messages // _CONNS, service, finished)
+            service.connect_tcp(client, "127.0.0.1", listener.port)
+        if hosted:
+            asyncio.run(aio.serve(service))
+        else:
+            service.serve_forever(handle_signals=False)
+        used = time.process_time() - start
+    return used / messages * 1e6
+
+
+def inprocess_serve(rounds: int, messages: int) -> dict[str, Any]:
+    """:func:`_service_pingpong` standalone and hosted, interleaved."""
+    alone, hosted = [], []
+    for _ in range(rounds):
+        alone.append(_service_pingpong(messages, hosted=False))
+        hosted.append(_service_pingpong(messages, hosted=True))
+    return {
+        "unit": "CPU us/msg",
+        "asycamore-epoll": statistics.median(alone),
+        "aio-serve-epoll": statistics.median(hosted),
+        "ratio": statistics.median(a / h for a, h in zip(alone, hosted, strict=True)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the rounds, print a table and the target ratios; optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -215,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "inprocess" in workloads:
         suite.log("[inprocess] asyncio vs aio-loop-epoll, one process ...")
-        doc["inprocess"] = inprocess(max(cfg.rounds, 3), 2_000 if args.quick else 20_000)
+        messages = 2_000 if args.quick else 20_000
+        doc["inprocess"] = inprocess(max(cfg.rounds, 3), messages)
+        suite.log("[inprocess] asycamore echo's Service: serve_forever vs aio.serve ...")
+        doc["inprocess_serve"] = inprocess_serve(max(cfg.rounds, 3), messages)
     for workload in [w for w in workloads if w != "inprocess"]:
         rounds: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
         for number in range(cfg.rounds):
@@ -273,6 +340,15 @@ def main(argv: list[str] | None = None) -> int:
             f"  asyncio {got['asyncio']:.2f}  aio-loop-epoll {got['aio-loop-epoll']:.2f}"
             f"  target aio-loop-epoll / asyncio >= 0.95: {got['ratio']:.3f}"
             f" ({'met' if got['ratio'] >= 0.95 else 'MISSED'})"
+        )
+    if "inprocess_serve" in doc:
+        got = doc["inprocess_serve"]
+        print(
+            f"inprocess (asycamore echo's Service and asycamore clients, CPU us/msg)\n"
+            f"  asycamore-epoll {got['asycamore-epoll']:.2f}"
+            f"  aio-serve-epoll {got['aio-serve-epoll']:.2f}"
+            f"  target aio-serve-epoll / asycamore-epoll >= 0.9: {got['ratio']:.3f}"
+            f" ({'met' if got['ratio'] >= 0.9 else 'MISSED'})"
         )
     if args.out:
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
