@@ -45,9 +45,9 @@ _T = TypeVar("_T")
 class _Host:
     """One context hosted by the running asyncio loop: the waits between rounds.
 
-    The readiness descriptor stays registered with the loop for the whole hosting (not
-    per round: that would be two system calls a round).  A wait is a future that the
-    descriptor, the round's deadline or :meth:`hurry` completes.
+    A wait is a future that the readiness descriptor, the round's deadline or
+    :meth:`hurry` completes.  A busy round dispatches without waiting, so the waits --
+    and the loop's reader on the descriptor -- only come in when the context is idle.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, dispatcher: IDispatchContext) -> None:
@@ -60,19 +60,24 @@ class _Host:
         self._deadline = math.inf  # loop time the current round may wait until
         self.finished = False
         """Set by :meth:`finish`: the hosting ends without another dispatch."""
+        # "fileno" mode watches the context's descriptor only while a round waits: it
+        # stays readable while the context is busy, and a busy round never waits, so
+        # keeping it watched would cost a no-op callback on every turn of the loop.
+        # The helper thread's socket ("thread" mode) is only signalled during a wait.
+        self._watch_per_wait = self._readiness.mode == "fileno"
+        self._watched = False
         try:
-            if self._fd is not None:
+            if self._fd is not None and not self._watch_per_wait:
                 loop.add_reader(self._fd, self._on_readable)
+                self._watched = True
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        if self._fd is not None:
-            # The loop may be closed already (shutdown in that order): nothing to remove.
-            with contextlib.suppress(RuntimeError, ValueError, OSError):
-                self._loop.remove_reader(self._fd)
-            self._fd = None
+        if self._watched:
+            self._unwatch()
+        self._fd = None
         self._readiness.close()
 
     # -- waiting ---------------------------------------------------------------------
@@ -95,10 +100,19 @@ class _Host:
         if when < math.inf:
             self._timer = self._loop.call_at(when, self._on_deadline)
 
+    def _unwatch(self) -> None:
+        self._watched = False
+        # The loop may be closed already (shutdown in that order): nothing to remove.
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
+            self._loop.remove_reader(self._fd)
+
     async def _wait(self, until: float) -> bool:
         """Wait for readiness (if there is a descriptor) until loop time *until*."""
         waiting = self._waiting = self._loop.create_future()
         self._set_timer(until)
+        if self._fd is not None and not self._watched:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._watched = True
         self._readiness.arm()
         ready = False
         try:
@@ -108,6 +122,8 @@ class _Host:
             self._set_timer(math.inf)
             if not ready:
                 self._readiness.disarm()
+            if self._watch_per_wait and self._watched:
+                self._unwatch()
         return ready
 
     def hurry(self, delay: float) -> None:

@@ -529,7 +529,6 @@ def test_shutdown_loop_first_then_context(backend: str) -> None:
     watched = len(loop._selector.get_map())  # type: ignore[attr-defined]
     task = loop.create_task(aio.iterate(dispatcher, 0.01))
     loop.run_until_complete(asyncio.sleep(0.05))
-    assert len(loop._selector.get_map()) == watched + 1  # type: ignore[attr-defined]
     task.cancel()
     loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
     # No reader and no timer left behind: the loop has nothing to wake up for.
