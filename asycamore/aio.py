@@ -103,8 +103,9 @@ class _Host:
     def _unwatch(self) -> None:
         self._watched = False
         # The loop may be closed already (shutdown in that order): nothing to remove.
-        with contextlib.suppress(RuntimeError, ValueError, OSError):
-            self._loop.remove_reader(self._fd)
+        if self._fd is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                self._loop.remove_reader(self._fd)
 
     async def _wait(self, until: float) -> bool:
         """Wait for readiness (if there is a descriptor) until loop time *until*."""
