@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import statistics
 import sys
 import time
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": bench.machine_info(),
         "generator": "c" if loadgen is not None else "python",
         "config": {"rounds": cfg.rounds, "seconds": cfg.seconds},
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "command": " ".join(["aio_bench.py", *(argv if argv is not None else sys.argv[1:])]),
         "workloads": {},
     }
@@ -350,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  target aio-serve-epoll / asycamore-epoll >= 0.9: {got['ratio']:.3f}"
             f" ({'met' if got['ratio'] >= 0.9 else 'MISSED'})"
         )
+    doc["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.out:
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
