@@ -14,11 +14,10 @@ There are three ways to get such a descriptor, tried in this order:
 
 ``"thread"``
     The context has ``interest()`` and ``watch_interest()`` (every built-in backend
-    does; select and poll get here).  While the foreign loop
-    waits (between :meth:`Readiness.arm` and the next :meth:`Readiness.disarm`), a
-    helper thread blocks in :func:`select.poll` over a snapshot of the context's
-    interest, taken in the loop's thread, and writes one byte to a socket pair when a
-    descriptor is ready.  The thread never calls the context and never runs a handler;
+    does; select and poll get here).  While the foreign loop waits (between
+    :meth:`Readiness.arm` and the next :meth:`Readiness.disarm`), a helper thread
+    blocks in :func:`select.poll` over a snapshot of the context's interest, taken in
+    the loop's thread, and writes one byte to a socket pair when a descriptor is ready.  The thread never calls the context and never runs a handler;
     it only *sees* readiness, so handlers run in the loop's thread, and an idle context
     costs a blocked thread and no CPU.  When the interest changes while the thread waits
     (another task of the foreign loop registers a target or asks to write), the
