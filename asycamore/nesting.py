@@ -17,9 +17,10 @@ There are three ways to get such a descriptor, tried in this order:
     does; select and poll get here).  While the foreign loop waits (between
     :meth:`Readiness.arm` and the next :meth:`Readiness.disarm`), a helper thread
     blocks in :func:`select.poll` over a snapshot of the context's interest, taken in
-    the loop's thread, and writes one byte to a socket pair when a descriptor is ready.  The thread never calls the context and never runs a handler;
-    it only *sees* readiness, so handlers run in the loop's thread, and an idle context
-    costs a blocked thread and no CPU.  When the interest changes while the thread waits
+    the loop's thread, and writes one byte to a socket pair when a descriptor is ready.
+    The thread never calls the context and never runs a handler; it only *sees*
+    readiness, so handlers run in the loop's thread, and an idle context costs a
+    blocked thread and no CPU.  When the interest changes while the thread waits
     (another task of the foreign loop registers a target or asks to write), the
     context's watcher makes the thread give up its stale wait and the next
     :meth:`Readiness.consume` says "wait again" (``False``), after a fresh snapshot.
