@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -18,6 +19,9 @@ from .tables import text_table
 __all__ = ["UsageError", "main"]
 
 EXIT_USAGE = 2
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?", re.ASCII)
+MIN_BENCH_SECONDS = 0.01
+"""The shortest ``asycamore bench --seconds``: below it a measurement is noise."""
 MAX_BENCH_SECONDS = 600.0
 """The longest ``asycamore bench --seconds``: each backend is measured several times, so
 a longer one is a mistake (``inf`` would never end)."""
@@ -79,14 +83,13 @@ def _port(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    # `not 0 < value <= max` also refuses NaN, which compares false with everything.
-    if not 0 < value <= MAX_BENCH_SECONDS:
+    # Plain decimal notation only: float() would also take " 1", "1_0" and "nan".
+    if not _DECIMAL.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}")
+    value = float(text)
+    if not MIN_BENCH_SECONDS <= value <= MAX_BENCH_SECONDS:
         raise argparse.ArgumentTypeError(
-            f"{text} is not a number of seconds in (0, {MAX_BENCH_SECONDS:g}]"
+            f"{text} is not a number of seconds in [{MIN_BENCH_SECONDS:g}, {MAX_BENCH_SECONDS:g}]"
         )
     return value
 

@@ -998,7 +998,11 @@ class Service:
         for conn in transports:
             hook = getattr(conn.handler, "service_stopping", None)
             try:
-                if hook is not None:
+                if isinstance(conn, Connection) and conn.connecting:
+                    # Still resolving or connecting: its protocol has no transport yet,
+                    # and a connection made during the stop would be a new one.
+                    conn.close()  # connection_failed(ECONNABORTED)
+                elif hook is not None:
                     hook()
                 else:
                     conn.close()
@@ -1049,6 +1053,9 @@ class Service:
         self._closed = True
         with contextlib.suppress(KeyError, ValueError):
             self.dispatcher.unregister(self._waker)
+        # Closed from inside serve_forever, the signal handlers are still ours: the
+        # wake-up fd must not outlive the socket (its number may be reused at once).
+        self._signals.detach_waker()
         self._waker.close()
         if self._owns_dispatcher:
             self.dispatcher.close()

@@ -84,7 +84,10 @@ def _checked_time(value: float, what: str) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{what} must be a number, not {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond a float (10**400): as good as infinite
+        value = math.inf if value > 0 else -math.inf
     if math.isnan(value):
         raise ValueError(f"{what} must not be NaN")
     return value
