@@ -665,3 +665,21 @@ def test_close_from_a_callback_unhooks_the_signal_wakeup_at_once() -> None:
     service.serve_forever()
     assert seen == [-1]
     assert signal.set_wakeup_fd(-1) == -1
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+def test_a_v4_mapped_host_is_served(udp: bool) -> None:
+    """``--host ::ffff:127.0.0.1`` is an IPv6 literal for 127.0.0.1: served, not EINVAL."""
+    args = ["--host", "::ffff:127.0.0.1", *(["--udp"] if udp else [])]
+    with _echo(*args) as (proc, port):
+        if udp:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5)
+                sock.sendto(b"mapped", ("127.0.0.1", port))
+                assert sock.recvfrom(100)[0] == b"mapped"
+        else:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"mapped")
+                assert sock.recv(100) == b"mapped"
+        proc.send_signal(signal.SIGTERM)
+        assert _wait(proc) == 0

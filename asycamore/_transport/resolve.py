@@ -42,6 +42,7 @@ __all__ = [
     "check_port",
     "has_ipv6_loopback",
     "is_localhost",
+    "is_v4_mapped",
     "numeric_addresses",
     "resolve",
     "resolve_later",
@@ -122,6 +123,15 @@ def _getaddrinfo(
             seen.add(info[4])
             unique.append(info)
     return unique
+
+
+def is_v4_mapped(address: Any) -> bool:
+    """Whether a socket address is an IPv4-mapped IPv6 one (``::ffff:127.0.0.1``).
+
+    Such an address only works on a socket without ``IPV6_V6ONLY``: it *is* IPv4.
+    """
+    host = address[0] if isinstance(address, tuple) else ""
+    return isinstance(host, str) and host.lower().startswith("::ffff:") and "." in host
 
 
 def check_port(port: int) -> None:
