@@ -6,6 +6,8 @@ Bad input ends a command with exit status 2 and one line on stderr, never a trac
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -18,6 +20,9 @@ __all__ = ["UsageError", "main"]
 
 EXIT_USAGE = 2
 MAX_WORKERS = 64  # asycamore.workers.MAX_WORKERS, without importing it to parse arguments
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?", re.ASCII)
+MIN_BENCH_SECONDS = 0.01
+"""The shortest ``asycamore bench --seconds``: below it a measurement is noise."""
 MAX_BENCH_SECONDS = 600.0
 """The longest ``asycamore bench --seconds``: each backend is measured several times, so
 a longer one is a mistake (``inf`` would never end)."""
@@ -85,24 +90,23 @@ def _port(text: str) -> int:
 
 
 def _workers(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}") from None
+    # ASCII decimal digits only, as for ports: int() would also take " 3", "1_0", "٣".
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}")
+    count = int(text)
     if not 1 <= count <= MAX_WORKERS:
         raise argparse.ArgumentTypeError(f"worker count {count} is out of range 1-{MAX_WORKERS}")
     return count
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    # `not 0 < value <= max` also refuses NaN, which compares false with everything.
-    if not 0 < value <= MAX_BENCH_SECONDS:
+    # Plain decimal notation only: float() would also take " 1", "1_0" and "nan".
+    if not _DECIMAL.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}")
+    value = float(text)
+    if not MIN_BENCH_SECONDS <= value <= MAX_BENCH_SECONDS:
         raise argparse.ArgumentTypeError(
-            f"{text} is not a number of seconds in (0, {MAX_BENCH_SECONDS:g}]"
+            f"{text} is not a number of seconds in [{MIN_BENCH_SECONDS:g}, {MAX_BENCH_SECONDS:g}]"
         )
     return value
 
@@ -118,8 +122,6 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         # Say why (a bad $ASYCAMORE_BACKEND, say), not just that there is no default.
         default, no_default = None, str(exc)
     if args.json:
-        import json
-
         rows = [
             {
                 "name": info.name,

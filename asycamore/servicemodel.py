@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import socket
 import threading
@@ -329,6 +330,7 @@ class Service:
         self._stopping = False
         self._stop_timer: TimerHandle | None = None
         self._signals = SignalCatcher(self._waker)
+        self._on_schedule: Callable[[float], object] | None = None
         self._closed = False
 
     # -- scheduling ------------------------------------------------------------------------
@@ -339,13 +341,18 @@ class Service:
 
     def call_soon(self, callback: Callable[..., object], *args: Any) -> TimerHandle:
         """Call ``callback(*args)`` before the next dispatch (in order of calls)."""
-        return self._ready.append(callback, *args)
+        handle = self._ready.append(callback, *args)
+        if self._on_schedule is not None:
+            self._on_schedule(-math.inf)
+        return handle
 
     def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> TimerHandle:
         """Like :meth:`call_soon`, from any thread: wakes the service if it is blocked."""
         handle = self._ready.append(callback, *args)
         if threading.get_ident() != self._thread_id:
             self._waker.wake()
+        elif self._on_schedule is not None:
+            self._on_schedule(-math.inf)
         return handle
 
     def wakeup(self) -> None:
@@ -946,23 +953,47 @@ class Service:
         the previous handlers and wake-up fd are restored afterwards (see
         :meth:`signal_handling`).
         """
+        with self.serving(), contextlib.ExitStack() as stack:
+            if handle_signals:
+                stack.enter_context(self.signal_handling())
+            iterate(
+                self.dispatcher,
+                timeout=None,
+                dispatchvars=self.dispatchvars,
+                before_dispatch=self.before_dispatch,
+                error_in_handler=self.error_in_handler,
+            )
+
+    @contextlib.contextmanager
+    def serving(self, *, on_schedule: Callable[[float], object] | None = None) -> Iterator[None]:
+        """A context manager: the service runs in this thread while it is active.
+
+        :meth:`serve_forever` runs :func:`~asycamore.iterate` inside it; a foreign main
+        loop (:func:`asycamore.aio.serve`) drives :meth:`before_dispatch`,
+        :meth:`error_in_handler` and the dispatcher inside it instead.  While active,
+        :attr:`running` is true, :meth:`stop` and :meth:`call_soon_threadsafe` from other
+        threads wake the dispatcher, and on exit a stop in progress is reset.
+
+        *on_schedule* is for a loop that waits for the dispatcher's readiness with its own
+        deadline: ``on_schedule(when)`` is called, in this thread, whenever something is
+        scheduled that the next :meth:`before_dispatch` must handle by *when* on the
+        :meth:`time` clock (``-inf``: at once) -- a queued callback, a timer, a stop or a
+        close -- so that a wait the loop already started can be cut short.  (Inside a
+        dispatch, or from other threads, nothing is missed: the next round, or the wake-up
+        socket, sees it.)
+        """
         self._check_open()
         if self._running:
             raise RuntimeError("the service is already running")
         self._running = True
         self._thread_id = threading.get_ident()
+        self._on_schedule = on_schedule
+        self.timers.on_schedule = on_schedule
         try:
-            with contextlib.ExitStack() as stack:
-                if handle_signals:
-                    stack.enter_context(self.signal_handling())
-                iterate(
-                    self.dispatcher,
-                    timeout=None,
-                    dispatchvars=self.dispatchvars,
-                    before_dispatch=self.before_dispatch,
-                    error_in_handler=self.error_in_handler,
-                )
+            yield
         finally:
+            self._on_schedule = None
+            self.timers.on_schedule = None
             self._running = False
             self._thread_id = None
             self._stopping = False
@@ -1021,7 +1052,11 @@ class Service:
         for conn in transports:
             hook = getattr(conn.handler, "service_stopping", None)
             try:
-                if hook is not None:
+                if isinstance(conn, Connection) and conn.connecting:
+                    # Still resolving or connecting: its protocol has no transport yet,
+                    # and a connection made during the stop would be a new one.
+                    conn.close()  # connection_failed(ECONNABORTED)
+                elif hook is not None:
                     hook()
                 else:
                     conn.close()
@@ -1032,6 +1067,8 @@ class Service:
             self._stop_timer = self.timers.call_later(
                 self.stop_timeout if timeout is None else timeout, self._stop_timed_out
             )
+        elif self._on_schedule is not None:
+            self._on_schedule(-math.inf)  # nothing left to wait for: end the loop now
 
     def _stop_timed_out(self) -> None:
         self._stop_timer = None
@@ -1070,9 +1107,19 @@ class Service:
         self._closed = True
         with contextlib.suppress(KeyError, ValueError):
             self.dispatcher.unregister(self._waker)
+        # Closed from inside serve_forever, the signal handlers are still ours: the
+        # wake-up fd must not outlive the socket (its number may be reused at once).
+        self._signals.detach_waker()
         self._waker.close()
         if self._owns_dispatcher:
             self.dispatcher.close()
+        if self._on_schedule is not None:
+            self._on_schedule(-math.inf)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def __enter__(self) -> Service:
         return self

@@ -84,7 +84,10 @@ def _checked_time(value: float, what: str) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{what} must be a number, not {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond a float (10**400): as good as infinite
+        value = math.inf if value > 0 else -math.inf
     if math.isnan(value):
         raise ValueError(f"{what} must not be NaN")
     return value
@@ -114,6 +117,10 @@ class Timers:
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._cancelled = 0
+        self.on_schedule: Callable[[float], object] | None = None
+        """Called with the due time of every new call, if set: a foreign main loop that
+        waits with a deadline of its own learns to wait less (see
+        :meth:`asycamore.servicemodel.Service.serving`)."""
 
     def time(self) -> float:
         """The current time on this heap's clock."""
@@ -125,6 +132,8 @@ class Timers:
             when = _checked_time(when, "the time")
         handle = TimerHandle(when, callback, args, self)
         heapq.heappush(self._heap, (when, next(self._seq), handle))
+        if self.on_schedule is not None:
+            self.on_schedule(when)
         return handle
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:

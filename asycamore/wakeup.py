@@ -96,6 +96,16 @@ class SignalCatcher:
         """Whether the handlers are installed."""
         return self._active
 
+    def detach_waker(self) -> None:
+        """Stop signals from writing to the waker, which is about to be closed.
+
+        The handlers stay installed until :meth:`installed` exits (which restores the
+        previous wake-up fd); meanwhile a signal is still noted, just not written
+        anywhere.  Does nothing when the handlers are not installed.
+        """
+        if self._active:
+            signal.set_wakeup_fd(-1)
+
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self.pending.append(signum)
 

@@ -41,7 +41,7 @@ import errno
 import math
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, Self, TypeVar
 
 from asycamore.dispatcher import ErrorHandler, Events, IDispatchTarget, close_on_error
@@ -241,6 +241,7 @@ class DispatcherBase:
         # target alive, so its id cannot be reused while it is registered.
         self._by_target: dict[int, Registration] = {}
         self._state = 0  # _CLOSED | _INHERITED | _DISPATCHING bits
+        self._interest_watcher: Callable[[], object] | None = None
         if self.rebuild_after_fork:
             _FORK_SENSITIVE.add(self)
 
@@ -367,6 +368,8 @@ class DispatcherBase:
         registration = Registration(target, fd, mask)
         self._by_fd[fd] = registration
         self._by_target[id(target)] = registration
+        if mask and self._interest_watcher is not None:
+            self._interest_watcher()
 
     def modify(self, target: IDispatchTarget, events: Events) -> None:
         """Change the events *target* is watched for; no system call if nothing changes."""
@@ -384,6 +387,8 @@ class DispatcherBase:
         else:
             self.kernel_modify(registration.fd, old, mask)
         registration.events = mask
+        if self._interest_watcher is not None:
+            self._interest_watcher()
 
     def unregister(self, target: IDispatchTarget) -> None:
         """Stop watching *target*; works after its descriptor was closed."""
@@ -399,6 +404,8 @@ class DispatcherBase:
         # parent's, and the rebuild at the next use starts from the registrations anyway.
         if events and not self._state & _UNUSABLE:
             self.kernel_remove(registration.fd, events)
+            if self._interest_watcher is not None:
+                self._interest_watcher()
 
     def _registration(self, target: IDispatchTarget) -> Registration:
         try:
@@ -413,6 +420,30 @@ class DispatcherBase:
     def __len__(self) -> int:
         """The number of registered targets."""
         return len(self._by_target)
+
+    # -- hosting in a foreign main loop ---------------------------------------------------
+    #
+    # epoll and kqueue hand a foreign loop one descriptor (fileno()) that the kernel keeps
+    # readable while a registered descriptor is ready.  select and poll have no such
+    # descriptor; these two methods let asycamore.nesting wait for them in a helper thread
+    # over the same descriptors, and learn when to wait over a new set.
+
+    def interest(self) -> dict[int, Events]:
+        """A snapshot of what this context asks the OS about: ``{fd: events}``.
+
+        Targets registered with ``Events.NONE`` are left out (they receive nothing).
+        For :mod:`asycamore.nesting`, which waits over these descriptors in a helper
+        thread when a context has no ``fileno()``.
+        """
+        return {fd: Events(r.events) for fd, r in self._by_fd.items() if r.events}
+
+    def watch_interest(self, callback: Callable[[], object] | None) -> None:
+        """Call ``callback()`` after every change to :meth:`interest` (``None``: stop).
+
+        It runs in the thread that made the change, inside ``register``, ``modify`` or
+        ``unregister``; it must not call back into the context.  One watcher at a time.
+        """
+        self._interest_watcher = callback
 
     # -- dispatch ------------------------------------------------------------------------
 

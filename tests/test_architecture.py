@@ -50,8 +50,12 @@ def _imported_modules(module_name: str, path: Path, tree: ast.Module) -> list[tu
     return found
 
 
+# namedtuple's public API has leading underscores (to keep clear of field names).
+NAMEDTUPLE_API = frozenset({"_asdict", "_field_defaults", "_fields", "_make", "_replace"})
+
+
 def _private(name: str) -> bool:
-    return name.startswith("_") and not name.startswith("__")
+    return name.startswith("_") and not name.startswith("__") and name not in NAMEDTUPLE_API
 
 
 def _own_private_names(tree: ast.Module) -> set[str]:

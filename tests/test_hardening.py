@@ -523,3 +523,163 @@ def test_a_child_closing_an_inherited_service_leaves_the_parent_serving(backend:
         service.call_later(5, pytest.fail, "stop() from another thread was not heard")
         service.serve_forever(handle_signals=False)
         stopper.join()
+
+
+# -- found by a hostile review ---------------------------------------------------------------
+
+
+def test_a_client_connected_by_name_lingers_too() -> None:
+    """close() of a connection to "localhost" waits for the peer's EOF, as by number."""
+    server = socket.create_server(("127.0.0.1", 0))
+    lost: list[BaseException | None] = []
+
+    class Client(Protocol):
+        def data_received(self, data: bytes) -> None:
+            self.transport.close()
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            lost.append(exc)
+
+    with Service() as service, server:
+        service.connect_tcp(Client(), "localhost", server.getsockname()[1])
+        peer, _ = server.accept()
+        with peer:
+            peer.settimeout(5)
+            peer.sendall(b"x" * 100_000)  # the client closes on the first read
+            assert _until_eof(service, peer)
+            peer.sendall(b"y" * 100_000)  # still talking after the client's EOF...
+            time.sleep(0.05)
+            peer.sendall(b"z" * 100_000)  # ...and no reset came back
+        deadline = time.monotonic() + 5
+        while not lost and time.monotonic() < deadline:
+            service.run_once(0.01)
+        assert lost == [None]
+
+
+def _until_eof(service: Service, sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            service.run_once(0.01)
+            try:
+                if sock.recv(1 << 16) == b"":
+                    return True
+            except BlockingIOError:
+                pass
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def test_close_keeps_the_view_with_input_queued_behind() -> None:
+    """Discarding queued input on close() must not overwrite the handler's memoryview."""
+    seen: list[tuple[bytes, bytes]] = []
+
+    class Viewer(Protocol):
+        receive_memoryview = True
+
+        def data_received(self, data: bytes) -> None:
+            before = bytes(data[:16])
+            self.transport.close()
+            seen.append((before, bytes(data[:16])))
+
+    a, b = socket.socketpair()
+    with Service() as service:
+        conn = Connection(
+            service.dispatcher,
+            a,
+            Viewer(),
+            recv_buffer=memoryview(bytearray(16)),
+            timers=service.timers,
+        )
+        b.sendall(b"QUIT-first-chunkPIPELINED-NEXT!!")  # two reads' worth
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            service.run_once(0.01)
+        conn.abort()
+    b.close()
+    assert seen == [(b"QUIT-first-chunk", b"QUIT-first-chunk")]
+
+
+def test_stop_closes_a_connection_still_connecting_at_once() -> None:
+    failed: list[BaseException] = []
+
+    class Client(Protocol):
+        def connection_failed(self, exc: BaseException) -> None:
+            failed.append(exc)
+
+    # A listener whose backlog is full: a connect to it stays in progress.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    with Service(stop_timeout=30) as service, full:
+        with contextlib.suppress(OSError):
+            for _ in range(8):
+                filler = socket.socket()
+                filler.setblocking(False)
+                fillers.append(filler)
+                filler.connect_ex(full.getsockname())
+        service.connect_tcp(Client(), "127.0.0.1", full.getsockname()[1])
+        service.call_later(0.1, service.stop)
+        service.call_later(5, pytest.fail, "the stop waited for the connect")
+        started = time.monotonic()
+        service.serve_forever(handle_signals=False)
+        assert time.monotonic() - started < 3
+    for filler in fillers:
+        filler.close()
+    assert len(failed) <= 1
+    if failed:  # (the kernel may have refused or accepted it meanwhile)
+        assert isinstance(failed[0], OSError)
+
+
+@pytest.mark.parametrize("port", [65536, 65589, 1 << 20, -1])
+def test_ports_beyond_65535_are_refused_everywhere(port: int) -> None:
+    """getaddrinfo takes a port modulo 65536: 65589 would have been port 53."""
+    from asycamore import tcpsocket, udpsocket
+
+    with asycamore.create_dispatcher() as context:
+        for host in ("127.0.0.1", "localhost"):
+            with pytest.raises(OverflowError):
+                tcpsocket.connect_tcp(context, Protocol(), host, port, timers=Timers())
+            with pytest.raises(OverflowError):
+                tcpsocket.listen_tcp(context, Protocol, host, port)
+            with pytest.raises(OverflowError):
+                udpsocket.bind_udp(context, Protocol(), host, port)  # type: ignore[arg-type]
+        assert len(context) == 0
+
+
+def test_close_from_a_callback_unhooks_the_signal_wakeup_at_once() -> None:
+    """The wake-up fd must not point at the closed waker while serve_forever ends."""
+    seen: list[int] = []
+
+    def close_and_look() -> None:
+        service.close()
+        seen.append(signal.set_wakeup_fd(-1))
+
+    service = Service()
+    service.call_later(0.01, close_and_look)
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    service.serve_forever()
+    assert seen == [-1]
+    assert signal.set_wakeup_fd(-1) == -1
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+def test_a_v4_mapped_host_is_served(udp: bool) -> None:
+    """``--host ::ffff:127.0.0.1`` is an IPv6 literal for 127.0.0.1: served, not EINVAL."""
+    args = ["--host", "::ffff:127.0.0.1", *(["--udp"] if udp else [])]
+    with _echo(*args) as (proc, port):
+        if udp:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5)
+                sock.sendto(b"mapped", ("127.0.0.1", port))
+                assert sock.recvfrom(100)[0] == b"mapped"
+        else:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"mapped")
+                assert sock.recv(100) == b"mapped"
+        proc.send_signal(signal.SIGTERM)
+        assert _wait(proc) == 0

@@ -322,6 +322,77 @@ def test_plugin_passes_the_conformance_kit(venv: PluginVenv) -> None:
     assert int(summary.split(" passed")[0].split()[-1]) >= 60
 
 
+# -- asyncio on the plugin, and the plugin inside asyncio -----------------------------------
+
+_ASYNCIO_ON_THE_PLUGIN = """
+import asyncio, json, socket, threading, unittest
+import test.test_selectors as cpython
+import asycamore
+from asycamore import aio
+from asycamore.nesting import Readiness
+from asycamore.selector import DispatchSelector
+
+async def echo():
+    async def handle(reader, writer):
+        writer.write(await reader.readexactly(5))
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+    writer.write(b"hello")
+    data = await reader.read()
+    writer.close()
+    server.close()
+    await server.wait_closed()
+    return asyncio.get_running_loop()._selector.dispatcher.name, data.decode()
+
+class Reader:
+    def __init__(self, sock):
+        self.sock, self.threads = sock, set()
+    def fileno(self):
+        return self.sock.fileno()
+    def handle_read_event(self):
+        self.threads.add(threading.get_ident())
+        self.sock.recv(10)
+    def handle_write_event(self):
+        pass
+
+async def hosted():
+    a, b = socket.socketpair()
+    with asycamore.create_dispatcher() as dispatcher:
+        reader = Reader(a)
+        dispatcher.register(reader)
+        asyncio.get_running_loop().call_later(0.02, b.send, b"x")
+        await aio.iterate(dispatcher, None, 1)
+        mode = Readiness(dispatcher).mode
+        return dispatcher.name, mode, reader.threads == {threading.get_ident()}
+
+class Demo(cpython.BaseSelectorTestCase, cpython.ScalableSelectorMixIn, unittest.TestCase):
+    class SELECTOR(DispatchSelector):
+        def __init__(self):
+            super().__init__("demo")
+
+suite = unittest.defaultTestLoader.loadTestsFromTestCase(Demo)
+result = unittest.TextTestRunner(stream=open("/dev/null", "w")).run(suite)
+print(json.dumps({
+    "echo": aio.run(echo()),
+    "hosted": aio.run(hosted(), backend="select"),
+    "selectors": [result.testsRun, len(result.failures) + len(result.errors)],
+}))
+"""
+
+
+def test_asyncio_on_the_plugin_and_the_plugin_in_asyncio(venv: PluginVenv) -> None:
+    """The demo plugin (the default there: priority 100) under an asyncio program, as
+    the selector of CPython's selectors tests, and hosted by aio.iterate ("thread"
+    mode: it has no fileno(), and interest() comes with the public base it is on)."""
+    result = venv.script(_ASYNCIO_ON_THE_PLUGIN)
+    assert result["echo"] == ["demo", "hello"]
+    assert result["hosted"] == ["demo", "thread", True]
+    runs, failed = result["selectors"]
+    assert runs >= 16 and failed == 0
+
+
 # -- uninstalling -------------------------------------------------------------------------
 
 _STEVEDORE_NAMES = """

@@ -195,7 +195,7 @@ def pid_server(tmp_path: Path) -> Path:
 # -- bad input ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["0", "65", "-1", "abc", "1.5", ""])
+@pytest.mark.parametrize("value", ["0", "65", "-1", "abc", "1.5", "", " 2", "1_0", "\u0663"])
 def test_bad_worker_counts_are_refused(value: str) -> None:
     result = subprocess.run(
         [*ASYCAMORE, "echo", "--workers", value],

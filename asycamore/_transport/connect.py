@@ -470,7 +470,7 @@ def _connect_tcp(
         return _connect(context, sock, address, handler, timeout, timers, options)
     if timeout is not None and timers is None:
         raise ValueError("a connect timeout needs timers")
-    conn = Connection(context, None, handler, start=False, **options)
+    conn = Connection(context, None, handler, timers=timers, start=False, **options)
     eyeballs = _Eyeballs(context, conn, host, port, timeout, timers)
     conn.start_resolving(eyeballs)
     if infos is None:

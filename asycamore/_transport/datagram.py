@@ -51,7 +51,7 @@ from typing import Any, Final, Protocol
 from ..dispatcher import IDispatchContext
 from .base import EVENTS, READ, WRITE, Transport, log
 from .listener import bind_every_address
-from .resolve import resolve
+from .resolve import is_v4_mapped, resolve
 from .stream import default_recv_buffer
 
 __all__ = [
@@ -493,6 +493,7 @@ def create_datagram_socket(
             reuse_port=reuse_port,
             allow_broadcast=allow_broadcast,
             socket_buffer_size=socket_buffer_size,
+            v6only=not is_v4_mapped(local[0][4] if local else target),
         )
         if local is not None:
             sock.bind(local[0][4])
@@ -511,13 +512,15 @@ def setup_datagram_socket(
     reuse_port: bool = False,
     allow_broadcast: bool = False,
     socket_buffer_size: int | None = None,
+    v6only: bool = True,
 ) -> None:
-    """The options :func:`create_datagram_socket` sets before binding a socket."""
+    """The options :func:`create_datagram_socket` sets before binding a socket
+    (*v6only*: ``IPV6_V6ONLY`` on an IPv6 one, unless it is for a v4-mapped address)."""
     if socket_buffer_size is not None:
         # Best effort: the kernel caps both at net.core.rmem_max / wmem_max.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, socket_buffer_size)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, socket_buffer_size)
-    if sock.family == socket.AF_INET6:
+    if sock.family == socket.AF_INET6 and v6only:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -585,6 +588,7 @@ def bind_udp_all(
             reuse_port=reuse_port,
             allow_broadcast=allow_broadcast,
             socket_buffer_size=socket_buffer_size,
+            v6only=False,  # bind_every_address has set it, per address
         )
 
     socks = bind_every_address(infos, port, setup)

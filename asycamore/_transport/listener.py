@@ -15,7 +15,7 @@ from typing import Any, Final
 from ..dispatcher import Events, IDispatchContext
 from ..timers import TimerHandle, Timers
 from .base import DEFAULT_BACKLOG, EVENTS, READ, log
-from .resolve import AddrInfo, resolve
+from .resolve import AddrInfo, is_v4_mapped, resolve
 from .stream import Connection, StreamHandler
 from .tls import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -514,7 +514,7 @@ def bind_every_address(
                         continue
                     raise
                 socks.append(sock)
-                if af == socket.AF_INET6:
+                if af == socket.AF_INET6 and not is_v4_mapped(address):
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 setup(sock)
                 sock.bind((address[0], bound, *address[2:]))

@@ -39,8 +39,10 @@ __all__ = [
     "MAX_WORKERS",
     "AddrInfo",
     "Resolution",
+    "check_port",
     "has_ipv6_loopback",
     "is_localhost",
+    "is_v4_mapped",
     "numeric_addresses",
     "resolve",
     "resolve_later",
@@ -123,6 +125,25 @@ def _getaddrinfo(
     return unique
 
 
+def is_v4_mapped(address: Any) -> bool:
+    """Whether a socket address is an IPv4-mapped IPv6 one (``::ffff:127.0.0.1``).
+
+    Such an address only works on a socket without ``IPV6_V6ONLY``: it *is* IPv4.
+    """
+    host = address[0] if isinstance(address, tuple) else ""
+    return isinstance(host, str) and host.lower().startswith("::ffff:") and "." in host
+
+
+def check_port(port: int) -> None:
+    """OverflowError for a port outside 0-65535, as :meth:`socket.socket.bind` raises.
+
+    glibc's ``getaddrinfo`` takes the port modulo 65536, so without this check port
+    65589 would quietly be port 53.
+    """
+    if not 0 <= port <= 65535:
+        raise OverflowError(f"port must be 0-65535, not {port}")
+
+
 def numeric_addresses(
     host: str | None,
     port: int,
@@ -134,8 +155,10 @@ def numeric_addresses(
 
     That is: a numeric address (``AI_NUMERICHOST``), ``None``/``""`` (with
     ``AI_PASSIVE`` in *flags*: every interface; else the loopback) or a localhost
-    name.  A malformed host raises :class:`socket.gaierror`.
+    name.  A malformed host raises :class:`socket.gaierror`, a port outside 0-65535
+    :class:`OverflowError`.
     """
+    check_port(port)
     if is_localhost(host):
         return _localhost(port, family, type_)
     if host and "\0" in host:
@@ -339,6 +362,7 @@ def resolve_later(
     dispatch) with the addresses, or with ``None`` and the error
     (:class:`socket.gaierror`).  It costs a socket pair while it runs.
     """
+    check_port(port)
     resolution = Resolution(context, callback)
     try:
         _submit(functools.partial(resolution.run, host, port, family, type_, flags))

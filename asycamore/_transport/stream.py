@@ -90,6 +90,9 @@ _SHUT_WR_DONE: Final = 2
 _IOV_MAX: Final = 64  # chunks per sendmsg() call
 _MIN_READ: Final = 64 * 1024  # no read is capped below this (see _first_read_size)
 _LINGER_READS: Final = 16  # reads that close() makes at once to discard queued input
+# Where a closing connection's discarded input goes.  Shared by every thread: what lands
+# in it is never read.
+_DISCARD: Final = memoryview(bytearray(64 * 1024))
 _COALESCE_BELOW: Final = 4096  # small writes are copied into a shared tail chunk...
 _COALESCE_LIMIT: Final = 64 * 1024  # ...until it is this big
 
@@ -657,13 +660,14 @@ class Connection(Transport):
             self._shutdown_write()
             if self._state == _CLOSED:
                 return
-        # Discard what has arrived; a reset or the peer's EOF may already be there.
+        # Discard what has arrived; a reset or the peer's EOF may already be there.  Not
+        # into the shared receive buffer: close() may be called from a data_received that
+        # still holds a view of it (this connection's or another's).
         recv_into = self._sock.recv_into
-        recv_buffer = self._recv_buffer
         sending = False
         for _ in range(_LINGER_READS):
             try:
-                if not recv_into(recv_buffer):
+                if not recv_into(_DISCARD):
                     self._finish(None)
                     return
             except (BlockingIOError, InterruptedError):
@@ -683,6 +687,8 @@ class Connection(Transport):
         # or the linger time: none of the reasons to stop reading applies any more.
         self._deliver = _no_data
         self._wants_views = True  # no bytes copies of what is discarded
+        self._recv_buffer = _DISCARD
+        self._read_size = 0  # the whole of it
         self._read_off = 0
         self._timer = timers.call_later(self._linger, self._linger_over)
         self._update_interest()
