@@ -3,36 +3,23 @@
 Every backend, the built-in ones included, reaches asycamore only through the entry-point
 group ``asycamore.backends``; the core never imports a backend by name.  Discovery is lazy
 (nothing is scanned at ``import asycamore``) and cached for the life of the process.
-
-Reading the entry points
-    A server pays for discovery before its first connection, so the common case is read
-    directly: every ``*.dist-info`` and ``*.egg-info`` directory on :data:`sys.path`, its
-    ``entry_points.txt``, and for the few distributions that declare the group, the
-    ``Name`` and ``Version`` of their ``METADATA``.  That is what :mod:`importlib.metadata`
-    reads too, in the same order and with the same rule for a distribution installed
-    twice (the first on ``sys.path`` wins), without importing it and the :mod:`email`
-    parser it needs for whole metadata files (some 5 MiB and 20 ms).  Anything the short
-    reader does not handle -- a zip file on ``sys.path``, or a meta-path finder of its own
-    that serves distributions -- sends discovery through :mod:`importlib.metadata`.
-    Neither reads stevedore's on-disk entry-point cache, which can serve a stale list
-    after a reinstall (:doc:`/backends`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
+import importlib.metadata
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .dispatcher import IDispatchContext
 from .errors import BackendLoadError, BackendNotFound, BackendUnavailable
 
 if TYPE_CHECKING:
-    import importlib.metadata
+    import stevedore
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -92,142 +79,20 @@ class BackendInfo:
     """False when the plugin failed to import or is not a backend class."""
 
 
-class _Backend(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class _Backend:
     info: BackendInfo
     cls: type[IDispatchContext] | None
     error: BaseException | None
 
 
-class _EntryPoint(NamedTuple):
-    """One entry point of the group, with the distribution that declares it."""
-
-    name: str
-    value: str
-    dist_name: str | None
-    dist_version: str | None
-
-
-def _origin(entry_point: _EntryPoint) -> str:
-    if entry_point.dist_name is None:
+def _origin(entry_point: importlib.metadata.EntryPoint) -> str:
+    dist = entry_point.dist
+    if dist is None:
         return "unknown"
-    if entry_point.dist_name == "asycamore":
+    if dist.name == "asycamore":
         return BUILTIN_ORIGIN
-    return f"{entry_point.dist_name} {entry_point.dist_version}"
-
-
-def _normalize(name: str) -> str:
-    """A distribution name as importlib.metadata compares them (PEP 503, with ``_``)."""
-    out = []
-    for char in name.lower():
-        out.append("_" if char in "-_." else char)
-    return "_".join(part for part in "".join(out).split("_") if part)
-
-
-def _parse_group(text: str, group: str) -> list[tuple[str, str]]:
-    """The ``name = value`` lines of section ``[group]`` of an ``entry_points.txt``
-    (the ini dialect importlib.metadata reads: ``#``/``;`` comments, stripped lines)."""
-    found = []
-    section = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line[0] == "[" and line[-1] == "]":
-            section = line[1:-1].strip()
-        elif section == group:
-            name, sep, value = line.partition("=")
-            if sep:
-                found.append((name.strip(), value.strip()))
-    return found
-
-
-def _read_headers(path: str) -> tuple[str | None, str | None]:
-    """``Name`` and ``Version`` from the header block of a METADATA or PKG-INFO file."""
-    name = version = None
-    try:
-        with open(path, encoding="utf-8", errors="replace") as file:
-            for line in file:
-                if not line.strip():
-                    break
-                key, sep, value = line.partition(":")
-                if sep and key == "Name":
-                    name = value.strip()
-                elif sep and key == "Version":
-                    version = value.strip()
-    except OSError:
-        pass
-    return name, version
-
-
-def _can_read_directly() -> bool:
-    """Whether every distribution importlib.metadata would find sits in a directory
-    on sys.path (the short reader's case)."""
-    from importlib.machinery import PathFinder
-
-    for finder in sys.meta_path:
-        if getattr(finder, "find_distributions", None) is None:
-            continue
-        if finder is not PathFinder and getattr(finder, "__self__", None) is not PathFinder:
-            return False
-    return all(not os.path.isfile(entry) for entry in sys.path)
-
-
-def _read_entry_points(group: str) -> list[_EntryPoint]:
-    """The group's entry points from the ``*.dist-info``/``*.egg-info`` directories on
-    sys.path, one distribution per normalized name (the first found wins, as in
-    importlib.metadata)."""
-    seen: set[str] = set()
-    found: list[_EntryPoint] = []
-    for entry in sys.path:
-        try:
-            names = sorted(os.listdir(entry or "."))
-        except OSError:
-            continue
-        for dirname in names:
-            stem, dot, suffix = dirname.rpartition(".")
-            if not dot or suffix not in ("dist-info", "egg-info"):
-                continue
-            key = _normalize(stem.partition("-")[0])
-            if key in seen:
-                continue
-            seen.add(key)
-            where = os.path.join(entry or ".", dirname)
-            try:
-                with open(os.path.join(where, "entry_points.txt"), encoding="utf-8") as file:
-                    declared = _parse_group(file.read(), group)
-            except OSError:
-                continue
-            if declared:
-                headers = "METADATA" if suffix == "dist-info" else "PKG-INFO"
-                dist_name, dist_version = _read_headers(os.path.join(where, headers))
-                found.extend(_EntryPoint(n, v, dist_name, dist_version) for n, v in declared)
-    return found
-
-
-def _metadata_entry_points(group: str) -> list[_EntryPoint]:
-    """The group's entry points through importlib.metadata (zip files, custom finders)."""
-    import importlib.metadata
-
-    found = []
-    for entry_point in importlib.metadata.entry_points(group=group):
-        dist = entry_point.dist
-        name, version = (None, None) if dist is None else (dist.name, dist.version)
-        found.append(_EntryPoint(entry_point.name, entry_point.value, name, version))
-    return found
-
-
-def _load_entry_point(value: str) -> object:
-    """Import what ``module:attr.attr [extras]`` names (importlib.metadata's
-    ``EntryPoint.load``); an import error or a missing attribute propagates."""
-    target = value.partition("[")[0].strip()
-    module_name, _, attrs = target.partition(":")
-    module_name = module_name.strip()
-    if not module_name:
-        raise ValueError(f"malformed entry point {value!r}")
-    obj: object = importlib.import_module(module_name)
-    for attr in filter(None, (part.strip() for part in attrs.split("."))):
-        obj = getattr(obj, attr)
-    return obj
+    return f"{dist.name} {dist.version}"
 
 
 def _check_backend_class(obj: object) -> type[IDispatchContext]:
@@ -242,20 +107,19 @@ def _check_backend_class(obj: object) -> type[IDispatchContext]:
     return obj
 
 
-def _entry_points() -> list[_EntryPoint]:
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
     """The group's entry points, one per backend name.
 
     When two distributions claim the same name, a built-in keeps it (a stale or broken
     plugin must never take a built-in away); between plugins, the first on ``sys.path``
     wins.  Either way a warning names the one ignored.
     """
-    # Both readers already keep one distribution per normalized name.
-    if _can_read_directly():
-        declared = _read_entry_points(ENTRY_POINT_GROUP)
-    else:
-        declared = _metadata_entry_points(ENTRY_POINT_GROUP)
-    chosen: dict[str, _EntryPoint] = {}
-    for entry_point in declared:
+    # Read straight from importlib.metadata rather than stevedore's on-disk entry-point
+    # cache: that cache can serve a stale list after a reinstall (it hashes directory
+    # mtimes as 32-bit floats), and its entries lose the distribution we report as origin.
+    # entry_points() already keeps one distribution per normalized name.
+    chosen: dict[str, importlib.metadata.EntryPoint] = {}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         current = chosen.get(entry_point.name)
         if current is None:
             chosen[entry_point.name] = entry_point
@@ -275,21 +139,47 @@ def _entry_points() -> list[_EntryPoint]:
     return list(chosen.values())
 
 
+def _load(
+    entry_points: list[importlib.metadata.EntryPoint],
+) -> tuple[stevedore.ExtensionManager[Any], dict[str, BaseException]]:
+    """Load *entry_points* with stevedore; return the manager and the failures by name."""
+    import stevedore
+
+    class _Manager(stevedore.ExtensionManager[Any]):
+        def list_entry_points(self) -> list[importlib.metadata.EntryPoint]:
+            return entry_points
+
+    failures: dict[str, BaseException] = {}
+
+    def on_failure(
+        manager: object, entry_point: importlib.metadata.EntryPoint, exc: BaseException
+    ) -> None:
+        failures[entry_point.name] = exc
+
+    manager = _Manager(ENTRY_POINT_GROUP, on_load_failure_callback=on_failure)
+    return manager, failures
+
+
 @functools.cache
 def _discover() -> dict[str, _Backend]:
+    # One entry point per name, so stevedore's results can be keyed by name.
+    entry_points = _entry_points()
+    manager, failures = _load(entry_points)
+    loaded = {ext.name: ext for ext in manager.extensions}
     backends: dict[str, _Backend] = {}
-    for entry_point in _entry_points():
+    for entry_point in entry_points:
         name = entry_point.name
         origin = _origin(entry_point)
-        error: BaseException | None = None
+        error: BaseException | None = failures.get(name)
         cls: type[IDispatchContext] | None = None
-        try:
-            cls = _check_backend_class(_load_entry_point(entry_point.value))
-        except Exception as exc:
-            # A broken plugin is reported, never allowed to stop the others.
-            error = exc
+        if error is None and name in loaded:
+            try:
+                cls = _check_backend_class(loaded[name].plugin)
+            except TypeError as exc:
+                error = exc
         if cls is None:
-            assert error is not None
+            if error is None:  # pragma: no cover - stevedore reports every failure
+                error = RuntimeError("stevedore did not load the plugin")
             info = BackendInfo(
                 name=name,
                 available=False,
