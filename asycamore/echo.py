@@ -16,14 +16,18 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import ssl
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .servicemodel import DatagramProtocol, Protocol, Service
-from .tcpsocket import Connection, TLSConnection
+from .tcpsocket import Connection
 from .udpsocket import DatagramEndpoint
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .tcpsocket import TLSConnection
 
 __all__ = [
     "DatagramEchoProtocol",
@@ -124,6 +128,8 @@ def tls_server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     will).  A missing, unreadable, malformed or mismatched file raises
     :class:`~asycamore.errors.UsageError` with one line that says which and why.
     """
+    import ssl  # here: a plain-TCP echo does not pay for it at start
+
     for what, path in (("certificate", cert_file), ("key", key_file)):
         try:
             with open(path, "rb"):

@@ -38,8 +38,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
-from ssl import SSLContext
-from typing import Any, ClassVar, Literal, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 from . import tcpsocket, udpsocket
 from .dispatcher import Events, IDispatchContext, IDispatchTarget, close_on_error, iterate
@@ -51,11 +50,15 @@ from .tcpsocket import (
     Connection,
     Listener,
     StreamHandler,
-    TLSConnection,
 )
 from .timers import ReadyQueue, TimerHandle, Timers
 from .udpsocket import MAX_DATAGRAM_SIZE, DatagramEndpoint, DatagramHandler
 from .wakeup import DEFAULT_SIGNALS, SignalCatcher, Waker
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
+    from .tcpsocket import TLSConnection
 
 __all__ = [
     "DEFAULT_STOP_TIMEOUT",
@@ -553,7 +556,7 @@ class Service:
             **self._connection_options(idle_timeout, high_water, low_water),
         )
         # The service tracks plain connections (a TLS one runs on one).
-        self._add(conn.connection if isinstance(conn, TLSConnection) else conn, idle_timeout)
+        self._add(conn if isinstance(conn, Connection) else conn.connection, idle_timeout)
         return conn
 
     @overload

@@ -34,11 +34,15 @@ runs its dispatch context.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._transport.base import (
     DEFAULT_BACKLOG,
+    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HIGH_WATER,
     DEFAULT_LINGER,
     DEFAULT_RECV_BUFFER_SIZE,
+    DEFAULT_SHUTDOWN_TIMEOUT,
 )
 from ._transport.connect import CONNECTION_ATTEMPT_DELAY, ConnectError, connect_tcp, connect_unix
 from ._transport.listener import (
@@ -50,15 +54,29 @@ from ._transport.listener import (
     listen_unix,
 )
 from ._transport.stream import Connection, StreamHandler, default_recv_buffer
-from ._transport.tls import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    TLSConnection,
-    client_context,
-    start_tls,
-    tls_handler_factory,
-)
 from .timers import TimerHandle, Timers
+
+if TYPE_CHECKING:
+    from ._transport.tls import TLSConnection, client_context, start_tls, tls_handler_factory
+
+# The TLS names are imported on first use: ssl costs a plain-TCP program some 6 MiB and
+# 10 ms at start.
+_TLS_NAMES = frozenset({"TLSConnection", "client_context", "start_tls", "tls_handler_factory"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TLS_NAMES:
+        from ._transport import tls
+
+        value = getattr(tls, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _TLS_NAMES)
+
 
 __all__ = [
     "CONNECTION_ATTEMPT_DELAY",

@@ -21,9 +21,11 @@ from ..dispatcher import Events, IDispatchContext
 
 __all__ = [
     "DEFAULT_BACKLOG",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HIGH_WATER",
     "DEFAULT_LINGER",
     "DEFAULT_RECV_BUFFER_SIZE",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
     "EVENTS",
     "NO_SOCKET",
     "READ",
@@ -46,6 +48,13 @@ DEFAULT_HIGH_WATER: Final = 64 * 1024
 DEFAULT_LINGER: Final = 5.0
 """Seconds a closing connection waits for the peer's EOF, discarding its data (the
 ``lingering_timeout`` of nginx): closing with unread input would send a reset."""
+
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 60.0
+"""Seconds a TLS handshake may take before the connection is aborted."""
+
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0
+"""Seconds a closing TLS connection waits for the peer (its close_notify or EOF, and
+for the buffered data to be sent) before it is aborted."""
 
 DEFAULT_BACKLOG: Final = 4096
 """Default ``listen()`` backlog (the kernel caps it at ``net.core.somaxconn``)."""

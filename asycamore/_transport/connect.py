@@ -27,21 +27,18 @@ import collections
 import errno
 import os
 import socket
-from typing import Any, Final, Literal, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 from ..dispatcher import Events, IDispatchContext
 from ..timers import TimerHandle, Timers
-from .base import log
+from .base import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, log
 from .resolve import AddrInfo, Resolution, numeric_addresses, resolve_later
 from .stream import Connection, StreamHandler
-from .tls import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    SSLContext,
-    TLSConnection,
-    check_tls_options,
-    client_context,
-)
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
+    from .tls import TLSConnection
 
 __all__ = ["CONNECTION_ATTEMPT_DELAY", "ConnectError", "connect_tcp", "connect_unix"]
 
@@ -428,6 +425,9 @@ def connect_tcp(
     """
     sslcontext = None
     if ssl is not None and ssl is not False:
+        # Imported here: ssl costs a plain-TCP program some 6 MiB and 10 ms at start.
+        from .tls import TLSConnection, check_tls_options, client_context
+
         # Every TLS argument is checked before a socket exists.
         sslcontext = client_context(ssl)
         check_tls_options(timers, handshake_timeout, shutdown_timeout)

@@ -10,19 +10,23 @@ import socket
 import stat
 from collections.abc import Callable, Sequence
 from time import monotonic
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..dispatcher import Events, IDispatchContext
 from ..timers import TimerHandle, Timers
-from .base import DEFAULT_BACKLOG, EVENTS, READ, log
-from .resolve import AddrInfo, is_v4_mapped, resolve
-from .stream import Connection, StreamHandler
-from .tls import (
+from .base import (
+    DEFAULT_BACKLOG,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
-    SSLContext,
-    tls_handler_factory,
+    EVENTS,
+    READ,
+    log,
 )
+from .resolve import AddrInfo, is_v4_mapped, resolve
+from .stream import Connection, StreamHandler
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 __all__ = [
     "Listener",
@@ -626,6 +630,9 @@ def listen_tcp(
     *strict_eof* are :class:`TLSConnection`'s.
     """
     if ssl is not None:
+        # Imported here: ssl costs a plain-TCP server some 6 MiB and 10 ms at start.
+        from .tls import tls_handler_factory
+
         handler_factory = tls_handler_factory(
             handler_factory,
             ssl,

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from ..timers import TimerHandle, Timers
-from .base import log
+from .base import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, log
 from .stream import Connection, StreamHandler
 
 # For the modules whose ``ssl=`` parameter hides the module's name.
@@ -68,12 +68,6 @@ __all__ = [
     "tls_handler_factory",
 ]
 
-DEFAULT_HANDSHAKE_TIMEOUT: Final = 60.0
-"""Seconds a TLS handshake may take before the connection is aborted."""
-
-DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0
-"""Seconds a closing TLS connection waits for the peer (its close_notify or EOF, and
-for the buffered data to be sent) before it is aborted."""
 
 _DECRYPT_BUFFER_SIZE: Final = 256 * 1024
 
