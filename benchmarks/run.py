@@ -12,6 +12,10 @@ Workloads
     pingpong-idle  the same with 10,000 idle connections open (and the server's RSS)
     bulk           echo, 4 streams of 64 KiB writes, every echoed byte verified
     connrate       connect, send 64 B, read the echo, close; 16 at a time
+
+Suites (run only when named in --only, e.g. ``--only tls,udp,aio,compat``): the scripts
+tls_bench.py, udp_bench.py, aio_bench.py and compat_bench.py beside this one, each with
+its own peers (asyncio, uvloop, pyasyncore) in the same sitting, and runnable alone.
     connrate-idle  the same with 10,000 idle connections open
 
 Subjects: ``asycamore echo`` on every available backend, an ``asyncio.Protocol`` server,
@@ -72,6 +76,15 @@ ECHO_WORKLOADS = ("pingpong", "pingpong-idle", "bulk", "connrate", "connrate-idl
 IDLE_WORKLOADS = ("pingpong-idle", "connrate-idle")
 INPROCESS_WORKLOADS = ("dispatch", "idle")
 ALL_WORKLOADS = INPROCESS_WORKLOADS + ECHO_WORKLOADS
+# Suites with load generators of their own (openssl, UDP peers, asyncio servers,
+# asyncore), each a script beside this one that also runs alone; asked for by name
+# with --only, they run after the echo workloads, in the same sitting.
+SUITES = {
+    "tls": ("tls_bench.py", "TLS bulk MB/s and handshakes/s: asycamore, asyncio, uvloop"),
+    "udp": ("udp_bench.py", "UDP ping-pong datagrams/s: asycamore, asyncio, uvloop"),
+    "aio": ("aio_bench.py", "asyncio on asycamore, and asycamore hosted by asyncio"),
+    "compat": ("compat_bench.py", "asycamore.compat.asyncore against (py)asyncore"),
+}
 
 UNITS = {
     "dispatch": "calls/s",
@@ -864,7 +877,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         type=lambda s: s.split(","),
-        help=f"comma-separated workloads: {','.join(ALL_WORKLOADS)}",
+        help=f"comma-separated workloads: {','.join(ALL_WORKLOADS)}; suites (only when"
+        f" named): {','.join(SUITES)}",
     )
     parser.add_argument(
         "--subjects", type=lambda s: s.split(","), help="comma-separated subject names"
@@ -887,10 +901,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--no-save", action="store_true", help="print only, write no files")
     args = parser.parse_args(argv)
+    suites = []
     if args.only:
-        unknown = set(args.only) - set(ALL_WORKLOADS)
+        unknown = set(args.only) - set(ALL_WORKLOADS) - set(SUITES)
         if unknown:
             parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+        suites = [name for name in SUITES if name in args.only]
+        args.only = [name for name in args.only if name not in SUITES]
+        if suites and not args.only:
+            return run_suites(suites, args)
     if args.quick and args.out == RESULTS:
         args.no_save = True
     results = run(args)
@@ -907,7 +926,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         write_outputs(results, args.out)
         log(f"results written to {args.out}")
-    return 0
+    return run_suites(suites, args) if suites else 0
+
+
+def run_suites(names: list[str], args: argparse.Namespace) -> int:
+    """Run the named suite scripts one after the other, with this run's ``--rounds``."""
+    status = 0
+    for name in names:
+        script, what = SUITES[name]
+        command = [sys.executable, str(Path(__file__).with_name(script))]
+        if args.rounds is not None:
+            command += ["--rounds", str(args.rounds)]
+        log(f"suite {name}: {what}")
+        status = max(status, subprocess.run(command, check=False).returncode)
+    return status
 
 
 if __name__ == "__main__":
