@@ -190,9 +190,17 @@ def iterate(
     dispatchvars["count"] = count
     dispatchvars["timeout"] = timeout
     dispatchvars["error_in_handler"] = error_in_handler
+    # The callbacks are called inline, not through a helper: this loop runs once per
+    # dispatch, and a function call is a sizeable share of a dispatch that handles one
+    # event.  Only the callbacks' StopIteration is the documented stop signal; one
+    # escaping dispatch_once (from an error_in_handler, say) is an ordinary error.
     while True:
-        if not _run_callback("before_dispatch", dispatcher, dispatchvars):
-            return
+        callback = dispatchvars.get("before_dispatch")
+        if callback is not None:
+            try:
+                callback(dispatcher, dispatchvars)
+            except StopIteration:
+                return
         count = dispatchvars["count"]
         if count.__class__ is not int:
             _check_count(count)
@@ -204,27 +212,15 @@ def iterate(
             _check_count(count)
         if count > 0:
             dispatchvars["count"] = count - 1
-        if not _run_callback("after_dispatch", dispatcher, dispatchvars):
-            return
+        callback = dispatchvars.get("after_dispatch")
+        if callback is not None:
+            try:
+                callback(dispatcher, dispatchvars)
+            except StopIteration:
+                return
 
 
 def _check_count(count: object) -> None:
     """Refuse a loop count that is not an int, or is a bool (see `iterate`)."""
     if isinstance(count, bool) or not isinstance(count, int):
         raise TypeError(f"count must be an int (negative: loop forever), not {count!r}")
-
-
-def _run_callback(
-    key: str, dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
-) -> bool:
-    """Call ``dispatchvars[key]`` if set; False when it asked the loop to stop."""
-    callback = dispatchvars.get(key)
-    if callback is None:
-        return True
-    try:
-        callback(dispatcher, dispatchvars)
-    except StopIteration:
-        # Only the callbacks' StopIteration is the documented stop signal; one escaping
-        # dispatch_once (from an error_in_handler, say) is an ordinary error and propagates.
-        return False
-    return True

@@ -906,15 +906,15 @@ class Service:
         """
         if self._signals.pending:
             self._handle_signals()
-        ready = self._ready
-        if ready:
-            ready.run()
-        self.timers.run_due()
+        queued = self._ready.pending
+        if queued:
+            self._ready.run()
+        timeout = self.timers.advance()
         if (self._stopping and not self._connections and not self._endpoints) or self._closed:
             # A close() from a callback or handler also ends the loop, before it would
             # dispatch on the closed context.
             raise StopIteration
-        dispatchvars["timeout"] = 0 if ready else self.timers.timeout()
+        dispatchvars["timeout"] = 0 if queued else timeout
 
     def error_in_handler(self, target: IDispatchTarget, exc: Exception) -> None:
         """The service's error policy for handlers that raise (see rule 7).

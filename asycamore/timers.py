@@ -18,8 +18,8 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable, Collection, MutableMapping
+from typing import Any, Final
 
 from .dispatcher import IDispatchContext
 
@@ -150,8 +150,8 @@ class Timers:
         self._cancelled += 1
         heap = self._heap
         if self._cancelled > 64 and self._cancelled * 2 > len(heap):
-            self._heap = [entry for entry in heap if not entry[2].cancelled]
-            heapq.heapify(self._heap)
+            heap[:] = [entry for entry in heap if not entry[2].cancelled]
+            heapq.heapify(heap)
             self._cancelled = 0
 
     def next_deadline(self) -> float | None:
@@ -201,12 +201,21 @@ class Timers:
                 _log.exception("error in timer callback %r", handle)
         return len(due)
 
+    def advance(self) -> float | None:
+        """:meth:`run_due`, then return :meth:`timeout`: a loop's timer step in one call.
+
+        With nothing scheduled (a loop's usual case) it returns ``None`` at once.
+        """
+        if not self._heap:
+            return None
+        self.run_due()
+        return self.timeout()
+
     def before_dispatch(
         self, dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
     ) -> None:
         """An :func:`~asycamore.iterate` callback: run due calls, set the next timeout."""
-        self.run_due()
-        dispatchvars["timeout"] = self.timeout()
+        dispatchvars["timeout"] = self.advance()
 
 
 class ReadyQueue:
@@ -215,10 +224,15 @@ class ReadyQueue:
     :meth:`append` may be called from any thread; :meth:`run` only from the loop's.
     """
 
-    __slots__ = ("_queue",)
+    __slots__ = ("_queue", "pending")
 
     def __init__(self) -> None:
         self._queue: collections.deque[TimerHandle] = collections.deque()
+        # The same deque, typed read-only: a loop tests it before every dispatch, and
+        # ``len()`` through a Python ``__len__`` would be a call each time.
+        self.pending: Final[Collection[TimerHandle]] = self._queue
+        """The queued handles, live and read-only: ``if queue.pending:`` is the cheap
+        test for queued callbacks (cancelled ones included until they are run)."""
 
     def append(self, callback: Callable[..., object], *args: Any) -> TimerHandle:
         """Queue ``callback(*args)``; the handle can cancel it."""

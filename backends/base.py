@@ -465,35 +465,32 @@ class DispatcherBase:
                 )
             self._settle()
         self._state = _DISPATCHING
+        # The loop over the reports is written here, not in a method of its own: this runs
+        # once per dispatch, and a call is a sizeable part of a dispatch of one event.
         try:
-            return self._dispatch(self.kernel_poll(timeout), error_in_handler)
+            calls = 0
+            for registration, events in self.kernel_poll(timeout):
+                if events & CLOSED:
+                    self._evict_closed(registration, error_in_handler)
+                    continue
+                # Re-check the interest before each handler: an earlier handler in this
+                # round may have changed it, or unregistered the target (which zeroes it).
+                if events & READ and registration.events & READ:
+                    calls += 1
+                    try:
+                        registration.target.handle_read_event()
+                    except Exception as exc:
+                        self._handler_failed(registration.target, exc, error_in_handler)
+                if events & WRITE and registration.events & WRITE:
+                    calls += 1
+                    try:
+                        registration.target.handle_write_event()
+                    except Exception as exc:
+                        self._handler_failed(registration.target, exc, error_in_handler)
+            return calls
         finally:
             # Only this bit (set above): a handler may have closed the context, or forked.
             self._state ^= _DISPATCHING
-
-    def _dispatch(
-        self, ready: list[tuple[Registration, int]], error_in_handler: ErrorHandler | None
-    ) -> int:
-        calls = 0
-        for registration, events in ready:
-            if events & CLOSED:
-                self._evict_closed(registration, error_in_handler)
-                continue
-            # Re-check the interest before each handler: an earlier handler in this
-            # round may have changed it, or unregistered the target (which zeroes it).
-            if events & READ and registration.events & READ:
-                calls += 1
-                try:
-                    registration.target.handle_read_event()
-                except Exception as exc:
-                    self._handler_failed(registration.target, exc, error_in_handler)
-            if events & WRITE and registration.events & WRITE:
-                calls += 1
-                try:
-                    registration.target.handle_write_event()
-                except Exception as exc:
-                    self._handler_failed(registration.target, exc, error_in_handler)
-        return calls
 
     def _handler_failed(
         self, target: IDispatchTarget, exc: Exception, error_in_handler: ErrorHandler | None

@@ -114,10 +114,11 @@ class EpollDispatcher(DispatcherBase):
         else:
             ms = ceil_timeout(timeout, 1e-3)
             wait = -1.0 if ms is None else ms * 1e-3
-        max_events = len(self.registrations) or 1
-        max_events = min(max_events, MAX_EVENTS_PER_WAIT)
-        ready = self._epoll.poll(wait, max_events)
         by_fd = self.registrations
+        max_events = len(by_fd)
+        if not 0 < max_events <= MAX_EVENTS_PER_WAIT:  # no min(): a call per dispatch
+            max_events = MAX_EVENTS_PER_WAIT if max_events else 1
+        ready = self._epoll.poll(wait, max_events)
         result: list[tuple[Registration, int]] = []
         append = result.append
         for fd, mask in ready:
