@@ -56,18 +56,27 @@ class EchoProtocol(Protocol):
     """Writes back everything it receives (memoryviews of the shared buffer: no copy
     unless the socket cannot take the data at once)."""
 
-    __slots__ = ("_write",)
-
+    # No __slots__: data_received becomes an instance attribute in connection_made.
     receive_memoryview = True
 
     def connection_made(self, transport: Connection | TLSConnection) -> None:
-        """Remember the transport's ``write`` for the hot path."""
+        """Make the transport's ``write`` this protocol's ``data_received``.
+
+        A :class:`~asycamore.tcpsocket.Connection` looks ``data_received`` up again
+        after this call, so it then calls ``write`` directly: one Python call per
+        echoed message fewer.  Whoever took the method earlier (a TLS layer) still
+        gets the same echo from it, and a subclass that overrides
+        :meth:`data_received` keeps its own.
+        """
         self.transport = transport
-        self._write = transport.write
+        if type(self).data_received is EchoProtocol.data_received:
+            self.data_received = transport.write  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
         """Echo *data*."""
-        self._write(data)
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
 
 
 class DatagramEchoProtocol(DatagramProtocol):

@@ -17,6 +17,7 @@ import pytest
 
 import asycamore
 from asycamore import Events, IDispatchContext
+from asycamore.echo import EchoProtocol
 from asycamore.tcpsocket import (
     Connection,
     Listener,
@@ -147,6 +148,47 @@ def test_reads_arrive_as_bytes_and_write_goes_out_directly(context: IDispatchCon
     conn.close()
     assert conn.closed and conn not in context and handler.lost == [None]
     assert peer.recv(10) == b""
+
+
+def test_data_received_replaced_in_connection_made_is_the_one_called(
+    context: IDispatchContext,
+) -> None:
+    # The documented seam EchoProtocol relies on: data_received is looked up again
+    # after connection_made, so an instance attribute set there wins over the method.
+    class Rerouting(Recorder):
+        def connection_made(self, connection: Connection) -> None:
+            super().connection_made(connection)
+            self.routed = bytearray()
+            self.data_received = self.routed.extend  # type: ignore[method-assign]
+
+    handler = Rerouting()
+    conn, peer = pair(context, handler)
+    peer.sendall(b"rerouted")
+    pump(context, lambda: handler.routed == b"rerouted")
+    assert handler.data == b""
+    conn.close()
+
+
+def test_echo_protocol_writes_directly_and_a_subclass_keeps_its_override(
+    context: IDispatchContext,
+) -> None:
+    class Counting(EchoProtocol):
+        calls = 0
+
+        def data_received(self, data: bytes) -> None:
+            Counting.calls += 1
+            super().data_received(data)
+
+    for protocol, direct in ((EchoProtocol(), True), (Counting(), False)):
+        ours, peer = socket.socketpair()
+        peer.settimeout(5)
+        conn = Connection(context, ours, protocol)
+        assert ("data_received" in vars(protocol)) is direct
+        peer.sendall(b"ping")
+        assert pump_recv(context, peer, 4) == b"ping"
+        conn.close()
+        peer.close()
+    assert Counting.calls == 1
 
 
 def test_memoryview_handlers_get_views_of_the_shared_buffer(context: IDispatchContext) -> None:

@@ -109,8 +109,11 @@ class Cancellable(Protocol):
 class StreamHandler(Protocol):
     """The callbacks a :class:`Connection` makes; any object with them will do.
 
-    :class:`asycamore.servicemodel.Protocol` is a ready-made base class.  Optional
-    extras, looked up once when the connection is made:
+    :class:`asycamore.servicemodel.Protocol` is a ready-made base class.
+    ``data_received`` is looked up when the connection is made and again after
+    ``connection_made`` returns, so a handler may replace it there (an instance attribute
+    shadowing the method), by the connection's own ``write``, say.  Optional extras,
+    looked up once when the connection is made:
 
     ``receive_memoryview`` (attribute, default false)
         When true, :meth:`data_received` gets a :class:`memoryview` of the shared receive
@@ -272,9 +275,18 @@ class Connection(Transport):
         """:meth:`attach` if not yet done, then call ``handler.connection_made(self)``."""
         if self._state == _OPEN and not self._events:
             self.attach()
+        self._made()
+
+    def _made(self) -> None:
         handler = self._handler
         if handler is not None:
             handler.connection_made(self)
+            # data_received is looked up again: connection_made may have replaced it
+            # (EchoProtocol binds it to this connection's write, one call per message
+            # fewer), or handed the connection to another handler (set_handler).
+            handler = self._handler
+            if handler is not None:  # None: closed meanwhile
+                self._deliver = handler.data_received
 
     def set_handler(self, handler: StreamHandler) -> None:
         """Hand the connection to another handler, from the next callback on.
@@ -836,9 +848,7 @@ class Connection(Transport):
         self._state = _OPEN
         self._read_off &= ~_OFF_CONNECTING
         set_nodelay(self._sock)
-        handler = self._handler
-        if handler is not None:
-            handler.connection_made(self)
+        self._made()
         if self._state != _OPEN:
             return
         if self._chunks:
