@@ -127,6 +127,9 @@ class EpollDispatcher(DispatcherBase):
                 # A file the set should not hold (see the class docstring).
                 self._stale = True
                 continue
+            if mask == _EPOLLIN:  # by far the most common report: no table lookup
+                append((registration, READ))
+                continue
             events = _EVENTS_OF_MASK.get(mask)
             if events is None:
                 # EPOLLERR or EPOLLHUP (perhaps with IN/OUT): see _EVENTS_OF_MASK.
