@@ -207,6 +207,7 @@ class Connection(Transport):
         "_deliver",
         "_head_sent",
         "_linger",
+        "_note_reads",
         "_read_off",
         "_read_size",
         "_recv_buffer",
@@ -245,6 +246,7 @@ class Connection(Transport):
         self._chunks: collections.deque[bytes | bytearray | memoryview] | None = None
         self._head_sent = 0
         self._spoke = False
+        self._note_reads = True
         self._state = _OPEN
         self._read_off = 0
         self._shut_wr = _SHUT_WR_NONE
@@ -324,15 +326,24 @@ class Connection(Transport):
             self._lose(exc)
             return
         if n:
-            self._spoke = True
-            if self._track_activity:
-                self.last_activity = monotonic()
+            if self._note_reads:  # one test per read: see _noted_read
+                self._noted_read()
             if self._wants_views:
                 self._deliver(recv_buffer[:n])
             else:
                 self._deliver(bytes(recv_buffer[:n]))
         else:
             self._read_eof()
+
+    def _noted_read(self) -> None:
+        # The bookkeeping of a read: that the peer spoke (close() lingers only for a
+        # peer that did), needed once, and the activity time, needed on every read only
+        # with track_activity.  After the first read, an untracked connection skips it.
+        self._spoke = True
+        if self._track_activity:
+            self.last_activity = monotonic()
+        else:
+            self._note_reads = False
 
     def handle_write_event(self) -> None:
         """Send what is buffered (or finish a connect)."""
