@@ -17,7 +17,7 @@ import logging
 import signal
 import socket
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import UsageError
 from .servicemodel import DatagramProtocol, Protocol, Service
@@ -58,6 +58,11 @@ class EchoProtocol(Protocol):
 
     # No __slots__: data_received becomes an instance attribute in connection_made.
     receive_memoryview = True
+    _writes_directly: ClassVar[bool] = True  # False in a subclass with a data_received
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._writes_directly = cls.data_received is EchoProtocol.data_received
 
     def connection_made(self, transport: Connection | TLSConnection) -> None:
         """Make the transport's ``write`` this protocol's ``data_received``.
@@ -69,7 +74,7 @@ class EchoProtocol(Protocol):
         :meth:`data_received` keeps its own.
         """
         self.transport = transport
-        if type(self).data_received is EchoProtocol.data_received:
+        if self._writes_directly:
             self.data_received = transport.write  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:

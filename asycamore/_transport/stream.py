@@ -326,24 +326,21 @@ class Connection(Transport):
             self._lose(exc)
             return
         if n:
-            if self._note_reads:  # one test per read: see _noted_read
-                self._noted_read()
+            if self._note_reads:
+                # The bookkeeping of a read, one test after the first: that the peer
+                # spoke (close() lingers only for a peer that did), needed once, and the
+                # activity time, needed on every read only with track_activity.
+                self._spoke = True
+                if self._track_activity:
+                    self.last_activity = monotonic()
+                else:
+                    self._note_reads = False
             if self._wants_views:
                 self._deliver(recv_buffer[:n])
             else:
                 self._deliver(bytes(recv_buffer[:n]))
         else:
             self._read_eof()
-
-    def _noted_read(self) -> None:
-        # The bookkeeping of a read: that the peer spoke (close() lingers only for a
-        # peer that did), needed once, and the activity time, needed on every read only
-        # with track_activity.  After the first read, an untracked connection skips it.
-        self._spoke = True
-        if self._track_activity:
-            self.last_activity = monotonic()
-        else:
-            self._note_reads = False
 
     def handle_write_event(self) -> None:
         """Send what is buffered (or finish a connect)."""
