@@ -234,9 +234,7 @@ def serve_echo(
     host = parse_host(host)
     try:
         if workers is not None:
-            if udp:
-                raise UsageError("--workers cannot be combined with --udp (not supported yet)")
-            return _serve_workers(backend, host, port, workers, sslcontext)
+            return _serve_workers(backend, host, port, workers, sslcontext, udp)
         try:
             service = Service(backend, stop_timeout=STOP_TIMEOUT)
         except OSError as exc:  # EMFILE, for one: no descriptor for the context or waker
@@ -271,6 +269,7 @@ def _serve_workers(
     port: int,
     workers: int,
     sslcontext: ssl.SSLContext | None,
+    udp: bool,
 ) -> int:
     from .workers import Worker, WorkerPool, WorkerStartError
 
@@ -278,12 +277,18 @@ def _serve_workers(
         workers, backend=backend, stop_timeout=STOP_TIMEOUT, stop_signals=STOP_SIGNALS
     )
     try:
-        addresses = pool.bind_tcp(host, port)
+        if udp:
+            addresses = pool.bind_udp(host, port, socket_buffer_size=UDP_SOCKET_BUFFER)
+        else:
+            addresses = pool.bind_tcp(host, port)
     except (OSError, OverflowError) as exc:
         raise _bind_error(exc, host, port) from None
 
     def setup(service: Service, worker: Worker) -> None:
-        worker.listen(service, EchoProtocol, ssl=sslcontext)
+        if udp:
+            worker.serve_udp(service, DatagramEchoProtocol)
+        else:
+            worker.listen(service, EchoProtocol, ssl=sslcontext)
 
     def on_ready() -> None:
         print(f"listening on {format_address(addresses[0])}", flush=True)

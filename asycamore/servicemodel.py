@@ -796,6 +796,21 @@ class Service:
             raise
         return endpoints
 
+    def serve_udp_socket(
+        self,
+        protocol: DatagramHandler,
+        sock: socket.socket,
+        *,
+        high_water: int | None = None,
+        low_water: int | None = None,
+    ) -> DatagramEndpoint:
+        """Like :meth:`bind_udp`, on *sock*: a UDP socket already bound -- made by
+        :func:`~asycamore.udpsocket.create_datagram_sockets` in a parent process, say
+        (see :mod:`asycamore.workers`).  The endpoint owns the socket from then on."""
+        options = self._datagram_options(high_water, low_water)
+        endpoint = DatagramEndpoint(self.dispatcher, sock, protocol, **options)
+        return self._start_endpoint(endpoint)
+
     def connect_udp(
         self,
         protocol: DatagramHandler,

@@ -8,7 +8,8 @@
   queue) and :meth:`~DatagramEndpoint.abort`.
 - :func:`bind_udp` makes a bound endpoint (talks to anyone), :func:`bind_udp_all` one
   per address of a name, :func:`connect_udp` a connected one (one peer, whose ICMP
-  errors reach ``handler.error_received``).
+  errors reach ``handler.error_received``); :func:`create_datagram_socket` and
+  :func:`create_datagram_sockets` make the bound sockets alone.
 - Errors: a datagram over the family's maximum payload raises
   :class:`DatagramTooLarge` from :meth:`~DatagramEndpoint.sendto`; errors the kernel
   reports for a datagram (``ECONNREFUSED`` after an ICMP port unreachable,
@@ -35,6 +36,7 @@ from ._transport.datagram import (
     bind_udp_all,
     connect_udp,
     create_datagram_socket,
+    create_datagram_sockets,
 )
 
 __all__ = [
@@ -48,4 +50,5 @@ __all__ = [
     "bind_udp_all",
     "connect_udp",
     "create_datagram_socket",
+    "create_datagram_sockets",
 ]

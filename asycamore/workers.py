@@ -77,6 +77,7 @@ from typing import Any
 from .dispatcher import Events, IDispatchContext
 from .servicemodel import DEFAULT_STOP_TIMEOUT, Service
 from .tcpsocket import DEFAULT_BACKLOG, Listener, StreamHandler, create_listening_sockets
+from .udpsocket import DatagramEndpoint, DatagramHandler, create_datagram_sockets
 from .wakeup import SignalCatcher, Waker
 
 __all__ = [
@@ -120,6 +121,8 @@ class Worker:
     """The worker's slot, ``0`` to ``workers - 1``; a replacement keeps its slot."""
     sockets: list[socket.socket]
     """This worker's listening sockets, in the order they were bound in the parent."""
+    datagram_sockets: list[socket.socket] = field(default_factory=list)
+    """This worker's UDP sockets (:meth:`WorkerPool.bind_udp`), in the same order."""
 
     def listen(
         self,
@@ -133,11 +136,32 @@ class Worker:
         ``ssl=`` for TLS, the water marks...)."""
         return service.listen_socket(protocol_factory, self.sockets, **options)
 
+    def serve_udp(
+        self,
+        service: Service,
+        protocol_factory: Callable[[], DatagramHandler],
+        **options: Any,
+    ) -> list[DatagramEndpoint]:
+        """Serve every UDP socket of the worker, each with a new protocol from
+        *protocol_factory* (:meth:`Service.serve_udp_socket()
+        <asycamore.servicemodel.Service.serve_udp_socket>`, which takes *options*: the
+        water marks)."""
+        endpoints: list[DatagramEndpoint] = []
+        try:
+            for sock in self.datagram_sockets:
+                endpoints.append(service.serve_udp_socket(protocol_factory(), sock, **options))
+        except BaseException:
+            for sock in self.datagram_sockets[len(endpoints) :]:
+                sock.close()
+            raise
+        return endpoints
+
 
 @dataclass
 class _Slot:
     index: int
     sockets: list[socket.socket]
+    datagram_sockets: list[socket.socket] = field(default_factory=list)
     pid: int = 0
     started: float = 0.0
     ready: bool = False
@@ -233,7 +257,8 @@ class WorkerPool:
         self._parent_signals = (*self.stop_signals, signal.SIGCHLD)
         self._slots = [_Slot(index, []) for index in range(workers)]
         self.addresses: list[Any] = []
-        """The bound addresses (``getsockname()``), in the order :meth:`bind_tcp` bound them."""
+        """The bound addresses (``getsockname()``), in the order :meth:`bind_tcp` and
+        :meth:`bind_udp` bound them."""
         self._running = False
         self._inherited: tuple[Waker, list[int]] | None = None
 
@@ -250,25 +275,63 @@ class WorkerPool:
         Raises :class:`OSError` (:class:`socket.gaierror` for a bad address) before
         any worker exists.
         """
-        first = create_listening_sockets(host, port, backlog=backlog, reuse_port=self.reuse_port)
+        per_worker = self._bind_per_worker(
+            lambda port, reuse_port: create_listening_sockets(
+                host, port, backlog=backlog, reuse_port=reuse_port
+            ),
+            port,
+        )
+        for slot in self._slots:
+            slot.sockets.extend(per_worker[slot.index])
+        return self._bound(per_worker[0])
+
+    def bind_udp(
+        self, host: str | None, port: int, *, socket_buffer_size: int | None = None
+    ) -> list[Any]:
+        """Bind UDP sockets on every address of *host*:*port* now, in the parent (see
+        :func:`~asycamore.udpsocket.create_datagram_sockets`); return the bound
+        addresses.  Each worker serves its share with :meth:`Worker.serve_udp`.
+
+        On Linux every worker has its own ``SO_REUSEPORT`` socket per address and the
+        kernel spreads the datagrams over them by a hash of their addresses, so one
+        client's datagrams keep reaching the same worker; elsewhere the workers share
+        one socket per address and whichever reads first takes the next datagram.
+        Raises :class:`OSError` before any worker exists.
+        """
+        per_worker = self._bind_per_worker(
+            lambda port, reuse_port: create_datagram_sockets(
+                host, port, reuse_port=reuse_port, socket_buffer_size=socket_buffer_size
+            ),
+            port,
+        )
+        for slot in self._slots:
+            slot.datagram_sockets.extend(per_worker[slot.index])
+        return self._bound(per_worker[0])
+
+    def _bind_per_worker(
+        self, make: Callable[[int, bool], list[socket.socket]], port: int
+    ) -> list[list[socket.socket]]:
+        """The sockets of each worker by slot: its own with ``reuse_port``, else the
+        same ones for every worker."""
+        first = make(port, self.reuse_port)
         per_worker = [first]
         try:
-            addresses = [sock.getsockname() for sock in first]
             if self.reuse_port:
                 # The other workers' sockets: the same addresses, on the port now known.
+                bound_port = first[0].getsockname()[1]
                 for _ in range(self.workers - 1):
-                    per_worker.append(
-                        create_listening_sockets(
-                            host, addresses[0][1], backlog=backlog, reuse_port=True
-                        )
-                    )
+                    per_worker.append(make(bound_port, True))
         except BaseException:
             for sockets in per_worker:
                 for sock in sockets:
                     sock.close()
             raise
-        for slot in self._slots:
-            slot.sockets.extend(per_worker[slot.index] if self.reuse_port else first)
+        if not self.reuse_port:
+            per_worker *= self.workers
+        return per_worker
+
+    def _bound(self, sockets: list[socket.socket]) -> list[Any]:
+        addresses = [sock.getsockname() for sock in sockets]
         self.addresses.extend(addresses)
         return addresses
 
@@ -449,7 +512,7 @@ class WorkerPool:
 
     def _close_sockets(self) -> None:
         for slot in self._slots:
-            for sock in slot.sockets:
+            for sock in (*slot.sockets, *slot.datagram_sockets):
                 sock.close()
 
     def _stop(self, waker: Waker, catcher: SignalCatcher) -> int:
@@ -530,16 +593,16 @@ class WorkerPool:
         waker.close()
         for fd in fds:
             os.close(fd)
-        own = {sock.fileno() for sock in slot.sockets}
+        own = {sock.fileno() for sock in (*slot.sockets, *slot.datagram_sockets)}
         for other in self._slots:
-            for sock in other.sockets:
+            for sock in (*other.sockets, *other.datagram_sockets):
                 if sock.fileno() not in own:
                     sock.close()
         service_options = {"stop_timeout": self.stop_timeout, **self.service_options}
         with Service(self.backend, **service_options) as service:
             watch = _ParentWatch(watch_r, service)
             service.dispatcher.register(watch, Events.READ)
-            setup(service, Worker(slot.index, list(slot.sockets)))
+            setup(service, Worker(slot.index, list(slot.sockets), list(slot.datagram_sockets)))
             # Only SIGTERM, from the parent, stops a worker: the other stop signals
             # (Ctrl-C's SIGINT, a closed terminal's SIGHUP) reach the whole process
             # group, and the parent turns them into one SIGTERM each (see the module's

@@ -33,6 +33,7 @@ from asycamore.udpsocket import (
     DatagramTooLarge,
     bind_udp,
     connect_udp,
+    create_datagram_sockets,
 )
 
 
@@ -194,6 +195,39 @@ def test_bind_udp_all_localhost_serves_both_families_on_one_port(service: Servic
 
 
 # -- errors -------------------------------------------------------------------------------
+
+
+def test_sockets_bound_ahead_are_served_by_serve_udp_socket(service: Service) -> None:
+    # create_datagram_sockets binds every address on one port (what a parent does
+    # before it forks its workers); Service.serve_udp_socket serves one of them.
+    socks = create_datagram_sockets("localhost", 0)
+    assert len(socks) == (2 if HAVE_IPV6 else 1)
+    assert len({sock.getsockname()[1] for sock in socks}) == 1
+    assert all(not sock.getblocking() for sock in socks)
+    echoes = []
+    for sock in socks:
+
+        class Echo(DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                assert self.transport is not None
+                self.transport.sendto(data, addr)
+
+        echoes.append(service.serve_udp_socket(Echo(), sock))
+    family = socks[0].family
+    host = socks[0].getsockname()[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as peer:
+        peer.settimeout(0)
+        peer.sendto(b"ahead", (host, socks[0].getsockname()[1]))
+        deadline = time.monotonic() + 5
+        while True:
+            assert time.monotonic() < deadline, "no echo"
+            service.run_once(0.05)
+            with contextlib.suppress(BlockingIOError):
+                assert peer.recv(64) == b"ahead"
+                break
+    for endpoint in echoes:
+        endpoint.close()
+    assert all(sock.fileno() == -1 for sock in socks)  # the endpoints owned them
 
 
 def test_too_large_datagram_raises_and_queues_nothing(service: Service) -> None:

@@ -557,9 +557,7 @@ def bind_udp(
     return DatagramEndpoint(context, sock, handler, **options)
 
 
-def bind_udp_all(
-    context: IDispatchContext,
-    handler_factory: Callable[[], DatagramHandler],
+def create_datagram_sockets(
     host: str | None = "127.0.0.1",
     port: int = 0,
     *,
@@ -567,16 +565,15 @@ def bind_udp_all(
     reuse_port: bool = False,
     allow_broadcast: bool = False,
     socket_buffer_size: int | None = None,
-    **options: Any,
-) -> list[DatagramEndpoint]:
-    """One bound endpoint per address of *host*, all on one port, each with a handler
-    from *handler_factory*; the first address first.
+) -> list[socket.socket]:
+    """Non-blocking UDP sockets bound to every address of *host*, all on one port; the
+    first address first.
 
     ``localhost`` is ``127.0.0.1`` and ``::1``, ``None`` or ``""`` is ``0.0.0.0`` and
-    ``::``.  One endpoint per address (not one over several sockets) because a reply
-    must leave through the socket its request came in on, or it would come from
-    another source address.  With *port* 0 the kernel picks a port free on every
-    address (see :func:`asycamore.tcpsocket.create_listening_sockets`).
+    ``::``.  With *port* 0 the kernel picks a port free on every address (see
+    :func:`asycamore.tcpsocket.create_listening_sockets`).  The options are those of
+    :func:`create_datagram_socket`.  For sockets made before they are served: bound in
+    a parent process and served by its forked workers (:mod:`asycamore.workers`), say.
     """
     if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("SO_REUSEPORT is not supported on this platform")
@@ -592,6 +589,38 @@ def bind_udp_all(
         )
 
     socks = bind_every_address(infos, port, setup)
+    for sock in socks:
+        sock.setblocking(False)
+    return socks
+
+
+def bind_udp_all(
+    context: IDispatchContext,
+    handler_factory: Callable[[], DatagramHandler],
+    host: str | None = "127.0.0.1",
+    port: int = 0,
+    *,
+    family: int = socket.AF_UNSPEC,
+    reuse_port: bool = False,
+    allow_broadcast: bool = False,
+    socket_buffer_size: int | None = None,
+    **options: Any,
+) -> list[DatagramEndpoint]:
+    """One bound endpoint per address of *host*, all on one port, each with a handler
+    from *handler_factory*; the first address first.
+
+    The sockets are those of :func:`create_datagram_sockets`.  One endpoint per
+    address (not one over several sockets) because a reply must leave through the
+    socket its request came in on, or it would come from another source address.
+    """
+    socks = create_datagram_sockets(
+        host,
+        port,
+        family=family,
+        reuse_port=reuse_port,
+        allow_broadcast=allow_broadcast,
+        socket_buffer_size=socket_buffer_size,
+    )
     endpoints: list[DatagramEndpoint] = []
     try:
         for sock in socks:
