@@ -230,6 +230,14 @@ class DispatcherBase:
     :func:`os.fork`, is not.
     """
 
+    # Whether a subclass extends check_fd: register() calls it only then, and makes the
+    # base's range test itself otherwise (a call saved on every connection's register).
+    _extends_check_fd: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._extends_check_fd = cls.check_fd is not DispatcherBase.check_fd
+
     def __init__(self) -> None:
         self._by_fd: dict[int, Registration] = {}
         # The same dict, typed read-only for the subclasses: a view object (a
@@ -356,7 +364,8 @@ class DispatcherBase:
             if isinstance(fd, bool) or not isinstance(fd, int):
                 raise ValueError(f"fileno() returned {fd!r}, not a descriptor number")
             fd = int(fd)
-        self.check_fd(fd)
+        if self._extends_check_fd or not 0 <= fd <= _MAX_FD:
+            self.check_fd(fd)
         if id(target) in self._by_target:
             raise KeyError(f"{target!r} is already registered")
         if fd in self._by_fd:
