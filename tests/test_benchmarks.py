@@ -90,3 +90,28 @@ def test_python_loadgen_modes(mode: str, conns: int, size: int) -> None:
     assert result.errors == 0
     assert result.rate > 0
     assert result.generator == "python"
+
+
+@pytest.mark.parametrize(
+    ("workload", "subject"),
+    [
+        ("dispatch", "selectors"),
+        ("dispatch", "asycamore"),
+        ("message", "raw"),
+        ("message", "selectors"),
+        ("message", "asycamore"),
+        ("connection", "selectors"),
+        ("connection", "asycamore"),
+    ],
+)
+def test_instruction_count_workloads_run(workload: str, subject: str) -> None:
+    # What instructions.py runs under valgrind, run plainly with a few operations: each
+    # workload finishes by itself (no valgrind here: the counting is too slow for tests).
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "instructions.py"), "--child", workload, subject, "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
