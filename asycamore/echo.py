@@ -17,7 +17,7 @@ import logging
 import signal
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .servicemodel import DatagramProtocol, Protocol, Service
@@ -58,30 +58,24 @@ class EchoProtocol(Protocol):
 
     # No __slots__: data_received becomes an instance attribute in connection_made.
     receive_memoryview = True
-    _writes_directly: ClassVar[bool] = True  # False in a subclass with a data_received
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._writes_directly = cls.data_received is EchoProtocol.data_received
 
     def connection_made(self, transport: Connection | TLSConnection) -> None:
         """Make the transport's ``write`` this protocol's ``data_received``.
 
-        A :class:`~asycamore.tcpsocket.Connection` looks ``data_received`` up again
-        after this call, so it then calls ``write`` directly: one Python call per
-        echoed message fewer.  Whoever took the method earlier (a TLS layer) still
-        gets the same echo from it, and a subclass that overrides
+        A :class:`~asycamore.tcpsocket.Connection` (and a TLS one) looks
+        ``data_received`` up again after this call, so it then calls ``write``
+        directly: one Python call per echoed message fewer.  A subclass that overrides
         :meth:`data_received` keeps its own.
         """
         self.transport = transport
-        if self._writes_directly:
+        if type(self).data_received is EchoProtocol.data_received:
             self.data_received = transport.write  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
         """Echo *data*."""
         transport = self.transport
-        if transport is not None:
-            transport.write(data)
+        assert transport is not None, "data before connection_made"
+        transport.write(data)
 
 
 class DatagramEchoProtocol(DatagramProtocol):

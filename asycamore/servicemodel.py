@@ -806,7 +806,9 @@ class Service:
     ) -> DatagramEndpoint:
         """Like :meth:`bind_udp`, on *sock*: a UDP socket already bound -- made by
         :func:`~asycamore.udpsocket.create_datagram_sockets` in a parent process, say
-        (see :mod:`asycamore.workers`).  The endpoint owns the socket from then on."""
+        (see :mod:`asycamore.workers`).  The endpoint owns the socket from then on; if
+        this raises (a closed service, a socket that is not UDP), the caller still
+        does."""
         options = self._datagram_options(high_water, low_water)
         endpoint = DatagramEndpoint(self.dispatcher, sock, protocol, **options)
         return self._start_endpoint(endpoint)

@@ -150,8 +150,8 @@ class Timers:
         self._cancelled += 1
         heap = self._heap
         if self._cancelled > 64 and self._cancelled * 2 > len(heap):
-            heap[:] = [entry for entry in heap if not entry[2].cancelled]
-            heapq.heapify(heap)
+            self._heap = [entry for entry in heap if not entry[2].cancelled]
+            heapq.heapify(self._heap)
             self._cancelled = 0
 
     def next_deadline(self) -> float | None:

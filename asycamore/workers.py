@@ -26,6 +26,9 @@ How the work is shared
     Because the parent holds the sockets, a replacement worker takes over its
     predecessor's socket, with the connections queued on it meanwhile, and the port
     is never released while the pool runs (nginx does the same with ``reuseport``).
+    UDP sockets (:meth:`WorkerPool.bind_udp`, served with :meth:`Worker.serve_udp`)
+    are shared out the same way: on Linux the hash keeps each client's datagrams on
+    one worker.
 
 Supervision
     The parent runs no event loop: it waits for signals and child exits.  A worker
@@ -115,7 +118,7 @@ class WorkerStartError(RuntimeError):
 @dataclass
 class Worker:
     """What a worker's ``setup`` callback is given: which worker it is, and its
-    listening sockets."""
+    listening (TCP) and UDP sockets."""
 
     index: int
     """The worker's slot, ``0`` to ``workers - 1``; a replacement keeps its slot."""
@@ -151,6 +154,9 @@ class Worker:
             for sock in self.datagram_sockets:
                 endpoints.append(service.serve_udp_socket(protocol_factory(), sock, **options))
         except BaseException:
+            # As Service.bind_udp_all does: all or nothing.
+            for endpoint in endpoints:
+                endpoint.abort()
             for sock in self.datagram_sockets[len(endpoints) :]:
                 sock.close()
             raise
@@ -208,7 +214,7 @@ class _ParentWatch:
 
 
 class WorkerPool:
-    """N forked worker processes serving listening sockets bound by the parent.
+    """N forked worker processes serving listening and UDP sockets bound by the parent.
 
     *workers* is the number of processes (1 to :data:`MAX_WORKERS`).  *backend* and
     *service_options* make each worker's :class:`~asycamore.servicemodel.Service`
@@ -258,7 +264,7 @@ class WorkerPool:
         self._slots = [_Slot(index, []) for index in range(workers)]
         self.addresses: list[Any] = []
         """The bound addresses (``getsockname()``), in the order :meth:`bind_tcp` and
-        :meth:`bind_udp` bound them."""
+        :meth:`bind_udp` bound them (the calls' own return values tell TCP from UDP)."""
         self._running = False
         self._inherited: tuple[Waker, list[int]] | None = None
 
@@ -351,7 +357,8 @@ class WorkerPool:
 
         In each worker, ``setup(service, worker)`` is called with a new
         :class:`~asycamore.servicemodel.Service` and the :class:`Worker`; it adds
-        listeners (:meth:`Worker.listen`) and whatever else the service runs, then
+        listeners (:meth:`Worker.listen`), UDP endpoints (:meth:`Worker.serve_udp`)
+        and whatever else the service runs, then
         the worker serves until it is told to stop.  *on_ready* is called in the
         parent once every worker has finished its ``setup`` (print "listening" there).
 

@@ -230,15 +230,10 @@ class DispatcherBase:
     :func:`os.fork`, is not.
     """
 
-    # Whether a subclass extends check_fd: register() calls it only then, and makes the
-    # base's range test itself otherwise (a call saved on every connection's register).
-    _extends_check_fd: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._extends_check_fd = cls.check_fd is not DispatcherBase.check_fd
-
     def __init__(self) -> None:
+        # Whether this backend extends check_fd: register() calls it only then, and makes
+        # the base's range test itself otherwise (a call saved on every register).
+        self._extends_check_fd = type(self).check_fd is not DispatcherBase.check_fd
         self._by_fd: dict[int, Registration] = {}
         # The same dict, typed read-only for the subclasses: a view object (a
         # MappingProxyType) would cost about 70 ns per lookup, per reported event.

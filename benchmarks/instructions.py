@@ -19,9 +19,11 @@ Workloads and subjects:
     message      64 loopback connections, each round one 64-byte message on each
     connection   16 connections at a time: accept, 64-byte echo, EOF, close
 
-    raw          a bare select.epoll loop (message only): the floor
-    selectors    a minimal hand-written selectors loop (benchmarks/servers/selectors_echo.py)
-    asycamore    the echo service (Service, EchoProtocol, epoll), run as asycamore echo runs it
+    raw          a bare select.epoll loop (message only): the kernel interface's floor
+    selectors    a minimal hand-written selectors loop (benchmarks/servers/selectors_echo.py),
+                 the pure-Python floor every other figure is compared with
+    asycamore    the echo service (Service, EchoProtocol, epoll); for dispatch, a Service
+                 in serve_forever, as asycamore echo runs, with a do-nothing target
 
 Needs valgrind (Linux); ``--child`` is how the script runs itself under it.
 """
@@ -113,7 +115,6 @@ def message(subject: str, rounds: int) -> None:
     """*rounds* rounds of one 64-byte message on each of 64 connections."""
     import select
 
-    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
     step: Callable[[], int]  # one dispatch; returns how many messages it echoed
     if subject == "asycamore":
         from asycamore.echo import EchoProtocol
@@ -127,6 +128,7 @@ def message(subject: str, rounds: int) -> None:
             # messages of a round share it, so how the loop is driven hardly counts.
             return service.run_once(None)
     else:
+        listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         port = listener.getsockname()[1]
     clients = []
     for _ in range(64):
@@ -263,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         for subject in subjects:
             print(f"[{workload}] {subject} ...", file=sys.stderr, flush=True)
             counts[subject] = per_operation(workload, subject)
-        floor = counts["selectors"]
+        reference = counts["selectors"]
         for subject in subjects:
             lines.append(
                 f"{workload:11s} {subject:10s} {counts[subject]:12,.0f} "
-                f"{counts[subject] - floor:+13,.0f}"
+                f"{counts[subject] - reference:+13,.0f}"
             )
     report = "\n".join(lines)
     print(report)

@@ -169,6 +169,33 @@ def test_data_received_replaced_in_connection_made_is_the_one_called(
     conn.close()
 
 
+def test_a_close_in_connection_made_delivers_nothing_more(context: IDispatchContext) -> None:
+    # The peer spoke first, so close() lingers at once, discarding the peer's input;
+    # looking data_received up again after connection_made must not undo that.
+    class Refusing(Recorder):
+        def connection_made(self, connection: Connection) -> None:
+            super().connection_made(connection)
+            connection.close()
+
+        def data_received(self, data: bytes) -> None:
+            self.events.append("data")  # whatever the type: nothing may arrive at all
+
+    timers = Timers()
+    handler = Refusing()
+    ours, peer = socket.socketpair()
+    peer.settimeout(5)
+    peer.sendall(b"hello")
+    conn = Connection(context, ours, handler, timers=timers)
+    assert conn.is_closing() and not conn.closed  # lingering: the peer has spoken
+    peer.sendall(b"more")
+    context.dispatch_once(0.5)
+    peer.shutdown(socket.SHUT_WR)
+    pump(context, lambda: conn.closed, timers=timers)
+    assert handler.events == ["made", "lost"] and handler.lost == [None]
+    assert peer.recv(10) == b""
+    peer.close()
+
+
 def test_echo_protocol_writes_directly_and_a_subclass_keeps_its_override(
     context: IDispatchContext,
 ) -> None:

@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import asycamore
+from asycamore.echo import EchoProtocol
 from asycamore.servicemodel import Protocol, Service
 from asycamore.tcpsocket import Timers, TLSConnection, connect_tcp, listen_tcp
 
@@ -989,6 +990,26 @@ def test_starttls_with_a_python_client(service: Service, pki: PKI) -> None:
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    pump_while(service, thread)
+    assert results == [b"over tls"]
+
+
+def test_starttls_on_an_echo_protocol_sends_nothing_in_the_clear(
+    service: Service, pki: PKI
+) -> None:
+    # EchoProtocol makes the plain connection's write its data_received; once start_tls
+    # has wrapped the connection, the TLS layer must deliver to the TLS write instead
+    # (a stale plain write would put the decrypted echo on the wire unencrypted).
+    class StartTLSEcho(EchoProtocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if not isinstance(transport, TLSConnection):
+                service.start_tls(transport, pki.server_context(), server_side=True)
+
+    port = service.listen_tcp(StartTLSEcho).port
+    thread, results = python_client(
+        port, pki.client_context(), lambda tls: tls.sendall(b"over tls") or recv_exactly(tls, 8)
+    )
     pump_while(service, thread)
     assert results == [b"over tls"]
 

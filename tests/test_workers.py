@@ -210,13 +210,16 @@ def test_bad_worker_counts_are_refused(value: str) -> None:
     assert len(lines) == 1 and "--workers" in lines[0], result.stderr
 
 
+@pytest.mark.parametrize("udp", [[], ["--udp"]], ids=["tcp", "udp"])
 @pytest.mark.parametrize(
     "argv",
     [["--host", "256.1.1.1"], ["--host", "no-such-host.invalid"], ["--backend", "nonesuch"]],
 )
-def test_bad_address_or_backend_fails_before_any_worker_starts(argv: list[str]) -> None:
+def test_bad_address_or_backend_fails_before_any_worker_starts(
+    argv: list[str], udp: list[str]
+) -> None:
     result = subprocess.run(
-        [*ASYCAMORE, "echo", "--workers", "2", *argv],
+        [*ASYCAMORE, "echo", "--workers", "2", *udp, *argv],
         check=False,
         capture_output=True,
         text=True,
@@ -227,13 +230,16 @@ def test_bad_address_or_backend_fails_before_any_worker_starts(argv: list[str]) 
     assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
-def test_a_port_in_use_fails_before_any_worker_starts() -> None:
-    with socket.socket() as busy:
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["tcp", "udp"])
+def test_a_port_in_use_fails_before_any_worker_starts(kind: int) -> None:
+    udp = ["--udp"] if kind == socket.SOCK_DGRAM else []
+    with socket.socket(socket.AF_INET, kind) as busy:  # no SO_REUSEPORT: nobody may share
         busy.bind(("127.0.0.1", 0))
-        busy.listen()
+        if kind == socket.SOCK_STREAM:
+            busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [*ASYCAMORE, "echo", "--workers", "2", "--port", str(port)],
+            [*ASYCAMORE, "echo", "--workers", "2", *udp, "--port", str(port)],
             check=False,
             capture_output=True,
             text=True,
@@ -450,7 +456,9 @@ PID_UDP_SERVER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("mode", ["reuseport", "shared"])
-def test_datagrams_are_spread_over_the_workers(tmp_path: Path, mode: str) -> None:
+def test_datagrams_reach_the_workers(tmp_path: Path, mode: str) -> None:
+    # reuseport: spread over every worker, each client's datagrams on one; shared: any
+    # idle worker answers (whichever reads first), and every datagram is answered.
     if mode == "reuseport" and not sys.platform.startswith("linux"):
         pytest.skip("SO_REUSEPORT balances datagrams on Linux only")
     script = tmp_path / "pid_udp_server.py"

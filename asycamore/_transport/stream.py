@@ -285,9 +285,10 @@ class Connection(Transport):
             handler.connection_made(self)
             # data_received is looked up again: connection_made may have replaced it
             # (EchoProtocol binds it to this connection's write, one call per message
-            # fewer), or handed the connection to another handler (set_handler).
+            # fewer), or handed the connection to another handler (set_handler).  Only
+            # while open: a close() there has stopped delivery (or is discarding).
             handler = self._handler
-            if handler is not None:  # None: closed meanwhile
+            if handler is not None and self._state == _OPEN:
                 self._deliver = handler.data_received
 
     def set_handler(self, handler: StreamHandler) -> None:
@@ -327,9 +328,10 @@ class Connection(Transport):
             return
         if n:
             if self._note_reads:
-                # The bookkeeping of a read, one test after the first: that the peer
-                # spoke (close() lingers only for a peer that did), needed once, and the
-                # activity time, needed on every read only with track_activity.
+                # The bookkeeping of a read: that the peer spoke (close() lingers only
+                # for a peer that did), needed once, and the activity time, needed on
+                # every read only with track_activity.  Without it, after the first read
+                # this is the one test a read pays.
                 self._spoke = True
                 if self._track_activity:
                     self.last_activity = monotonic()

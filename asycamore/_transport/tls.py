@@ -456,6 +456,11 @@ class TLSConnection:
         if self._paused:
             self._conn.pause_reading()  # asked for before the handshake completed
         protocol.connection_made(self)  # type: ignore[arg-type]
+        if self._state == _OPEN:
+            # As Connection does: connection_made may have replaced data_received
+            # (EchoProtocol binds it to this transport's write), and what was looked up
+            # before -- for a start_tls, the plain connection's write -- must not stay.
+            self._deliver = protocol.data_received
         pending = self._incoming.pending or self._sslobj.pending()
         if pending and self._state == _OPEN and not self._paused:
             self._read()  # application data that came with the last handshake flight
