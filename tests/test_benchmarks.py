@@ -33,6 +33,7 @@ def _load(name: str) -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -115,3 +116,30 @@ def test_instruction_count_workloads_run(workload: str, subject: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_pair_ratios_compare_rates_and_cpu_per_operation_round_by_round() -> None:
+    sys.path.insert(0, str(BENCHMARKS))  # run.py imports loadgen and probes beside it
+    try:
+        run = _load("run")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def rounds(*pairs: tuple[float, float]) -> dict[str, object]:
+        return {"rounds": [{"value": value, "server_cpu": cpu} for value, cpu in pairs]}
+
+    results = {
+        "workloads": {
+            "connrate": {
+                "subjects": {
+                    # Generator-bound: the same rate, but twice the CPU per connection.
+                    "asycamore-epoll": rounds((100.0, 2.0), (200.0, 4.0), (300.0, 3.0)),
+                    "selectors": rounds((100.0, 1.0), (100.0, 1.0), (300.0, 1.5)),
+                }
+            }
+        }
+    }
+    assert run.pair_ratio(results, "connrate", "asycamore-epoll", "selectors") == 1.0
+    cpu = run.pair_ratio(results, "connrate", "asycamore-epoll", "selectors", key="cpu")
+    assert cpu == 0.5
+    assert run.pair_ratio(results, "pingpong", "asycamore-epoll", "selectors") is None
