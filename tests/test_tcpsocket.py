@@ -28,6 +28,7 @@ from asycamore.tcpsocket import (
     listen_tcp,
     listen_unix,
 )
+from asycamore.timers import ReadyQueue
 
 BACKENDS = [info.name for info in asycamore.list_backends() if info.available]
 
@@ -736,6 +737,33 @@ def test_timers_order_cancel_and_timeout() -> None:
     assert timers.run_due() == 3
     assert calls == ["a", "b", "c"]
     assert timers.timeout() is None and len(timers) == 0
+
+
+def test_timers_advance_runs_what_is_due_and_says_how_long_to_wait() -> None:
+    now = [10.0]
+    timers = Timers(clock=lambda: now[0])
+    assert timers.advance() is None  # nothing scheduled
+    calls: list[str] = []
+    timers.call_at(10.0, calls.append, "due")
+    timers.call_at(12.5, calls.append, "later")
+    assert timers.advance() == 2.5 and calls == ["due"]
+    now[0] = 13.0
+    assert timers.advance() is None and calls == ["due", "later"]
+    timers.call_at(20.0, calls.append, "cancelled").cancel()
+    assert timers.advance() is None  # only a cancelled call left
+
+
+def test_ready_queue_pending_is_live() -> None:
+    queue = ReadyQueue()
+    assert not queue.pending
+    ran: list[int] = []
+    queue.append(ran.append, 1)
+    assert queue.pending and len(queue.pending) == 1
+    queue.append(lambda: queue.append(ran.append, 3))  # queued while running: next time
+    queue.run()
+    assert ran == [1] and len(queue.pending) == 1
+    queue.run()
+    assert ran == [1, 3] and not queue.pending
 
 
 def test_timers_do_not_run_calls_scheduled_while_running() -> None:
