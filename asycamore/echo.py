@@ -21,13 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .servicemodel import DatagramProtocol, Protocol, Service
-from .tcpsocket import Connection
+from .tcpsocket import StreamTransport
 from .udpsocket import DatagramEndpoint
 
 if TYPE_CHECKING:
     import ssl
-
-    from .tcpsocket import TLSConnection
 
 __all__ = [
     "DatagramEchoProtocol",
@@ -59,7 +57,7 @@ class EchoProtocol(Protocol):
     # No __slots__: data_received becomes an instance attribute in connection_made.
     receive_memoryview = True
 
-    def connection_made(self, transport: Connection | TLSConnection) -> None:
+    def connection_made(self, transport: StreamTransport) -> None:
         """Make the transport's ``write`` this protocol's ``data_received``.
 
         A :class:`~asycamore.tcpsocket.Connection` (and a TLS one) looks

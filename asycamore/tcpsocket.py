@@ -8,7 +8,8 @@ themselves, calling :meth:`~asycamore.IDispatchContext.modify` only when it chan
   or IPv6, or a Unix domain socket), with an optional connection limit and a short
   back-off instead of a busy loop when the process runs out of descriptors.
 - :class:`Connection` moves bytes between a connected socket and a *handler* (any object
-  with the :class:`StreamHandler` callbacks): non-blocking reads into a shared buffer,
+  with the :class:`StreamHandler` callbacks; the ``protocol_factory`` of every function
+  here makes one): non-blocking reads into a shared buffer,
   a write buffer with high/low water marks that pauses reading while the peer does not
   keep up, half-close, graceful :meth:`~Connection.close` and :meth:`~Connection.abort`.
 - :func:`connect_tcp` / :func:`connect_unix` start a non-blocking connect with an
@@ -20,7 +21,10 @@ themselves, calling :meth:`~asycamore.IDispatchContext.modify` only when it chan
 - :class:`TLSConnection` is TLS layered on a connection (``ssl.MemoryBIO``): server
   side with ``listen_tcp(..., ssl=context)``, client side with ``connect_tcp(...,
   ssl=context_or_True)``, and :func:`start_tls` to upgrade an open connection
-  (STARTTLS).  It has :class:`Connection`'s API; see :doc:`/tls`.
+  (STARTTLS).  Both satisfy :class:`StreamTransport`, the transport API a protocol
+  uses; see :doc:`/tls`.
+- :class:`TransportOptions` is the settings of a transport (water marks, TLS timeouts)
+  as one checked value; the functions take them as keyword arguments too.
 - :class:`~asycamore.timers.Timers` (from :mod:`asycamore.timers`, also importable
   from here) is the timer heap that the listener's back-off and the connect timeout
   use; :class:`asycamore.servicemodel.Service` runs one for you.
@@ -43,6 +47,7 @@ from ._transport.base import (
     DEFAULT_LINGER,
     DEFAULT_RECV_BUFFER_SIZE,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    default_recv_buffer,
 )
 from ._transport.connect import CONNECTION_ATTEMPT_DELAY, ConnectError, connect_tcp, connect_unix
 from ._transport.listener import (
@@ -53,7 +58,14 @@ from ._transport.listener import (
     listen_tcp,
     listen_unix,
 )
-from ._transport.stream import Connection, StreamHandler, default_recv_buffer
+from ._transport.options import (
+    DEFAULT_OPTIONS,
+    ConnectionKeywords,
+    FlowKeywords,
+    StreamKeywords,
+    TransportOptions,
+)
+from ._transport.stream import Connection, StreamHandler, StreamTransport
 from .timers import TimerHandle, Timers
 
 if TYPE_CHECKING:
@@ -84,15 +96,21 @@ __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HIGH_WATER",
     "DEFAULT_LINGER",
+    "DEFAULT_OPTIONS",
     "DEFAULT_RECV_BUFFER_SIZE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "ConnectError",
     "Connection",
+    "ConnectionKeywords",
+    "FlowKeywords",
     "Listener",
     "StreamHandler",
+    "StreamKeywords",
+    "StreamTransport",
     "TLSConnection",
     "TimerHandle",
     "Timers",
+    "TransportOptions",
     "client_context",
     "connect_tcp",
     "connect_unix",

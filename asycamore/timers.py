@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable, Collection, MutableMapping
 from typing import Any, Final
 
+from .arguments import check_interval
 from .dispatcher import IDispatchContext
 
-__all__ = ["ReadyQueue", "TimerHandle", "Timers"]
+__all__ = ["ReadyQueue", "RepeatingTimer", "TimerHandle", "Timers"]
 
 _log = logging.getLogger("asycamore")
 _isnan = math.isnan
@@ -142,6 +143,15 @@ class Timers:
             delay = _checked_time(delay, "the delay")
         return self.call_at(self.clock() + delay, callback, *args)
 
+    def call_every(
+        self, interval: float, callback: Callable[..., object], *args: Any
+    ) -> RepeatingTimer:
+        """Call ``callback(*args)`` every *interval* seconds, the first call one
+        interval from now, until the returned timer is cancelled (see
+        :class:`RepeatingTimer`).  *interval* must be a positive finite number
+        (:class:`ValueError`)."""
+        return RepeatingTimer(self, check_interval(interval), callback, args)
+
     def __len__(self) -> int:
         """The number of scheduled calls that are not cancelled."""
         return len(self._heap) - self._cancelled
@@ -216,6 +226,64 @@ class Timers:
     ) -> None:
         """An :func:`~asycamore.iterate` callback: run due calls, set the next timeout."""
         dispatchvars["timeout"] = self.advance()
+
+
+class RepeatingTimer:
+    """A call repeated at a fixed rate, made by :meth:`Timers.call_every`.
+
+    The *k*-th call is due at ``start + k * interval``: each due time is computed from
+    the schedule, not from when the previous call ran, so lateness never accumulates
+    (no drift).  After a stall longer than an interval -- a slow callback, a blocked
+    loop -- the missed calls are not made up in a burst: one late call is made, and the
+    next is the first due time of the schedule still ahead.  :meth:`cancel` stops it,
+    from inside the callback too; an exception from the callback is logged and does
+    not stop it.
+    """
+
+    __slots__ = ("_args", "_callback", "_handle", "_timers", "cancelled", "interval", "when")
+
+    def __init__(
+        self,
+        timers: Timers,
+        interval: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+    ) -> None:
+        self.interval = interval
+        """Seconds between calls."""
+        self.cancelled = False
+        """Whether :meth:`cancel` was called."""
+        self._timers = timers
+        self._callback = callback
+        self._args = args
+        self.when = timers.clock() + interval
+        """The clock time the next call is due at."""
+        self._handle = timers.call_at(self.when, self._fire)
+
+    def _fire(self) -> None:
+        try:
+            self._callback(*self._args)
+        finally:
+            if not self.cancelled:
+                now = self._timers.clock()
+                interval = self.interval
+                due = self.when + interval
+                if due <= now:
+                    # Stalled past one or more due times: skip them (no burst).
+                    due += interval * (math.floor((now - due) / interval) + 1)
+                self.when = due
+                self._handle = self._timers.call_at(due, self._fire)
+
+    def cancel(self) -> None:
+        """Stop the calls; harmless twice or from inside the callback."""
+        if not self.cancelled:
+            self.cancelled = True
+            self._handle.cancel()
+            self._args = ()
+
+    def __repr__(self) -> str:
+        state = " cancelled" if self.cancelled else f" next={self.when:.3f}"
+        return f"<RepeatingTimer every {self.interval} s{state} {self._callback!r}>"
 
 
 class ReadyQueue:

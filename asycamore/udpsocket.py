@@ -8,7 +8,8 @@
   queue) and :meth:`~DatagramEndpoint.abort`.
 - :func:`bind_udp` makes a bound endpoint (talks to anyone), :func:`bind_udp_all` one
   per address of a name, :func:`connect_udp` a connected one (one peer, whose ICMP
-  errors reach ``handler.error_received``); :func:`create_datagram_socket` and
+  errors reach ``handler.error_received``), each with a protocol from the
+  ``protocol_factory`` they are given; :func:`create_datagram_socket` and
   :func:`create_datagram_sockets` make the bound sockets alone.
 - Errors: a datagram over the family's maximum payload raises
   :class:`DatagramTooLarge` from :meth:`~DatagramEndpoint.sendto`; errors the kernel

@@ -152,7 +152,7 @@ class Worker:
         endpoints: list[DatagramEndpoint] = []
         try:
             for sock in self.datagram_sockets:
-                endpoints.append(service.serve_udp_socket(protocol_factory(), sock, **options))
+                endpoints.append(service.serve_udp_socket(protocol_factory, sock, **options))
         except BaseException:
             # As Service.bind_udp_all does: all or nothing.
             for endpoint in endpoints:

@@ -13,13 +13,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from ..arguments import check_water_marks
 from ..dispatcher import Events, IDispatchContext
 
+if TYPE_CHECKING:
+    from .options import TransportOptions
+
 __all__ = [
+    "CLOSED",
+    "CLOSING",
+    "CONNECTING",
     "DEFAULT_BACKLOG",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HIGH_WATER",
@@ -28,10 +36,13 @@ __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "EVENTS",
     "NO_SOCKET",
+    "OPEN",
     "READ",
     "WRITE",
     "Transport",
+    "default_recv_buffer",
     "log",
+    "log_connect_failure",
     "set_nodelay",
     "water_marks",
 ]
@@ -60,9 +71,15 @@ DEFAULT_BACKLOG: Final = 4096
 """Default ``listen()`` backlog (the kernel caps it at ``net.core.somaxconn``)."""
 
 # Interest bits as plain ints on the hot paths, and the Events the context is given.
-READ: Final = 1
-WRITE: Final = 2
+READ: Final = int(Events.READ)
+WRITE: Final = int(Events.WRITE)
 EVENTS: Final = (Events.NONE, Events.READ, Events.WRITE, Events.READ | Events.WRITE)
+
+# Transport._state: only moves forward.  A datagram endpoint never connects.
+CONNECTING: Final = 0  # a client connect is in progress
+OPEN: Final = 1
+CLOSING: Final = 2  # close() was called: flushing what is buffered
+CLOSED: Final = 3  # the socket is closed, the handler told
 
 
 NO_SOCKET: Final = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -70,6 +87,24 @@ NO_SOCKET: Final = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 still resolving its host name).  Everything a transport does with it fails with
 ``EBADF`` or does nothing (``close()``), so no code path needs a ``None`` check."""
 NO_SOCKET.close()
+
+
+_local = threading.local()
+
+
+def default_recv_buffer() -> memoryview:
+    """This thread's shared receive buffer (:data:`DEFAULT_RECV_BUFFER_SIZE` bytes).
+
+    Transports created without an explicit ``recv_buffer`` read into it.  A handler's
+    data is copied out of it before it is delivered (unless the handler asked for
+    memoryviews), so sharing one buffer among every transport of a loop is safe and
+    keeps per-connection memory small.
+    """
+    view: memoryview | None = getattr(_local, "recv_buffer", None)
+    if view is None:
+        view = memoryview(bytearray(DEFAULT_RECV_BUFFER_SIZE))
+        _local.recv_buffer = view
+    return view
 
 
 def water_marks(high: int | None, low: int | None) -> tuple[int, int]:
@@ -83,7 +118,16 @@ def water_marks(high: int | None, low: int | None) -> tuple[int, int]:
     return high, low
 
 
-_DEFAULT_MARKS: Final = water_marks(None, None)
+def log_connect_failure(exc: BaseException) -> None:
+    """Log a failed client connect for a handler without ``connection_failed``.
+
+    A connect that our side cancelled (a ``close()`` while connecting, a service that
+    stops) is no failure worth a warning: only at debug level.
+    """
+    if isinstance(exc, ConnectionAbortedError):
+        log.debug("connect cancelled: %s", exc)
+    else:
+        log.warning("connect failed: %s", exc)
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -96,11 +140,13 @@ def set_nodelay(sock: socket.socket) -> None:
 class Transport:
     """The state every socket transport keeps (see the module docstring).
 
-    Subclasses own their hot paths; this base holds what they must agree on.  The
-    interest registered in the context is kept in ``_events`` (READ/WRITE bits) so that
-    a subclass calls :meth:`~asycamore.IDispatchContext.modify` only when it changes.
-    ``_buffered`` is the number of bytes waiting to be sent, which the water marks
-    apply to.
+    Subclasses own their hot paths; this base holds what they must agree on: the
+    lifecycle (``_state`` only moves forward, and the handler hears
+    ``connection_lost`` exactly once, from :meth:`_finish`, after which the owner's
+    ``on_close`` is called), the interest registered in the context (``_events``,
+    READ/WRITE bits, so that a subclass calls
+    :meth:`~asycamore.IDispatchContext.modify` only when it changes) and the water
+    marks, which apply to ``_buffered``, the number of bytes waiting to be sent.
     """
 
     __slots__ = (
@@ -113,6 +159,7 @@ class Transport:
         "_low",
         "_on_close",
         "_sock",
+        "_state",
         "_track_activity",
         "last_activity",
     )
@@ -122,9 +169,7 @@ class Transport:
         context: IDispatchContext,
         sock: socket.socket | None,
         handler: Any,
-        high_water: int | None,
-        low_water: int | None,
-        track_activity: bool,
+        options: TransportOptions,
         on_close: Callable[[Any], object] | None,
     ) -> None:
         self._context = context
@@ -138,21 +183,27 @@ class Transport:
         self._handler = handler
         self._events = 0
         self._buffered = 0
-        if high_water is None and low_water is None:
-            self._high, self._low = _DEFAULT_MARKS  # water_marks(None, None), for every connection
-        else:
-            self._high, self._low = water_marks(high_water, low_water)
+        self._state = OPEN
+        self._high, self._low = options.marks
         self._on_close = on_close
-        self._track_activity = track_activity
+        self._track_activity = options.idle_timeout is not None
         self.last_activity = time.monotonic()
-        """The :func:`time.monotonic` time of the last read or write (with
-        ``track_activity``; else the time the transport was created)."""
+        """The :func:`time.monotonic` time of the last read or write (with an idle
+        timeout; else the time the transport was created)."""
 
     # -- the dispatch target ---------------------------------------------------------------
 
     def fileno(self) -> int:
         """The socket's descriptor (``-1`` once closed)."""
         return self._fileno
+
+    def handle_read_event(self) -> None:
+        """The socket is readable (subclasses)."""
+        raise NotImplementedError
+
+    def handle_write_event(self) -> None:
+        """The socket is writable (subclasses)."""
+        raise NotImplementedError
 
     # -- common properties -----------------------------------------------------------------
 
@@ -172,8 +223,21 @@ class Transport:
         return EVENTS[self._events]
 
     @property
+    def closed(self) -> bool:
+        """Whether the transport is closed (the socket is closed, the handler told)."""
+        return self._state == CLOSED
+
+    def is_closing(self) -> bool:
+        """Whether :meth:`close` or :meth:`abort` was called or the transport is lost."""
+        return self._state >= CLOSING
+
+    @property
     def write_buffer_size(self) -> int:
         """The number of bytes buffered and not yet sent."""
+        return self._buffered
+
+    def get_write_buffer_size(self) -> int:
+        """The number of bytes buffered and not yet sent (asyncio's name)."""
         return self._buffered
 
     @property
@@ -195,12 +259,26 @@ class Transport:
         except OSError:
             return None
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """asyncio's transport information by name: ``peername``, ``sockname``,
+        ``socket``; *default* for anything else or what is not available."""
+        if name == "peername":
+            value = self.getpeername()
+        elif name == "sockname":
+            value = self.getsockname()
+        elif name == "socket":
+            value = None if self._fileno < 0 else self._sock
+        else:
+            value = None
+        return default if value is None else value
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """Set the high- and low-water marks of the write buffer, in bytes.
 
         *high* defaults to :data:`DEFAULT_HIGH_WATER`, *low* to a quarter of *high*;
-        ``0 <= low <= high`` must hold.
+        ``0 <= low <= high`` must hold (:class:`ValueError`).
         """
+        check_water_marks(high, low)
         self._high, self._low = water_marks(high, low)
         self._limits_changed()
 
@@ -218,6 +296,32 @@ class Transport:
         resume = getattr(self._handler, "resume_writing", None)
         if resume is not None:
             resume()
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def _release(self) -> Any:
+        """Unregister, close the socket, drop the buffers; return the handler to tell
+        (``None`` if there is none any more).  Subclasses."""
+        raise NotImplementedError
+
+    def _finish(self, exc: BaseException | None) -> None:
+        """Close now: ``connection_lost(exc)`` to the handler, then ``on_close``."""
+        if self._state == CLOSED:
+            return
+        handler = self._release()
+        try:
+            if handler is not None:
+                handler.connection_lost(exc)
+        finally:
+            self._closed_hook()
+
+    def _unregister(self) -> None:
+        """Leave the context, which may have dropped us already (a handler error)."""
+        try:  # noqa: SIM105 - cheaper than contextlib.suppress on this path
+            self._context.unregister(self)
+        except (KeyError, ValueError):
+            pass
+        self._events = 0
 
     def _closed_hook(self) -> None:
         """Tell the owner (``on_close``), once."""

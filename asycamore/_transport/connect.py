@@ -25,20 +25,31 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Final, Literal, overload
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
+from ..arguments import (
+    address_error,
+    check_factory,
+    check_host,
+    check_port,
+    check_timeout,
+    format_address,
+)
 from ..dispatcher import Events, IDispatchContext
 from ..timers import TimerHandle, Timers
-from .base import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, log
+from .base import log
+from .options import DEFAULT_OPTIONS, FlowKeywords, StreamKeywords, TransportOptions
 from .resolve import AddrInfo, Resolution, numeric_addresses, resolve_later
-from .stream import Connection, StreamHandler
+from .stream import Connection, StreamHandler, StreamTransport
 
 if TYPE_CHECKING:
     from ssl import SSLContext
 
-    from .tls import TLSConnection
+    from typing_extensions import Unpack
 
 __all__ = ["CONNECTION_ATTEMPT_DELAY", "ConnectError", "connect_tcp", "connect_unix"]
 
@@ -57,7 +68,7 @@ class ConnectError(OSError):
     def __init__(self, host: str, port: int, attempts: list[tuple[Any, BaseException]]) -> None:
         codes = {getattr(exc, "errno", None) for _, exc in attempts}
         code = codes.pop() if len(codes) == 1 else None
-        listed = "; ".join(f"{_format(address)}: {exc}" for address, exc in attempts)
+        listed = "; ".join(f"{format_address(address)}: {exc}" for address, exc in attempts)
         message = f"cannot connect to {host}:{port} ({len(attempts)} addresses tried: {listed})"
         if code is None:
             super().__init__(message)
@@ -65,13 +76,6 @@ class ConnectError(OSError):
             super().__init__(code, message)
         self.attempts = attempts
         """``(address, exception)`` for each attempt, in order."""
-
-
-def _format(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = address[0]
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return str(address)
 
 
 def _interleave(infos: list[AddrInfo]) -> list[AddrInfo]:
@@ -156,7 +160,8 @@ class _Eyeballs:
     def _resolved(self, infos: list[AddrInfo] | None, exc: BaseException | None) -> None:
         self._resolution = None
         if infos is None:
-            self._fail(exc or OSError(f"cannot resolve {self._host!r}"))
+            error = exc if isinstance(exc, OSError) else OSError(f"cannot resolve {self._host!r}")
+            self._fail(address_error(error, "connect to", (self._host, self._port)))
             return
         try:
             self.start(infos)
@@ -197,7 +202,7 @@ class _Eyeballs:
                 sock.close()
                 self._errors.append((address, exc))
                 continue
-            log.debug("connect to %s: trying %s", self._host, _format(address))
+            log.debug("connect to %s: trying %s", self._host, format_address(address))
             self._attempts.append(attempt)
             if self._queue and self._timers is not None:
                 self._stagger = self._timers.call_later(
@@ -221,7 +226,7 @@ class _Eyeballs:
         if conn is None:
             attempt.sock.close()
             return
-        log.debug("connect to %s: %s won", self._host, _format(attempt.address))
+        log.debug("connect to %s: %s won", self._host, format_address(attempt.address))
         try:
             # connect_socket cancels us (closing the other attempts) and calls the
             # handler's connection_made.
@@ -257,7 +262,9 @@ class _Eyeballs:
     def _timed_out(self, timeout: float) -> None:
         self._deadline = None
         tried = (
-            f" (tried: {', '.join(_format(a) for a, _ in self._errors)})" if self._errors else ""
+            f" (tried: {', '.join(format_address(a) for a, _ in self._errors)})"
+            if self._errors
+            else ""
         )
         self._fail(
             TimeoutError(
@@ -268,7 +275,9 @@ class _Eyeballs:
     def _fail_all(self) -> None:
         errors = self._errors
         if len(errors) == 1:
-            exc = errors[0][1]
+            address, exc = errors[0]
+            if isinstance(exc, OSError):
+                exc = address_error(exc, "connect to", address)
         else:
             exc = ConnectError(self._host, self._port, list(errors))
         if self._raise_failures:
@@ -306,61 +315,24 @@ def _connect(
     handler: StreamHandler,
     timeout: float | None,
     timers: Timers | None,
-    options: dict[str, Any],
+    make: Callable[..., Connection],
 ) -> Connection:
     try:
         sock.setblocking(False)
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            raise OSError(err, f"connect to {address!r} failed: {os.strerror(err)}")
-        conn = Connection(context, sock, handler, timers=timers, start=False, **options)
-        conn.start_connect(timeout, timers)
+            raise address_error(OSError(err, os.strerror(err)), "connect to", address)
+        conn = make(context, sock, handler)
+        conn.start_connect(timeout, timers, address)
     except BaseException:
         sock.close()
         raise
     return conn
 
 
-@overload
 def connect_tcp(
     context: IDispatchContext,
-    handler: StreamHandler,
-    host: str,
-    port: int,
-    *,
-    timeout: float | None = None,
-    timers: Timers | None = None,
-    ssl: Literal[False] | None = None,
-    server_hostname: str | None = None,
-    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
-    strict_eof: bool = False,
-    **options: Any,
-) -> Connection: ...
-
-
-@overload
-def connect_tcp(
-    context: IDispatchContext,
-    handler: StreamHandler,
-    host: str,
-    port: int,
-    *,
-    timeout: float | None = None,
-    timers: Timers | None = None,
-    ssl: SSLContext | Literal[True],
-    server_hostname: str | None = None,
-    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
-    strict_eof: bool = False,
-    **options: Any,
-) -> TLSConnection: ...
-
-
-@overload
-def connect_tcp(
-    context: IDispatchContext,
-    handler: StreamHandler,
+    protocol_factory: Callable[[], StreamHandler],
     host: str,
     port: int,
     *,
@@ -368,85 +340,86 @@ def connect_tcp(
     timers: Timers | None = None,
     ssl: SSLContext | bool | None = None,
     server_hostname: str | None = None,
-    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
-    strict_eof: bool = False,
-    **options: Any,
-) -> Connection | TLSConnection: ...
+    on_close: Callable[[Any], object] | None = None,
+    recv_buffer: memoryview | None = None,
+    options: TransportOptions = DEFAULT_OPTIONS,
+    **keywords: Unpack[StreamKeywords],
+) -> StreamTransport:
+    """Start a non-blocking TCP connect to *host*:*port*; return the transport.
 
+    A protocol from *protocol_factory* hears ``connection_made`` when the connect
+    completes, and if it fails or *timeout* seconds pass first (a timeout needs
+    *timers*), its ``connection_failed(exc)`` (a :class:`TimeoutError` for the timeout;
+    an error that names the address).  :meth:`~StreamTransport.write` may be called
+    meanwhile: the data is sent once connected.  The water marks (and TLS settings)
+    are *keywords*, over *options*; *on_close* is called with the transport after its
+    protocol heard the end.  Every argument is checked before a socket exists.
 
-def connect_tcp(
-    context: IDispatchContext,
-    handler: StreamHandler,
-    host: str,
-    port: int,
-    *,
-    timeout: float | None = None,
-    timers: Timers | None = None,
-    ssl: SSLContext | bool | None = None,
-    server_hostname: str | None = None,
-    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
-    strict_eof: bool = False,
-    **options: Any,
-) -> Connection | TLSConnection:
-    """Start a non-blocking TCP connect to *host*:*port*; return the connection.
-
-    The connection is registered at once; when the connect completes the handler's
-    ``connection_made`` is called, and if it fails or *timeout* seconds pass first (a
-    timeout needs *timers*), its ``connection_failed(exc)`` is (with a
-    :class:`TimeoutError` for the timeout).  :meth:`Connection.write` and
-    :meth:`Connection.write_eof` may be called meanwhile: the data is sent once
-    connected.  *options* are passed to :class:`Connection`.
-
-    A numeric *host* is connected at once; errors the OS reports at once (and a
-    malformed host) raise :class:`OSError` here.  A host name never blocks the loop:
-    it is resolved in a worker thread, the result is delivered through the context,
-    and the addresses are tried with Happy Eyeballs (RFC 8305): families alternated,
-    a new attempt every 250 ms (:data:`CONNECTION_ATTEMPT_DELAY`) or as soon as the
-    previous one fails, the first to connect wins and the others are closed.  Without
-    *timers* there is no stagger: each address is tried when the previous one has
-    failed.  A resolution failure reaches ``connection_failed`` as the
-    :class:`socket.gaierror`; if every address fails, it gets the error of the only
-    attempt or a :class:`ConnectError` listing every attempt's.  ``localhost`` is
-    ``127.0.0.1`` and ``::1`` without asking the resolver (RFC 6761), raced the same
-    way, with no thread; if every one of its addresses fails inside ``connect()``
-    itself, that is raised here, as for a number.
+    A numeric *host* is connected at once; errors the OS reports at once raise
+    :class:`OSError` here.  A host name never blocks the loop: it is resolved in a
+    worker thread, the result is delivered through the context, and the addresses are
+    tried with Happy Eyeballs (RFC 8305): families alternated, a new attempt every 250
+    ms (:data:`CONNECTION_ATTEMPT_DELAY`) or as soon as the previous one fails, the
+    first to connect wins and the others are closed.  Without *timers* there is no
+    stagger: each address is tried when the previous one has failed.  A resolution
+    failure reaches ``connection_failed`` as the :class:`socket.gaierror`; if every
+    address fails, it gets the error of the only attempt or a :class:`ConnectError`
+    listing every attempt's.  ``localhost`` is ``127.0.0.1`` and ``::1`` without
+    asking the resolver (RFC 6761), raced the same way, with no thread; if every one
+    of its addresses fails inside ``connect()`` itself, that is raised here, as for a
+    number.
 
     With *ssl* (an :class:`ssl.SSLContext`, or ``True`` for
     :func:`ssl.create_default_context`: certificates verified, host names checked) the
-    connection speaks TLS and a :class:`TLSConnection` is returned: the handler hears
-    ``connection_made`` once the handshake completes, ``connection_failed(exc)`` if the
-    connect or the handshake fails (:class:`ssl.SSLCertVerificationError` for a
-    certificate that does not verify).  *server_hostname* (default *host*) is sent for
-    SNI and checked against the certificate; *handshake_timeout* (counted from the TCP
-    connect), *shutdown_timeout* and *strict_eof* are :class:`TLSConnection`'s, and the
+    connection speaks TLS and a :class:`TLSConnection` is returned (it has the same
+    API): the protocol hears ``connection_made`` once the handshake completes,
+    ``connection_failed(exc)`` if the connect or the handshake fails
+    (:class:`ssl.SSLCertVerificationError` for a certificate that does not verify).
+    *server_hostname* (default *host*) is sent for SNI and checked against the
+    certificate; the handshake timeout counts from the TCP connect, and the TLS
     timeouts need *timers* (or ``None``).
     """
+    check_factory(protocol_factory)
+    check_host(host, optional=False)
+    check_port(port)
+    check_timeout(timeout, "timeout")
+    if server_hostname is not None and not isinstance(server_hostname, str):
+        raise TypeError(f"server_hostname must be a str or None, not {server_hostname!r}")
+    options = options.merged(keywords)
     sslcontext = None
     if ssl is not None and ssl is not False:
         # Imported here: ssl costs a plain-TCP program some 6 MiB and 10 ms at start.
-        from .tls import TLSConnection, check_tls_options, client_context
+        from .tls import TLSConnection, check_tls_timers, client_context
 
         # Every TLS argument is checked before a socket exists.
         sslcontext = client_context(ssl)
-        check_tls_options(timers, handshake_timeout, shutdown_timeout)
+        check_tls_timers(timers, options)
         if server_hostname is None:
             server_hostname = host
-    conn = _connect_tcp(context, handler, host, port, timeout, timers, options)
+    if timeout is not None and timers is None:
+        raise ValueError("a connect timeout needs timers")
+    protocol = protocol_factory()
+    make = functools.partial(
+        Connection,
+        options=options,
+        recv_buffer=recv_buffer,
+        on_close=None if sslcontext is not None else on_close,
+        timers=timers,
+        start=False,
+    )
+    conn = _connect_tcp(context, protocol, host, port, timeout, timers, make)
     if sslcontext is None:
         return conn
     try:
         return TLSConnection(
             conn,
-            handler,
+            protocol,
             sslcontext,
+            options,
             server_side=False,
             server_hostname=server_hostname,
             timers=timers,
-            handshake_timeout=handshake_timeout,
-            shutdown_timeout=shutdown_timeout,
-            strict_eof=strict_eof,
+            on_close=on_close,
         )
     except BaseException:
         conn.abort()
@@ -460,17 +433,15 @@ def _connect_tcp(
     port: int,
     timeout: float | None,
     timers: Timers | None,
-    options: dict[str, Any],
+    make: Callable[..., Connection],
 ) -> Connection:
     """The plain connect of :func:`connect_tcp` (TLS, if asked for, goes on top)."""
     infos = numeric_addresses(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
     if infos is not None and len(infos) == 1:
         family, type_, proto, _, address = infos[0]
         sock = socket.socket(family, type_, proto)
-        return _connect(context, sock, address, handler, timeout, timers, options)
-    if timeout is not None and timers is None:
-        raise ValueError("a connect timeout needs timers")
-    conn = Connection(context, None, handler, timers=timers, start=False, **options)
+        return _connect(context, sock, address, handler, timeout, timers, make)
+    conn = make(context, None, handler)
     eyeballs = _Eyeballs(context, conn, host, port, timeout, timers)
     conn.start_resolving(eyeballs)
     if infos is None:
@@ -492,13 +463,31 @@ def _connect_tcp(
 
 def connect_unix(
     context: IDispatchContext,
-    handler: StreamHandler,
+    protocol_factory: Callable[[], StreamHandler],
     path: str,
     *,
     timeout: float | None = None,
     timers: Timers | None = None,
-    **options: Any,
-) -> Connection:
+    on_close: Callable[[Any], object] | None = None,
+    recv_buffer: memoryview | None = None,
+    options: TransportOptions = DEFAULT_OPTIONS,
+    **keywords: Unpack[FlowKeywords],
+) -> StreamTransport:
     """Like :func:`connect_tcp`, to the Unix domain socket at *path*."""
+    check_factory(protocol_factory)
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str, not {path!r}")
+    check_timeout(timeout, "timeout")
+    if timeout is not None and timers is None:
+        raise ValueError("a connect timeout needs timers")
+    options = options.merged(keywords)
+    make = functools.partial(
+        Connection,
+        options=options,
+        recv_buffer=recv_buffer,
+        on_close=on_close,
+        timers=timers,
+        start=False,
+    )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    return _connect(context, sock, path, handler, timeout, timers, options)
+    return _connect(context, sock, path, protocol_factory(), timeout, timers, make)

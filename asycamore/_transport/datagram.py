@@ -46,13 +46,17 @@ import collections
 import errno
 import socket
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from ..arguments import address_error, check_factory, check_host, check_port, not_text
 from ..dispatcher import IDispatchContext
-from .base import EVENTS, READ, WRITE, Transport, log
-from .listener import bind_every_address
+from .base import CLOSED, CLOSING, EVENTS, OPEN, READ, WRITE, Transport, default_recv_buffer, log
+from .binding import bind_every_address
+from .options import DEFAULT_OPTIONS, FlowKeywords, TransportOptions
 from .resolve import is_v4_mapped, resolve
-from .stream import default_recv_buffer
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "MAX_DATAGRAM_SIZE",
@@ -78,10 +82,6 @@ header (the IPv6 header is not counted in its payload length)."""
 
 MAX_DATAGRAM_SIZE: Final = 65536
 """The smallest receive buffer an endpoint accepts: more than any datagram."""
-
-_OPEN: Final = 0
-_CLOSING: Final = 1  # close() is flushing the queue
-_CLOSED: Final = 2
 
 _OFF_USER: Final = 1  # pause_reading()
 _OFF_FLOW: Final = 2  # the queue is above the high-water mark
@@ -140,7 +140,8 @@ class DatagramEndpoint(Transport):
     (*read_batch* datagrams per readable event into *recv_buffer*, default
     :func:`~asycamore.tcpsocket.default_recv_buffer`), the send queue and its water
     marks (*high_water*, *low_water*, as for streams), and which errors go to
-    ``handler.error_received`` and which close the endpoint.
+    ``handler.error_received`` and which close the endpoint.  The water marks are
+    those of *options* (a :class:`~asycamore.tcpsocket.TransportOptions`).
     ``handler.connection_lost(exc)`` is called exactly once; *on_close*, if given,
     after it.
     """
@@ -153,7 +154,6 @@ class DatagramEndpoint(Transport):
         "_read_off",
         "_recv_buffer",
         "_remote",
-        "_state",
         "_wants_views",
     )
 
@@ -164,10 +164,9 @@ class DatagramEndpoint(Transport):
         context: IDispatchContext,
         sock: socket.socket,
         handler: DatagramHandler,
+        options: TransportOptions = DEFAULT_OPTIONS,
         *,
         recv_buffer: memoryview | None = None,
-        high_water: int | None = None,
-        low_water: int | None = None,
         read_batch: int = 16,
         on_close: Callable[[DatagramEndpoint], object] | None = None,
         start: bool = True,
@@ -180,13 +179,12 @@ class DatagramEndpoint(Transport):
             raise ValueError(f"recv_buffer must hold at least {MAX_DATAGRAM_SIZE} bytes")
         if read_batch < 1:
             raise ValueError("read_batch must be at least 1")
-        super().__init__(context, sock, handler, high_water, low_water, False, on_close)
+        super().__init__(context, sock, handler, options, on_close)
         self._recv_buffer = recv_buffer
         self._read_batch = read_batch
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
         self._deliver: Callable[[Any, Any], object] = handler.datagram_received
         self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
-        self._state = _OPEN
         self._read_off = 0
         self._max_payload = _max_payload(sock)
         try:
@@ -202,7 +200,7 @@ class DatagramEndpoint(Transport):
         If the context refuses the descriptor, the socket is closed, the handler is
         never told, and the context's error propagates.
         """
-        if self._state == _OPEN and not self._events:
+        if self._state == OPEN and not self._events:
             try:
                 self._context.register(self, EVENTS[READ])
             except BaseException:
@@ -232,7 +230,7 @@ class DatagramEndpoint(Transport):
                 self._deliver(buffer[:n], addr)
             else:
                 self._deliver(buffer[:n].tobytes(), addr)
-            if self._read_off or self._state:
+            if self._read_off or self._state != OPEN:
                 return  # paused, flow-controlled or closed by the handler
 
     def handle_write_event(self) -> None:
@@ -252,16 +250,16 @@ class DatagramEndpoint(Transport):
                 queue.popleft()
                 self._buffered -= len(data)
                 self._error(exc)
-                if self._state == _CLOSED:
+                if self._state == CLOSED:
                     return
                 continue
             queue.popleft()
             self._buffered -= len(data)
         if self._read_off & _OFF_FLOW and self._buffered <= self._low:
             self._read_off &= ~_OFF_FLOW
-            if self._state == _OPEN:
+            if self._state == OPEN:
                 self._resume_handler()
-        if not queue and self._state == _CLOSING:
+        if not queue and self._state == CLOSING:
             self._finish(None)
             return
         self._update_interest()
@@ -285,18 +283,20 @@ class DatagramEndpoint(Transport):
         return self._max_payload
 
     @property
-    def closed(self) -> bool:
-        """Whether the endpoint is closed (the socket is closed, the handler told)."""
-        return self._state == _CLOSED
+    def address(self) -> Any:
+        """The bound address (``getsockname()``; ``None`` once closed)."""
+        return self.getsockname()
 
-    def is_closing(self) -> bool:
-        """Whether :meth:`close` or :meth:`abort` was called or the endpoint is lost."""
-        return self._state != _OPEN
+    @property
+    def port(self) -> int:
+        """The bound port (``0`` once closed)."""
+        address = self.getsockname()
+        return address[1] if isinstance(address, tuple) else 0
 
     @property
     def reading(self) -> bool:
         """Whether the endpoint is currently reading from its socket."""
-        return self._state == _OPEN and not self._read_off
+        return self._state == OPEN and not self._read_off
 
     def pause_reading(self) -> None:
         """Stop reading until :meth:`resume_reading` (the kernel queues, then drops)."""
@@ -321,7 +321,12 @@ class DatagramEndpoint(Transport):
         ``handler.error_received``.  After :meth:`close` or :meth:`abort` datagrams
         are dropped.
         """
-        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        if isinstance(data, memoryview):
+            size = data.nbytes
+        elif isinstance(data, bytes | bytearray):
+            size = len(data)
+        else:
+            raise not_text(data, "sendto()")
         if size > self._max_payload:
             raise DatagramTooLarge(
                 errno.EMSGSIZE,
@@ -334,7 +339,7 @@ class DatagramEndpoint(Transport):
             addr = None
         elif addr is None:
             raise ValueError("an unconnected endpoint needs an address to send to")
-        if self._state != _OPEN:
+        if self._state != OPEN:
             return
         if not self._queue:
             try:
@@ -361,12 +366,12 @@ class DatagramEndpoint(Transport):
         ``handler.connection_lost(None)`` is called once the socket is closed (at once
         if nothing is queued).  Idempotent.
         """
-        if self._state != _OPEN:
+        if self._state != OPEN:
             return
         if not self._queue or self not in self._context:
             self._finish(None)
             return
-        self._state = _CLOSING
+        self._state = CLOSING
         self._read_off |= _OFF_CLOSING
         self._update_interest()
 
@@ -382,7 +387,7 @@ class DatagramEndpoint(Transport):
     # -- internals --------------------------------------------------------------------------
 
     def _limits_changed(self) -> None:
-        if self._state != _OPEN:
+        if self._state != OPEN:
             return
         if self._read_off & _OFF_FLOW:
             if self._buffered <= self._low:
@@ -394,7 +399,7 @@ class DatagramEndpoint(Transport):
         self._update_interest()
 
     def _update_interest(self) -> None:
-        if self._state == _CLOSED:
+        if self._state == CLOSED:
             return
         events = (0 if self._read_off else READ) | (WRITE if self._queue else 0)
         if events != self._events:
@@ -413,12 +418,8 @@ class DatagramEndpoint(Transport):
             log.warning("%r: %s", self, exc)
 
     def _release(self) -> DatagramHandler | None:
-        self._state = _CLOSED
-        try:  # noqa: SIM105
-            self._context.unregister(self)
-        except (KeyError, ValueError):
-            pass
-        self._events = 0
+        self._state = CLOSED
+        self._unregister()
         self._sock.close()
         self._fileno = -1
         self._queue.clear()
@@ -427,16 +428,6 @@ class DatagramEndpoint(Transport):
         self._handler = None
         self._deliver = _no_datagram
         return handler
-
-    def _finish(self, exc: BaseException | None) -> None:
-        if self._state == _CLOSED:
-            return
-        handler = self._release()
-        try:
-            if handler is not None:
-                handler.connection_lost(exc)
-        finally:
-            self._closed_hook()
 
 
 def _no_datagram(data: bytes, addr: Any) -> None:
@@ -474,17 +465,20 @@ def create_datagram_socket(
     """
     if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("SO_REUSEPORT is not supported on this platform")
+    check_host(host)
+    check_port(port)
     target: Any = None
     if remote is not None:
         rhost, rport = remote
-        af, type_, proto, _, target = resolve(rhost, rport, family, socket.SOCK_DGRAM)[0]
-        local = (
-            None
-            if host is None
-            else resolve(host or None, port, af, socket.SOCK_DGRAM, socket.AI_PASSIVE)
-        )
+        check_host(rhost, optional=False)
+        check_port(rport)
+        try:
+            af, type_, proto, _, target = resolve(rhost, rport, family, socket.SOCK_DGRAM)[0]
+        except OSError as exc:
+            raise address_error(exc, "connect to", remote) from None
+        local = None if host is None else _passive(host, port, af)
     else:
-        local = resolve(host or None, port, family, socket.SOCK_DGRAM, socket.AI_PASSIVE)
+        local = _passive(host, port, family)
         af, type_, proto = local[0][:3]
     sock = socket.socket(af, type_, proto)
     try:
@@ -496,14 +490,28 @@ def create_datagram_socket(
             v6only=not is_v4_mapped(local[0][4] if local else target),
         )
         if local is not None:
-            sock.bind(local[0][4])
+            try:
+                sock.bind(local[0][4])
+            except OSError as exc:
+                raise address_error(exc, "bind to", local[0][4]) from None
         if target is not None:
-            sock.connect(target)
+            try:
+                sock.connect(target)
+            except OSError as exc:
+                raise address_error(exc, "connect to", target) from None
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _passive(host: str | None, port: int, family: int) -> list[Any]:
+    """The addresses to bind *host*:*port* to; a resolution error names them."""
+    try:
+        return resolve(host or None, port, family, socket.SOCK_DGRAM, socket.AI_PASSIVE)
+    except OSError as exc:
+        raise address_error(exc, "bind to", (host, port)) from None
 
 
 def setup_datagram_socket(
@@ -530,7 +538,7 @@ def setup_datagram_socket(
 
 def bind_udp(
     context: IDispatchContext,
-    handler: DatagramHandler,
+    protocol_factory: Callable[[], DatagramHandler],
     host: str | None = "127.0.0.1",
     port: int = 0,
     *,
@@ -538,14 +546,21 @@ def bind_udp(
     reuse_port: bool = False,
     allow_broadcast: bool = False,
     socket_buffer_size: int | None = None,
-    **options: Any,
+    on_close: Callable[[DatagramEndpoint], object] | None = None,
+    recv_buffer: memoryview | None = None,
+    options: TransportOptions = DEFAULT_OPTIONS,
+    **keywords: Unpack[FlowKeywords],
 ) -> DatagramEndpoint:
-    """A bound endpoint on the first address of *host*:*port*, started.
+    """A bound endpoint on the first address of *host*:*port*, started, served by a
+    protocol from *protocol_factory*.
 
     It receives from anyone and sends with ``sendto(data, addr)``.  See
-    :func:`create_datagram_socket` for the socket, :class:`DatagramEndpoint` for
-    *options*; :func:`bind_udp_all` binds every address of a name.
+    :func:`create_datagram_socket` for the socket, :class:`DatagramEndpoint` for the
+    rest; the water marks are *keywords*, over *options*.  :func:`bind_udp_all` binds
+    every address of a name.  Every argument is checked before a socket exists.
     """
+    check_factory(protocol_factory)
+    options = options.merged(keywords)
     sock = create_datagram_socket(
         host,
         port,
@@ -554,7 +569,25 @@ def bind_udp(
         allow_broadcast=allow_broadcast,
         socket_buffer_size=socket_buffer_size,
     )
-    return DatagramEndpoint(context, sock, handler, **options)
+    return _endpoint(context, sock, protocol_factory, options, recv_buffer, on_close)
+
+
+def _endpoint(
+    context: IDispatchContext,
+    sock: socket.socket,
+    protocol_factory: Callable[[], DatagramHandler],
+    options: TransportOptions,
+    recv_buffer: memoryview | None,
+    on_close: Callable[[DatagramEndpoint], object] | None,
+) -> DatagramEndpoint:
+    """A started endpoint on *sock*, which it owns even if this raises."""
+    try:
+        return DatagramEndpoint(
+            context, sock, protocol_factory(), options, recv_buffer=recv_buffer, on_close=on_close
+        )
+    except BaseException:
+        sock.close()  # harmless twice: a refused start() has closed it already
+        raise
 
 
 def create_datagram_sockets(
@@ -577,7 +610,9 @@ def create_datagram_sockets(
     """
     if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("SO_REUSEPORT is not supported on this platform")
-    infos = resolve(host or None, port, family, socket.SOCK_DGRAM, socket.AI_PASSIVE)
+    check_host(host)
+    check_port(port)
+    infos = _passive(host, port, family)
 
     def setup(sock: socket.socket) -> None:
         setup_datagram_socket(
@@ -588,7 +623,7 @@ def create_datagram_sockets(
             v6only=False,  # bind_every_address has set it, per address
         )
 
-    socks = bind_every_address(infos, port, setup)
+    socks = bind_every_address(infos, port, setup, "bind to")
     for sock in socks:
         sock.setblocking(False)
     return socks
@@ -596,7 +631,7 @@ def create_datagram_sockets(
 
 def bind_udp_all(
     context: IDispatchContext,
-    handler_factory: Callable[[], DatagramHandler],
+    protocol_factory: Callable[[], DatagramHandler],
     host: str | None = "127.0.0.1",
     port: int = 0,
     *,
@@ -604,15 +639,21 @@ def bind_udp_all(
     reuse_port: bool = False,
     allow_broadcast: bool = False,
     socket_buffer_size: int | None = None,
-    **options: Any,
+    on_close: Callable[[DatagramEndpoint], object] | None = None,
+    recv_buffer: memoryview | None = None,
+    options: TransportOptions = DEFAULT_OPTIONS,
+    **keywords: Unpack[FlowKeywords],
 ) -> list[DatagramEndpoint]:
-    """One bound endpoint per address of *host*, all on one port, each with a handler
-    from *handler_factory*; the first address first.
+    """One bound endpoint per address of *host*, all on one port, each with a protocol
+    from *protocol_factory*; the first address first.
 
     The sockets are those of :func:`create_datagram_sockets`.  One endpoint per
     address (not one over several sockets) because a reply must leave through the
-    socket its request came in on, or it would come from another source address.
+    socket its request came in on, or it would come from another source address.  All
+    or nothing: if one cannot be made, those made are aborted and this raises.
     """
+    check_factory(protocol_factory)
+    options = options.merged(keywords)
     socks = create_datagram_sockets(
         host,
         port,
@@ -624,7 +665,9 @@ def bind_udp_all(
     endpoints: list[DatagramEndpoint] = []
     try:
         for sock in socks:
-            endpoints.append(DatagramEndpoint(context, sock, handler_factory(), **options))
+            endpoints.append(
+                _endpoint(context, sock, protocol_factory, options, recv_buffer, on_close)
+            )
     except BaseException:
         for endpoint in endpoints:
             endpoint.abort()
@@ -636,7 +679,7 @@ def bind_udp_all(
 
 def connect_udp(
     context: IDispatchContext,
-    handler: DatagramHandler,
+    protocol_factory: Callable[[], DatagramHandler],
     host: str,
     port: int,
     *,
@@ -646,10 +689,13 @@ def connect_udp(
     reuse_port: bool = False,
     allow_broadcast: bool = False,
     socket_buffer_size: int | None = None,
-    **options: Any,
+    on_close: Callable[[DatagramEndpoint], object] | None = None,
+    recv_buffer: memoryview | None = None,
+    options: TransportOptions = DEFAULT_OPTIONS,
+    **keywords: Unpack[FlowKeywords],
 ) -> DatagramEndpoint:
     """A connected endpoint to *host*:*port* (bound to *local_host*:*local_port* if
-    given), started.
+    given), started, served by a protocol from *protocol_factory*.
 
     It sends with ``sendto(data)`` to its peer only, receives only from it, and hears
     the peer's ICMP errors in ``handler.error_received`` (a closed port:
@@ -657,6 +703,8 @@ def connect_udp(
     address of *host* is used.  A host name is resolved with a blocking
     :func:`socket.getaddrinfo`; numbers and ``localhost`` never block.
     """
+    check_factory(protocol_factory)
+    options = options.merged(keywords)
     sock = create_datagram_socket(
         local_host,
         local_port,
@@ -666,4 +714,4 @@ def connect_udp(
         allow_broadcast=allow_broadcast,
         socket_buffer_size=socket_buffer_size,
     )
-    return DatagramEndpoint(context, sock, handler, **options)
+    return _endpoint(context, sock, protocol_factory, options, recv_buffer, on_close)

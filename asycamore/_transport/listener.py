@@ -12,21 +12,19 @@ from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 
+from ..arguments import address_error, check_factory, check_host, check_port, check_timeout
 from ..dispatcher import Events, IDispatchContext
 from ..timers import TimerHandle, Timers
-from .base import (
-    DEFAULT_BACKLOG,
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    EVENTS,
-    READ,
-    log,
-)
-from .resolve import AddrInfo, is_v4_mapped, resolve
+from .base import DEFAULT_BACKLOG, EVENTS, READ, log
+from .binding import bind_every_address
+from .options import DEFAULT_OPTIONS, StreamKeywords, TransportOptions
+from .resolve import resolve
 from .stream import Connection, StreamHandler
 
 if TYPE_CHECKING:
     from ssl import SSLContext
+
+    from typing_extensions import Unpack
 
 __all__ = [
     "Listener",
@@ -142,8 +140,8 @@ class Listener:
     are the first socket's; :attr:`sockets` and :attr:`addresses` are all of them.
 
     For each accepted socket, ``handler_factory()`` makes a handler and a
-    :class:`Connection` is started with it (*connection_options* are passed to the
-    connection: ``recv_buffer``, ``high_water``, ``low_water``, ``track_activity``).
+    :class:`Connection` is started with it, with *options* (a
+    :class:`~asycamore.tcpsocket.TransportOptions`), reading into *recv_buffer*.
     Up to *accept_batch* connections are accepted per readable event.
 
     - ``ECONNABORTED`` and the other errors that concern a single pending connection are
@@ -170,6 +168,7 @@ class Listener:
         context: IDispatchContext,
         sock: socket.socket | Sequence[socket.socket],
         handler_factory: Callable[[], StreamHandler],
+        options: TransportOptions = DEFAULT_OPTIONS,
         *,
         timers: Timers | None = None,
         max_connections: int | None = None,
@@ -178,12 +177,13 @@ class Listener:
         on_connection: Callable[[Connection], object] | None = None,
         on_connection_closed: Callable[[Connection], object] | None = None,
         socket_file: str | None = None,
-        **connection_options: Any,
+        recv_buffer: memoryview | None = None,
     ) -> None:
-        if max_connections is not None and max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
-        if accept_batch < 1:
-            raise ValueError("accept_batch must be at least 1")
+        check_factory(handler_factory, "handler_factory")
+        if max_connections is not None:
+            _check_count(max_connections, "max_connections")
+        _check_count(accept_batch, "accept_batch")
+        check_timeout(backoff, "backoff", optional=False)
         socks = [sock] if isinstance(sock, socket.socket) else list(sock)
         if not socks:
             raise ValueError("a listener needs at least one socket")
@@ -212,10 +212,11 @@ class Listener:
         self._new_connection = functools.partial(
             Connection,
             context,
+            options=options,
+            recv_buffer=recv_buffer,
             on_close=self._connection_closed,
             timers=timers,
             start=False,
-            **connection_options,
         )
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         self._kind = _socket_kind(sock)
@@ -443,6 +444,13 @@ class Listener:
             self._set_events(READ)
 
 
+def _check_count(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+
+
 def remove_socket_file(path: str) -> None:
     """Remove *path* if it is a socket file (a stale Unix socket); ignore errors."""
     try:
@@ -468,7 +476,7 @@ def create_listening_socket(
     *reuse_address* is false; ``SO_REUSEPORT`` only with *reuse_port*.  Raises
     :class:`OSError` (:class:`socket.gaierror` for a bad address) on failure.
     """
-    infos = resolve(host or None, port, family, socket.SOCK_STREAM, socket.AI_PASSIVE)
+    infos = _resolve_passive(host, port, family)
     af, type_, proto, _, address = infos[0]
     sock = socket.socket(af, type_, proto)
     try:
@@ -478,7 +486,10 @@ def create_listening_socket(
             if not hasattr(socket, "SO_REUSEPORT"):
                 raise ValueError("SO_REUSEPORT is not supported on this platform")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise address_error(exc, "listen on", address) from None
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
@@ -487,59 +498,14 @@ def create_listening_socket(
     return sock
 
 
-_BIND_TRIES: Final = 16  # port 0 on several addresses: tries to find a port free on all
-
-
-def bind_every_address(
-    infos: Sequence[AddrInfo],
-    port: int,
-    setup: Callable[[socket.socket], object],
-) -> list[socket.socket]:
-    """One socket per address of *infos*, bound to the same *port*; IPv6 ``V6ONLY``.
-
-    ``setup(sock)`` runs on each new socket before ``bind`` (socket options) and
-    after it (``listen``) is the caller's business.  With *port* 0 the first socket
-    gets a free port from the kernel and the others are bound to that same port, so a
-    name means one port; if that port is taken on another address, everything is
-    closed and tried again with a new port (up to 16 times).  An address of a family
-    this kernel does not support (``EAFNOSUPPORT``) is skipped, as long as one is left.
-    IPv6 sockets are ``IPV6_V6ONLY``: ``::`` beside ``0.0.0.0`` is two sockets, each
-    with its own family, never one dual-stack socket that would collide with the other.
-    """
-    for tries_left in range(_BIND_TRIES - 1, -1, -1):
-        socks: list[socket.socket] = []
-        bound = port
-        try:
-            for af, type_, proto, _, address in infos:
-                try:
-                    sock = socket.socket(af, type_, proto)
-                except OSError as exc:
-                    if exc.errno == errno.EAFNOSUPPORT and (socks or len(infos) > 1):
-                        continue
-                    raise
-                socks.append(sock)
-                if af == socket.AF_INET6 and not is_v4_mapped(address):
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                setup(sock)
-                sock.bind((address[0], bound, *address[2:]))
-                if not bound:
-                    bound = sock.getsockname()[1]
-            if not socks:
-                raise OSError(errno.EAFNOSUPPORT, "no address of a supported family")
-            return socks
-        except BaseException as exc:
-            for sock in socks:
-                sock.close()
-            retry = (
-                isinstance(exc, OSError)
-                and exc.errno == errno.EADDRINUSE
-                and not port
-                and len(socks) > 1
-                and tries_left
-            )
-            if not retry:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+def _resolve_passive(host: str | None, port: int, family: int) -> list[Any]:
+    """*host*'s addresses to listen on, after the checks every listen makes."""
+    check_host(host)
+    check_port(port)
+    try:
+        return resolve(host or None, port, family, socket.SOCK_STREAM, socket.AI_PASSIVE)
+    except OSError as exc:
+        raise address_error(exc, "listen on", (host, port)) from None
 
 
 def create_listening_sockets(
@@ -560,7 +526,7 @@ def create_listening_sockets(
     """
     if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("SO_REUSEPORT is not supported on this platform")
-    infos = resolve(host or None, port, family, socket.SOCK_STREAM, socket.AI_PASSIVE)
+    infos = _resolve_passive(host, port, family)
 
     def setup(sock: socket.socket) -> None:
         if reuse_address:
@@ -568,7 +534,7 @@ def create_listening_sockets(
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
-    socks = bind_every_address(infos, port, setup)
+    socks = bind_every_address(infos, port, setup, "listen on")
     try:
         for sock in socks:
             sock.listen(backlog)
@@ -586,10 +552,15 @@ def create_unix_listening_socket(path: str, *, backlog: int = DEFAULT_BACKLOG) -
     A stale socket file at *path* is removed first (any other kind of file is left
     alone, and ``bind`` fails).
     """
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str, not {path!r}")
     remove_socket_file(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            raise address_error(exc, "listen on", path) from None
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
@@ -600,7 +571,7 @@ def create_unix_listening_socket(path: str, *, backlog: int = DEFAULT_BACKLOG) -
 
 def listen_tcp(
     context: IDispatchContext,
-    handler_factory: Callable[[], StreamHandler],
+    protocol_factory: Callable[[], StreamHandler],
     host: str | None = "127.0.0.1",
     port: int = 0,
     *,
@@ -608,44 +579,69 @@ def listen_tcp(
     reuse_address: bool = True,
     reuse_port: bool = False,
     ssl: SSLContext | None = None,
-    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
-    strict_eof: bool = False,
-    **listener_options: Any,
+    timers: Timers | None = None,
+    max_connections: int | None = None,
+    accept_batch: int = 64,
+    backoff: float = 0.25,
+    on_connection: Callable[[Any], object] | None = None,
+    on_connection_closed: Callable[[Any], object] | None = None,
+    recv_buffer: memoryview | None = None,
+    options: TransportOptions = DEFAULT_OPTIONS,
+    **keywords: Unpack[StreamKeywords],
 ) -> Listener:
     """Listen on every address of *host*:*port*; return the :class:`Listener`,
     already registered in *context*.
 
     ``localhost`` listens on ``127.0.0.1`` and ``::1``, ``None`` or ``""`` on every
     interface of both families, a name on each address it resolves to -- all on one
-    port, with one listener (see :func:`create_listening_sockets`).  *listener_options*
-    are passed to :class:`Listener`.
+    port, with one listener (see :func:`create_listening_sockets`).  Each connection
+    gets a new protocol from *protocol_factory*.  See :class:`Listener` for the other
+    arguments; the water marks (and TLS settings) are *keywords*, over *options*.
+
+    Every argument is checked before anything is opened; a failure to resolve or
+    bind raises an :class:`OSError` that names the address.
 
     With *ssl*, a server :class:`ssl.SSLContext` holding the certificate chain and key,
     every accepted connection speaks TLS (see :func:`tls_handler_factory`): the
     protocol hears ``connection_made`` with a :class:`TLSConnection` once the handshake
-    completes.  A client that fails the handshake or does not finish it within
-    *handshake_timeout* seconds is dropped (its protocol hears ``handshake_failed(exc)``
-    if it has one).  The timeouts need ``timers=`` (or ``None``); *shutdown_timeout* and
-    *strict_eof* are :class:`TLSConnection`'s.
+    completes, and *on_connection*/*on_connection_closed* see that TLS connection.  A
+    client that fails the handshake or does not finish it within ``handshake_timeout``
+    seconds is dropped (its protocol hears ``handshake_failed(exc)`` if it has one).
+    The TLS timeouts need *timers* (or ``handshake_timeout=None, shutdown_timeout=None``).
     """
+    check_factory(protocol_factory)
+    options = options.merged(keywords)
+    handler_factory = protocol_factory
     if ssl is not None:
         # Imported here: ssl costs a plain-TCP server some 6 MiB and 10 ms at start.
         from .tls import tls_handler_factory
 
         handler_factory = tls_handler_factory(
-            handler_factory,
+            protocol_factory,
             ssl,
-            timers=listener_options.get("timers"),
-            handshake_timeout=handshake_timeout,
-            shutdown_timeout=shutdown_timeout,
-            strict_eof=strict_eof,
+            options,
+            timers=timers,
+            on_connection=on_connection,
+            on_connection_closed=on_connection_closed,
         )
+        on_connection = on_connection_closed = None  # the TLS layer's business now
     socks = create_listening_sockets(
         host, port, backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port
     )
     try:
-        return Listener(context, socks, handler_factory, **listener_options)
+        return Listener(
+            context,
+            socks,
+            handler_factory,
+            options,
+            timers=timers,
+            max_connections=max_connections,
+            accept_batch=accept_batch,
+            backoff=backoff,
+            on_connection=on_connection,
+            on_connection_closed=on_connection_closed,
+            recv_buffer=recv_buffer,
+        )
     except BaseException:
         for sock in socks:
             sock.close()
@@ -654,17 +650,36 @@ def listen_tcp(
 
 def listen_unix(
     context: IDispatchContext,
-    handler_factory: Callable[[], StreamHandler],
+    protocol_factory: Callable[[], StreamHandler],
     path: str,
     *,
     backlog: int = DEFAULT_BACKLOG,
-    **listener_options: Any,
+    timers: Timers | None = None,
+    max_connections: int | None = None,
+    on_connection: Callable[[Any], object] | None = None,
+    on_connection_closed: Callable[[Any], object] | None = None,
+    recv_buffer: memoryview | None = None,
+    options: TransportOptions = DEFAULT_OPTIONS,
+    **keywords: Unpack[StreamKeywords],
 ) -> Listener:
-    """Listen on the Unix domain socket *path*; the socket file is removed again when
-    the listener is closed."""
+    """Listen on the Unix domain socket *path*, like :func:`listen_tcp`; the socket
+    file is removed again when the listener is closed."""
+    check_factory(protocol_factory)
+    options = options.merged(keywords)
     sock = create_unix_listening_socket(path, backlog=backlog)
     try:
-        return Listener(context, sock, handler_factory, socket_file=path, **listener_options)
+        return Listener(
+            context,
+            sock,
+            protocol_factory,
+            options,
+            timers=timers,
+            max_connections=max_connections,
+            on_connection=on_connection,
+            on_connection_closed=on_connection_closed,
+            socket_file=path,
+            recv_buffer=recv_buffer,
+        )
     except BaseException:
         sock.close()
         remove_socket_file(path)

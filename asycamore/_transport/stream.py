@@ -49,31 +49,30 @@ import errno
 import itertools
 import os
 import socket
-import threading
 from collections.abc import Callable, Iterable
 from time import monotonic
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
+from ..arguments import address_error, not_text
 from ..dispatcher import IDispatchContext
 from ..timers import Timers
 from .base import (
-    DEFAULT_LINGER,
-    DEFAULT_RECV_BUFFER_SIZE,
+    CLOSED,
+    CLOSING,
+    CONNECTING,
     EVENTS,
+    OPEN,
     READ,
     WRITE,
     Transport,
+    default_recv_buffer,
     log,
+    log_connect_failure,
     set_nodelay,
 )
+from .options import DEFAULT_OPTIONS, TransportOptions
 
-__all__ = ["Cancellable", "Connection", "StreamHandler", "default_recv_buffer"]
-
-# _state: only moves forward.
-_CONNECTING: Final = 0
-_OPEN: Final = 1
-_CLOSING: Final = 2
-_CLOSED: Final = 3
+__all__ = ["Cancellable", "Connection", "StreamHandler", "StreamTransport"]
 
 # _read_off: why reading is off (reading is on only when no bit is set).
 _OFF_USER: Final = 1  # pause_reading()
@@ -148,22 +147,72 @@ class StreamHandler(Protocol):
         ...
 
 
-_local = threading.local()
+@runtime_checkable
+class StreamTransport(Protocol):
+    """What a stream protocol's transport offers, plain or TLS.
 
-
-def default_recv_buffer() -> memoryview:
-    """This thread's shared receive buffer (:data:`DEFAULT_RECV_BUFFER_SIZE` bytes).
-
-    Connections created without an explicit ``recv_buffer`` read into it.  A handler's
-    data is copied out of it before :meth:`StreamHandler.data_received` (unless the
-    handler asked for memoryviews), so sharing one buffer among every connection of a
-    loop is safe and keeps per-connection memory small.
+    :class:`Connection` and :class:`~asycamore.tcpsocket.TLSConnection` both satisfy
+    it, so a protocol is written once for both (asyncio's ``Transport`` names).  Type a
+    protocol's transport as this, not as either class.
     """
-    view: memoryview | None = getattr(_local, "recv_buffer", None)
-    if view is None:
-        view = memoryview(bytearray(DEFAULT_RECV_BUFFER_SIZE))
-        _local.recv_buffer = view
-    return view
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send *data* (bytes-like; a :class:`str` is a :class:`TypeError`); never
+        blocks: what cannot be sent at once is buffered."""
+        ...
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write several chunks, as one :meth:`write` of their concatenation."""
+        ...
+
+    def write_eof(self) -> None:
+        """Half-close once the buffer is flushed (where :meth:`can_write_eof`)."""
+        ...
+
+    def can_write_eof(self) -> bool:
+        """Whether :meth:`write_eof` is supported (plain streams: yes; TLS: no)."""
+        ...
+
+    def close(self) -> None:
+        """Close gracefully: flush, then close; ``connection_lost(None)`` follows."""
+        ...
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Close at once, discarding buffered data; ``connection_lost(exc)`` follows."""
+        ...
+
+    def pause_reading(self) -> None:
+        """Stop delivering data until :meth:`resume_reading`."""
+        ...
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+        ...
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes written and not yet sent."""
+        ...
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks at which the protocol is paused and resumed."""
+        ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``peername``, ``sockname``, ``socket`` (and the TLS names on TLS)."""
+        ...
+
+    def is_closing(self) -> bool:
+        """Whether the transport is closing or closed."""
+        ...
+
+
+def _as_bytes_view(data: object) -> memoryview:
+    """*data* as a byte view; a :class:`str` is refused with a message that says to
+    encode it (memoryview's own says only "a bytes-like object is required")."""
+    try:
+        return memoryview(data).cast("B")  # type: ignore[arg-type]
+    except TypeError:
+        raise not_text(data, "write()") from None
 
 
 def _no_data(data: bytes) -> None:
@@ -183,17 +232,17 @@ class Connection(Transport):
     (*recv_buffer*, default :func:`default_recv_buffer`) and hands the bytes to
     ``handler.data_received``.  Writing: :meth:`write` sends at once when nothing is
     buffered and buffers only what the socket did not take; the buffer is a queue of
-    chunks drained with ``send``/``sendmsg``, never re-copied.  When more than
-    *high_water* bytes are buffered the connection stops reading (and calls the
-    handler's ``pause_writing()``, if any) until the buffer is down to *low_water*
-    (default a quarter of *high_water*), so memory stays bounded when the peer does
-    not read.
+    chunks drained with ``send``/``sendmsg``, never re-copied.  When more than the
+    high-water mark of *options* (a :class:`~asycamore.tcpsocket.TransportOptions`)
+    is buffered the connection stops reading (and calls the handler's
+    ``pause_writing()``, if any) until the buffer is down to the low-water mark, so
+    memory stays bounded when the peer does not read.
 
     A reset or any other socket error closes the connection and reports the error to
     ``handler.connection_lost(exc)``, which is called exactly once.  *on_close*, if
     given, is called with the connection after that (owners use it for bookkeeping).
-    When *track_activity* is true, :attr:`last_activity` is updated on every successful
-    read and write (for idle timeouts).  *timers* and *linger* bound how long
+    With an ``idle_timeout`` in *options*, :attr:`last_activity` is updated on every
+    successful read and write.  *timers* and the ``linger`` of *options* bound how long
     :meth:`close` waits for the peer's EOF (:data:`DEFAULT_LINGER` seconds).
 
     Memory: a read takes at most the high-water mark (but at least 64 KiB) when
@@ -204,6 +253,7 @@ class Connection(Transport):
 
     __slots__ = (
         "_chunks",
+        "_connect_to",
         "_deliver",
         "_head_sent",
         "_linger",
@@ -213,7 +263,6 @@ class Connection(Transport):
         "_recv_buffer",
         "_shut_wr",
         "_spoke",
-        "_state",
         "_timer",
         "_timers",
         "_wants_views",
@@ -226,19 +275,16 @@ class Connection(Transport):
         context: IDispatchContext,
         sock: socket.socket | None,
         handler: StreamHandler,
+        options: TransportOptions = DEFAULT_OPTIONS,
         *,
         recv_buffer: memoryview | None = None,
-        high_water: int | None = None,
-        low_water: int | None = None,
-        track_activity: bool = False,
         on_close: Callable[[Connection], object] | None = None,
         timers: Timers | None = None,
-        linger: float = DEFAULT_LINGER,
         start: bool = True,
     ) -> None:
-        super().__init__(context, sock, handler, high_water, low_water, track_activity, on_close)
+        super().__init__(context, sock, handler, options, on_close)
         self._timers = timers
-        self._linger = linger
+        self._linger = options.linger
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
         self._deliver: Callable[[Any], object] = handler.data_received
         self._recv_buffer = default_recv_buffer() if recv_buffer is None else recv_buffer
@@ -247,7 +293,7 @@ class Connection(Transport):
         self._head_sent = 0
         self._spoke = False
         self._note_reads = True
-        self._state = _OPEN
+        self._connect_to: Any = None
         self._read_off = 0
         self._shut_wr = _SHUT_WR_NONE
         # The connect timeout, or a pending connect's work: cancelled on release.
@@ -275,7 +321,7 @@ class Connection(Transport):
 
     def start(self) -> None:
         """:meth:`attach` if not yet done, then call ``handler.connection_made(self)``."""
-        if self._state == _OPEN and not self._events:
+        if self._state == OPEN and not self._events:
             self.attach()
         self._made()
 
@@ -288,7 +334,7 @@ class Connection(Transport):
             # fewer), or handed the connection to another handler (set_handler).  Only
             # while open: a close() there has stopped delivery (or is discarding).
             handler = self._handler
-            if handler is not None and self._state == _OPEN:
+            if handler is not None and self._state == OPEN:
                 self._deliver = handler.data_received
 
     def set_handler(self, handler: StreamHandler) -> None:
@@ -301,7 +347,7 @@ class Connection(Transport):
         ``connection_made`` (it has the connection already).  Raises
         :class:`RuntimeError` once the connection is closed.
         """
-        if self._state == _CLOSED:
+        if self._state == CLOSED:
             raise RuntimeError("set_handler() on a closed connection")
         self._handler = handler
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
@@ -346,7 +392,7 @@ class Connection(Transport):
 
     def handle_write_event(self) -> None:
         """Send what is buffered (or finish a connect)."""
-        if self._state == _CONNECTING:
+        if self._state == CONNECTING:
             self._finish_connect()
             return
         chunks = self._chunks
@@ -380,23 +426,14 @@ class Connection(Transport):
         return self._handler
 
     @property
-    def closed(self) -> bool:
-        """Whether the connection is closed (the socket is closed, the handler told)."""
-        return self._state == _CLOSED
-
-    def is_closing(self) -> bool:
-        """Whether :meth:`close` or :meth:`abort` was called or the connection is lost."""
-        return self._state >= _CLOSING
-
-    @property
     def connecting(self) -> bool:
         """Whether a client connect is still in progress."""
-        return self._state == _CONNECTING
+        return self._state == CONNECTING
 
     @property
     def reading(self) -> bool:
         """Whether the connection is currently reading from its socket."""
-        return self._state == _OPEN and not self._read_off
+        return self._state == OPEN and not self._read_off
 
     @property
     def eof_received(self) -> bool:
@@ -431,7 +468,7 @@ class Connection(Transport):
 
     def _limits_changed(self) -> None:
         self._read_size = self._first_read_size()
-        if self._state == _OPEN:
+        if self._state == OPEN:
             self._check_flow()
             self._update_interest()
 
@@ -456,7 +493,7 @@ class Connection(Transport):
         :meth:`abort`, or once the connection is lost, are silently dropped; a write
         after :meth:`write_eof` raises :class:`RuntimeError`.
         """
-        if self._chunks or self._state != _OPEN or self._shut_wr:
+        if self._chunks or self._state != OPEN or self._shut_wr:
             self._write_later(data)
             return
         # Nothing is buffered: send at once.  This is the echo path, so it is kept to
@@ -468,7 +505,7 @@ class Connection(Transport):
         elif kind is memoryview:
             size = data.nbytes  # type: ignore[union-attr]
         else:
-            data = memoryview(data).cast("B")
+            data = _as_bytes_view(data)
             size = data.nbytes
         if not size:
             return
@@ -498,14 +535,14 @@ class Connection(Transport):
 
     def _write_later(self, data: bytes | bytearray | memoryview) -> None:
         """`write` when data is already buffered, or the connection is not open."""
-        state = self._state
-        if state != _OPEN or self._shut_wr:
-            if state <= _OPEN and self._shut_wr:
-                raise RuntimeError("write() after write_eof()")
-            if state != _CONNECTING:
-                return
         if type(data) is not bytes:
-            data = memoryview(data).cast("B")
+            data = _as_bytes_view(data)  # refused at the call, whatever the state
+        state = self._state
+        if state != OPEN or self._shut_wr:
+            if state <= OPEN and self._shut_wr:
+                raise RuntimeError("write() after write_eof()")
+            if state != CONNECTING:
+                return
         size = len(data)
         if not size:
             return
@@ -514,7 +551,7 @@ class Connection(Transport):
             chunks = self._chunks = collections.deque()
         self._append(chunks, data, size)
         self._buffered += size
-        if self._buffered > self._high and not self._read_off & _OFF_FLOW and state == _OPEN:
+        if self._buffered > self._high and not self._read_off & _OFF_FLOW and state == OPEN:
             self._check_flow()
             self._update_interest()
 
@@ -527,9 +564,9 @@ class Connection(Transport):
 
         The connection keeps reading.  It closes itself once both sides have sent EOF.
         """
-        if self._state > _OPEN or self._shut_wr:
+        if self._state > OPEN or self._shut_wr:
             return
-        if self._chunks or self._state == _CONNECTING:
+        if self._chunks or self._state == CONNECTING:
             self._shut_wr = _SHUT_WR_PENDING
             return
         self._shutdown_write()
@@ -554,16 +591,16 @@ class Connection(Transport):
         Idempotent.
         """
         state = self._state
-        if state >= _CLOSING:
+        if state >= CLOSING:
             return
-        if state == _CONNECTING:
+        if state == CONNECTING:
             self._lose(ConnectionAbortedError(errno.ECONNABORTED, "closed while connecting"))
             return
         if self not in self._context:
             # The context dropped us (a handler error under the default policy).
             self._finish(None)
             return
-        self._state = _CLOSING
+        self._state = CLOSING
         self._read_off |= _OFF_CLOSING
         if self._chunks:
             self._update_interest()  # flush first: _drained() lingers
@@ -572,9 +609,9 @@ class Connection(Transport):
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Close at once, discarding buffered data; ``connection_lost(exc)`` follows."""
-        if self._state == _CLOSED:
+        if self._state == CLOSED:
             return
-        if self._state == _CONNECTING:
+        if self._state == CONNECTING:
             self._lose(
                 exc or ConnectionAbortedError(errno.ECONNABORTED, "aborted while connecting")
             )
@@ -589,7 +626,7 @@ class Connection(Transport):
 
     def _update_interest(self) -> None:
         state = self._state
-        if state not in (_OPEN, _CLOSING):
+        if state not in (OPEN, CLOSING):
             return
         events = (0 if self._read_off else READ) | (WRITE if self._chunks else 0)
         if events != self._events:
@@ -608,7 +645,7 @@ class Connection(Transport):
     def _flow_resume(self) -> None:
         self._read_off &= ~_OFF_FLOW
         self._update_interest()
-        if self._state == _OPEN:
+        if self._state == OPEN:
             self._resume_handler()
 
     @staticmethod
@@ -654,9 +691,9 @@ class Connection(Transport):
         """The write buffer just became empty."""
         if self._shut_wr == _SHUT_WR_PENDING:
             self._shutdown_write()
-            if self._state == _CLOSED:
+            if self._state == CLOSED:
                 return
-        if self._state == _CLOSING:
+        if self._state == CLOSING:
             self._start_linger()
             return
         if self._read_off & _OFF_FLOW:
@@ -680,7 +717,7 @@ class Connection(Transport):
             return
         if self._shut_wr != _SHUT_WR_DONE:
             self._shutdown_write()
-            if self._state == _CLOSED:
+            if self._state == CLOSED:
                 return
         # Discard what has arrived; a reset or the peer's EOF may already be there.  Not
         # into the shared receive buffer: close() may be called from a data_received that
@@ -720,13 +757,13 @@ class Connection(Transport):
         self._finish(None)
 
     def _read_eof(self) -> None:
-        if self._state == _CLOSING:
+        if self._state == CLOSING:
             self._finish(None)  # lingering (see close): the peer has closed too
             return
         self._read_off |= _OFF_EOF
         handler = self._handler
         keep_open = handler.eof_received() if handler is not None else None
-        if self._state != _OPEN:
+        if self._state != OPEN:
             return
         if not keep_open:
             if not self._chunks:
@@ -742,7 +779,7 @@ class Connection(Transport):
 
     def _lose(self, exc: BaseException) -> None:
         """The socket failed (reset, broken pipe, connect error...)."""
-        if self._state == _CONNECTING:
+        if self._state == CONNECTING:
             self._fail_connect(exc)
             return
         log.debug("%r lost: %s", self, exc)
@@ -750,7 +787,7 @@ class Connection(Transport):
 
     def _release(self) -> StreamHandler | None:
         """Unregister and close the socket; return the handler to notify, if any."""
-        self._state = _CLOSED
+        self._state = CLOSED
         timer = self._timer
         if timer is not None:
             self._timer = None
@@ -772,30 +809,24 @@ class Connection(Transport):
         self._deliver = _no_data
         return handler
 
-    def _finish(self, exc: BaseException | None) -> None:
-        if self._state == _CLOSED:
-            return
-        handler = self._release()
-        try:
-            if handler is not None:
-                handler.connection_lost(exc)
-        finally:
-            self._closed_hook()
-
     # -- client connects ---------------------------------------------------------------
 
-    def start_connect(self, timeout: float | None = None, timers: Timers | None = None) -> None:
+    def start_connect(
+        self, timeout: float | None = None, timers: Timers | None = None, address: Any = None
+    ) -> None:
         """Wait for the socket's non-blocking connect, begun by the caller, to finish.
 
         For a connection made with ``start=False`` on a socket whose ``connect_ex``
         returned ``EINPROGRESS`` (or 0): registers for writability, then calls
         ``handler.connection_made`` once connected, or ``connection_failed(exc)`` if the
-        connect fails or *timeout* seconds pass first (a timeout needs *timers*).
+        connect fails or *timeout* seconds pass first (a timeout needs *timers*).  The
+        error names *address*, the address being connected to, if given.
         :func:`connect_tcp` is built on it.
         """
         if timeout is not None and timers is None:
             raise ValueError("a connect timeout needs timers")
-        self._state = _CONNECTING
+        self._connect_to = address
+        self._state = CONNECTING
         self._read_off |= _OFF_CONNECTING
         self._register(WRITE)
         if timeout is not None and timers is not None:
@@ -812,7 +843,7 @@ class Connection(Transport):
         ``connection_failed(exc)``); if the connection is closed first,
         ``pending.cancel()`` is called.  :func:`connect_tcp` uses it for host names.
         """
-        self._state = _CONNECTING
+        self._state = CONNECTING
         self._read_off |= _OFF_CONNECTING
         self._timer = pending
 
@@ -824,7 +855,7 @@ class Connection(Transport):
         left to do but close the attempts that lost).  If the context refuses *sock*,
         the connect fails with that error.
         """
-        if self._state != _CONNECTING or self._fileno >= 0:
+        if self._state != CONNECTING or self._fileno >= 0:
             sock.close()
             raise RuntimeError("connect_socket() on a connection that is not resolving")
         sock.setblocking(False)
@@ -839,7 +870,7 @@ class Connection(Transport):
 
     def _connect_timed_out(self) -> None:
         self._timer = None
-        if self._state == _CONNECTING:
+        if self._state == CONNECTING:
             self._fail_connect(TimeoutError(errno.ETIMEDOUT, "connect timed out"))
 
     def _finish_connect(self) -> None:
@@ -855,11 +886,11 @@ class Connection(Transport):
         if timer is not None:
             self._timer = None
             timer.cancel()
-        self._state = _OPEN
+        self._state = OPEN
         self._read_off &= ~_OFF_CONNECTING
         set_nodelay(self._sock)
         self._made()
-        if self._state != _OPEN:
+        if self._state != OPEN:
             return
         if self._chunks:
             # Written while connecting: the socket is writable now, send it at once.
@@ -871,14 +902,16 @@ class Connection(Transport):
         self._update_interest()
 
     def _fail_connect(self, exc: BaseException) -> None:
-        if self._state == _CLOSED:
+        if self._state == CLOSED:
             return
+        if self._connect_to is not None and isinstance(exc, OSError):
+            exc = address_error(exc, "connect to", self._connect_to)
         handler = self._release()
         try:
             failed = getattr(handler, "connection_failed", None)
             if failed is not None:
                 failed(exc)
             else:
-                log.warning("connect failed: %s", exc)
+                log_connect_failure(exc)
         finally:
             self._closed_hook()

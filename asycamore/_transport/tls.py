@@ -48,11 +48,16 @@ import errno
 import ssl
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from ..arguments import not_text
 from ..timers import TimerHandle, Timers
-from .base import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, log
+from .base import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, log, log_connect_failure
+from .options import DEFAULT_OPTIONS, StreamKeywords, TransportOptions
 from .stream import Connection, StreamHandler
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # For the modules whose ``ssl=`` parameter hides the module's name.
 SSLContext = ssl.SSLContext
@@ -62,8 +67,9 @@ __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "SSLContext",
     "TLSConnection",
-    "check_tls_options",
+    "check_tls_timers",
     "client_context",
+    "server_context",
     "start_tls",
     "tls_handler_factory",
 ]
@@ -101,28 +107,41 @@ def client_context(ssl_option: ssl.SSLContext | bool) -> ssl.SSLContext:
         sslcontext.options |= ssl.OP_NO_RENEGOTIATION
         return sslcontext
     if isinstance(ssl_option, ssl.SSLContext):
+        if ssl_option.protocol == ssl.PROTOCOL_TLS_SERVER:
+            raise ValueError(
+                "ssl is a server-side context (PROTOCOL_TLS_SERVER); a client needs "
+                "ssl.create_default_context() or ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)"
+            )
         return ssl_option
     raise TypeError(f"ssl must be an ssl.SSLContext or True, not {ssl_option!r}")
 
 
-def check_tls_options(
-    timers: Timers | None, handshake_timeout: float | None, shutdown_timeout: float | None
-) -> None:
-    """ValueError unless the timeouts are positive (or ``None``) and, if any is set,
-    *timers* are given to run them."""
-    for name, value in (
-        ("handshake_timeout", handshake_timeout),
-        ("shutdown_timeout", shutdown_timeout),
-    ):
-        if value is not None and not value > 0:
-            raise ValueError(f"{name} must be positive or None, not {value!r}")
-    if timers is None and (handshake_timeout is not None or shutdown_timeout is not None):
+def check_tls_timers(timers: Timers | None, options: TransportOptions) -> None:
+    """ValueError if *options* have TLS timeouts and there are no *timers* to run
+    them."""
+    if timers is None and options.tls_timeouts:
         # Without them a peer that never finishes its handshake would hold its
         # connection forever: refuse rather than leak.
         raise ValueError(
             "TLS timeouts need timers: pass timers=, or handshake_timeout=None and "
             "shutdown_timeout=None"
         )
+
+
+def server_context(sslcontext: object) -> ssl.SSLContext:
+    """*sslcontext*, checked to be one a TLS server can use."""
+    if not isinstance(sslcontext, ssl.SSLContext):
+        raise TypeError(
+            f"ssl must be an ssl.SSLContext with the server's certificate, not {sslcontext!r}"
+        )
+    if sslcontext.protocol == ssl.PROTOCOL_TLS_CLIENT:
+        raise ValueError(
+            "ssl is a client-side context (PROTOCOL_TLS_CLIENT, as "
+            "ssl.create_default_context() makes); a server needs "
+            "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) or "
+            "ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), with load_cert_chain()"
+        )
+    return sslcontext
 
 
 class _PlainSide:
@@ -134,14 +153,12 @@ class _PlainSide:
 
     __slots__ = (
         "connection_failed",
-        "connection_idle",
         "connection_lost",
         "connection_made",
         "data_received",
         "eof_received",
         "pause_writing",
         "resume_writing",
-        "service_stopping",
         "tls",
     )
 
@@ -159,8 +176,6 @@ class _PlainSide:
         self.connection_failed = tls._plain_connection_failed
         self.pause_writing = tls._plain_pause_writing
         self.resume_writing = tls._plain_resume_writing
-        self.connection_idle = tls._plain_connection_idle
-        self.service_stopping = tls._plain_service_stopping
 
 
 class TLSConnection:
@@ -183,12 +198,15 @@ class TLSConnection:
     hears ``connection_lost(exc)``.  A certificate that does not verify is an
     :class:`ssl.SSLCertVerificationError`, a handshake timeout a :class:`TimeoutError`.
 
-    *timers* run the *handshake_timeout* (from the TCP connect to the end of the
-    handshake, default :data:`DEFAULT_HANDSHAKE_TIMEOUT`) and the *shutdown_timeout*
-    (default :data:`DEFAULT_SHUTDOWN_TIMEOUT`); both may be ``None`` (no limit), and
-    timers are required unless both are.  With *strict_eof*, a peer that closes the TCP
-    connection without a close_notify is an error (:class:`ssl.SSLEOFError` to
-    ``connection_lost``) instead of an ordinary EOF.  *received* is encrypted data the
+    *timers* run the ``handshake_timeout`` of *options* (a
+    :class:`~asycamore.tcpsocket.TransportOptions`; from the TCP connect to the end of
+    the handshake, default :data:`DEFAULT_HANDSHAKE_TIMEOUT`) and its
+    ``shutdown_timeout`` (default :data:`DEFAULT_SHUTDOWN_TIMEOUT`); both may be
+    ``None`` (no limit), and timers are required unless both are.  With ``strict_eof``,
+    a peer that closes the TCP connection without a close_notify is an error
+    (:class:`ssl.SSLEOFError` to ``connection_lost``) instead of an ordinary EOF.
+    *on_close*, if given, is called with the TLS connection once the plain connection
+    under it has closed (the owner's bookkeeping).  *received* is encrypted data the
     connection already read (STARTTLS: bytes that followed the command).
 
     Everything here is single-threaded, like the connection under it.
@@ -202,6 +220,7 @@ class TLSConnection:
         "_eof",
         "_handshake_timeout",
         "_incoming",
+        "_on_close",
         "_outgoing",
         "_paused",
         "_pending",
@@ -228,17 +247,16 @@ class TLSConnection:
         connection: Connection,
         protocol: StreamHandler,
         sslcontext: ssl.SSLContext,
+        options: TransportOptions = DEFAULT_OPTIONS,
         *,
         server_side: bool = False,
         server_hostname: str | None = None,
         timers: Timers | None = None,
-        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-        shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
-        strict_eof: bool = False,
+        on_close: Callable[[TLSConnection], object] | None = None,
         upgrade: bool = False,
         received: bytes = b"",
     ) -> None:
-        check_tls_options(timers, handshake_timeout, shutdown_timeout)
+        check_tls_timers(timers, options)
         if connection.closed:
             raise RuntimeError("TLS over a closed connection")
         if not server_side and not server_hostname and sslcontext.check_hostname:
@@ -260,9 +278,10 @@ class TLSConnection:
         self._server_side = server_side
         self._server_hostname = server_hostname
         self._timers = timers
-        self._handshake_timeout = handshake_timeout
-        self._shutdown_timeout = shutdown_timeout
-        self._strict_eof = strict_eof
+        self._handshake_timeout = options.handshake_timeout
+        self._shutdown_timeout = options.shutdown_timeout
+        self._strict_eof = options.strict_eof
+        self._on_close = on_close
         self._told = upgrade
         self._state = _HANDSHAKE
         self._pending: list[bytes] = []
@@ -300,9 +319,12 @@ class TLSConnection:
         """Plain side: the TCP connect failed or timed out."""
         self._cancel_timer()
         self._side = None  # the plain side's bound methods make a cycle with us
-        if self._state != _CLOSED:
-            self._state = _CLOSED
-            self._report_failure(exc)
+        try:
+            if self._state != _CLOSED:
+                self._state = _CLOSED
+                self._report_failure(exc)
+        finally:
+            self._closed_hook()
 
     def _plain_data_received(self, data: bytes | memoryview) -> None:
         """Plain side: encrypted bytes arrived."""
@@ -352,6 +374,18 @@ class TLSConnection:
 
     def _plain_connection_lost(self, exc: BaseException | None) -> None:
         """Plain side: the socket is closed."""
+        try:
+            self._lost(exc)
+        finally:
+            self._closed_hook()
+
+    def _closed_hook(self) -> None:
+        on_close = self._on_close
+        if on_close is not None:
+            self._on_close = None
+            on_close(self)
+
+    def _lost(self, exc: BaseException | None) -> None:
         self._cancel_timer()
         # Break the cycle with the plain side's bound methods, so that a closed TLS
         # connection is freed by reference counting, not left to the garbage collector.
@@ -391,33 +425,6 @@ class TLSConnection:
             resume = getattr(self._protocol, "resume_writing", None)
             if resume is not None and self._state == _OPEN:
                 resume()
-
-    def _plain_connection_idle(self) -> None:
-        """Plain side: the service's idle timeout passed (see
-        :meth:`Protocol.connection_idle <asycamore.servicemodel.Protocol.connection_idle>`)."""
-        if self._state == _HANDSHAKE:
-            self._fail(TimeoutError(errno.ETIMEDOUT, "idle during the TLS handshake"), abort=True)
-            return
-        hook = getattr(self._protocol, "connection_idle", None) if self._told else None
-        if hook is not None and self._state == _OPEN:
-            hook()
-        else:
-            self.close()
-
-    def _plain_service_stopping(self) -> None:
-        """Plain side: the service is stopping (see :meth:`Protocol.service_stopping
-        <asycamore.servicemodel.Protocol.service_stopping>`)."""
-        if self._state == _HANDSHAKE:
-            self._fail(
-                ConnectionAbortedError(errno.ECONNABORTED, "the service is stopping"),
-                abort=True,
-            )
-            return
-        hook = getattr(self._protocol, "service_stopping", None) if self._told else None
-        if hook is not None and self._state == _OPEN:
-            hook()
-        else:
-            self.close()
 
     # -- the handshake ---------------------------------------------------------------------
 
@@ -508,7 +515,7 @@ class TLSConnection:
             if failed is not None:
                 failed(exc)
             else:
-                log.warning("TLS connect failed: %s", exc)
+                log_connect_failure(exc)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -752,6 +759,10 @@ class TLSConnection:
         buffer, plus what waits for the handshake (as plaintext)."""
         return self._conn.write_buffer_size + self._pending_size + self._outgoing.pending
 
+    def get_write_buffer_size(self) -> int:
+        """:attr:`write_buffer_size` (asyncio's name)."""
+        return self.write_buffer_size
+
     @property
     def write_buffer_limits(self) -> tuple[int, int]:
         """``(high_water, low_water)`` (the plain connection's: they apply to the
@@ -816,10 +827,14 @@ class TLSConnection:
         except ssl.SSLError as exc:
             self._fatal(exc)
             return
+        except TypeError:
+            raise not_text(data, "write()") from None
         if not self._delivering:
             self._flush()
 
     def _write_later(self, data: bytes | bytearray | memoryview) -> None:
+        if isinstance(data, str):
+            raise not_text(data, "write()")  # refused at the call, whatever the state
         state = self._state
         if state == _HANDSHAKE:
             self._keep(data)
@@ -961,19 +976,25 @@ def _no_data(data: object) -> None:
 class _Acceptor:
     """A listener's handler for an accepted connection: starts TLS on it."""
 
-    __slots__ = ("_options", "_protocol", "_sslcontext")
+    __slots__ = ("_protocol", "_server")
 
-    def __init__(
-        self, protocol: StreamHandler, sslcontext: ssl.SSLContext, options: dict[str, Any]
-    ) -> None:
+    def __init__(self, protocol: StreamHandler, server: _TLSServer) -> None:
         self._protocol = protocol
-        self._sslcontext = sslcontext
-        self._options = options
+        self._server = server
 
     def connection_made(self, connection: Connection) -> None:
-        TLSConnection(
-            connection, self._protocol, self._sslcontext, server_side=True, **self._options
+        server = self._server
+        tls = TLSConnection(
+            connection,
+            self._protocol,
+            server.sslcontext,
+            server.options,
+            server_side=True,
+            timers=server.timers,
+            on_close=server.on_connection_closed,
         )
+        if server.on_connection is not None:
+            server.on_connection(tls)
 
     # Never called: connection_made hands the connection to the TLS layer at once.
     def data_received(self, data: bytes) -> None:
@@ -986,33 +1007,48 @@ class _Acceptor:
         pass
 
 
+class _TLSServer:
+    """What every accepted connection of one TLS listener shares."""
+
+    __slots__ = ("on_connection", "on_connection_closed", "options", "sslcontext", "timers")
+
+    def __init__(
+        self,
+        sslcontext: ssl.SSLContext,
+        options: TransportOptions,
+        timers: Timers | None,
+        on_connection: Callable[[TLSConnection], object] | None,
+        on_connection_closed: Callable[[TLSConnection], object] | None,
+    ) -> None:
+        self.sslcontext = sslcontext
+        self.options = options
+        self.timers = timers
+        self.on_connection = on_connection
+        self.on_connection_closed = on_connection_closed
+
+
 def tls_handler_factory(
     protocol_factory: Callable[[], StreamHandler],
     sslcontext: ssl.SSLContext,
+    options: TransportOptions = DEFAULT_OPTIONS,
     *,
     timers: Timers | None = None,
-    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
-    strict_eof: bool = False,
+    on_connection: Callable[[TLSConnection], object] | None = None,
+    on_connection_closed: Callable[[TLSConnection], object] | None = None,
 ) -> Callable[[], StreamHandler]:
     """A handler factory for a :class:`~asycamore.tcpsocket.Listener` that serves
     TLS: each accepted connection becomes a server-side :class:`TLSConnection` for a
     protocol from *protocol_factory*.  :func:`~asycamore.tcpsocket.listen_tcp` with
-    ``ssl=`` uses it; the options are :class:`TLSConnection`'s."""
-    if not isinstance(sslcontext, ssl.SSLContext):
-        raise TypeError(
-            f"a TLS server needs an ssl.SSLContext with its certificate, not {sslcontext!r}"
-        )
-    check_tls_options(timers, handshake_timeout, shutdown_timeout)
-    options: dict[str, Any] = {
-        "timers": timers,
-        "handshake_timeout": handshake_timeout,
-        "shutdown_timeout": shutdown_timeout,
-        "strict_eof": strict_eof,
-    }
+    ``ssl=`` uses it.  *on_connection* is called with each TLS connection when it is
+    made (before its handshake), *on_connection_closed* once it is closed.  A client-side
+    *sslcontext* is refused with a :class:`ValueError` that says which one to make."""
+    server = _TLSServer(
+        server_context(sslcontext), options, timers, on_connection, on_connection_closed
+    )
+    check_tls_timers(timers, options)
 
     def factory() -> StreamHandler:
-        return _Acceptor(protocol_factory(), sslcontext, options)
+        return _Acceptor(protocol_factory(), server)
 
     return factory
 
@@ -1025,21 +1061,23 @@ def start_tls(
     server_hostname: str | None = None,
     protocol: StreamHandler | None = None,
     timers: Timers | None = None,
-    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-    shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
-    strict_eof: bool = False,
+    on_close: Callable[[TLSConnection], object] | None = None,
     received: bytes = b"",
+    options: TransportOptions = DEFAULT_OPTIONS,
+    **keywords: Unpack[StreamKeywords],
 ) -> TLSConnection:
     """Upgrade an open plain connection to TLS (STARTTLS); return the TLS transport.
 
     From now on the connection's bytes belong to the TLS layer.  *protocol* (default:
-    the connection's handler) hears ``connection_made(tls_connection)`` when the
-    handshake completes -- a second ``connection_made``, with the new transport -- and
+    the connection's handler; the protocol itself, not a factory, as with asyncio's
+    ``loop.start_tls``) hears ``connection_made(tls_connection)`` when the handshake
+    completes -- a second ``connection_made``, with the new transport -- and
     ``connection_lost(exc)`` if it fails.  It may write at once: what it writes is sent,
     encrypted, once the handshake completes.  Whatever the plain connection still has
     buffered (the "go ahead" reply) is sent first.  *sslcontext* may be ``True`` for a
     client (:func:`client_context`); *received* is data the old protocol read past the
-    command, fed to TLS first.  The other options are :class:`TLSConnection`'s.
+    command, fed to TLS first.  The TLS settings are *keywords*, over *options*;
+    *on_close* is :class:`TLSConnection`'s.
     """
     if protocol is None:
         protocol = connection.handler
@@ -1047,19 +1085,16 @@ def start_tls(
             raise RuntimeError("start_tls() on a closed connection")
     if connection.is_closing():
         raise RuntimeError("start_tls() on a closing connection")
-    context = client_context(sslcontext) if not server_side else sslcontext
-    if not isinstance(context, ssl.SSLContext):
-        raise TypeError(f"a TLS server needs an ssl.SSLContext, not {sslcontext!r}")
+    context = server_context(sslcontext) if server_side else client_context(sslcontext)
     return TLSConnection(
         connection,
         protocol,
         context,
+        options.merged(keywords),
         server_side=server_side,
         server_hostname=server_hostname,
         timers=timers,
-        handshake_timeout=handshake_timeout,
-        shutdown_timeout=shutdown_timeout,
-        strict_eof=strict_eof,
+        on_close=on_close,
         upgrade=True,
         received=received,
     )

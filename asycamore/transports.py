@@ -1,0 +1,184 @@
+"""Which transports a service owns, and their idle timeouts: :class:`TransportSet`.
+
+A :class:`~asycamore.servicemodel.Service` keeps every listener, stream transport and
+datagram endpoint it made here, so that a stop can wind them all down and a close can
+abort them.  A stream is tracked as the transport its protocol sees -- the
+:class:`~asycamore.tcpsocket.TLSConnection` of a TLS connection, not the plain
+connection under it -- so the idle timeout and the stop talk to the protocol through
+the same object the protocol talks through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .tcpsocket import Connection, Listener
+from .timers import TimerHandle, Timers
+from .udpsocket import DatagramEndpoint
+
+if TYPE_CHECKING:
+    from .tcpsocket import TLSConnection
+
+    Stream = Connection | TLSConnection
+
+__all__ = ["TransportSet"]
+
+_log = logging.getLogger("asycamore")
+
+
+class TransportSet:
+    """The listeners, streams and datagram endpoints of one service.
+
+    A stream added with an idle timeout is checked by *timers*: once nothing was read
+    or written for that long, its protocol's ``connection_idle()`` is called (or the
+    stream closed), and a stream still not closed one idle timeout later is aborted.
+    """
+
+    def __init__(self, timers: Timers) -> None:
+        self._timers = timers
+        self._streams: dict[Stream, TimerHandle | None] = {}
+        self._endpoints: dict[DatagramEndpoint, None] = {}  # ordered, O(1) removal
+        self._listeners: list[Listener] = []
+
+    # -- what there is -------------------------------------------------------------------
+
+    @property
+    def streams(self) -> list[Stream]:
+        """A snapshot of the open stream transports."""
+        return list(self._streams)
+
+    @property
+    def stream_count(self) -> int:
+        """How many stream transports are open."""
+        return len(self._streams)
+
+    @property
+    def endpoints(self) -> list[DatagramEndpoint]:
+        """A snapshot of the open datagram endpoints."""
+        return list(self._endpoints)
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The listeners that have not been closed."""
+        return [listener for listener in self._listeners if not listener.closed]
+
+    def __bool__(self) -> bool:
+        """Whether a stream or an endpoint is still open (listeners do not count)."""
+        return bool(self._streams or self._endpoints)
+
+    # -- adding and removing --------------------------------------------------------------
+
+    def stream_hook(self, idle_timeout: float | None) -> Callable[[Any], None]:
+        """The ``on_connection`` hook that adds a listener's streams."""
+        if idle_timeout is None:
+            # No timer to arm: a listener hands over a stream that is open, so the
+            # bookkeeping is one dict store (this runs for every connection).
+            streams = self._streams
+
+            def add(stream: Stream) -> None:
+                streams[stream] = None
+
+            return add
+
+        def add_idle(stream: Stream) -> None:
+            self.add_stream(stream, idle_timeout)
+
+        return add_idle
+
+    def add_stream(self, stream: Stream, idle_timeout: float | None) -> None:
+        """Track *stream* (unless it is closed already), with its idle timeout."""
+        if stream.closed:
+            return
+        timer = None
+        if idle_timeout is not None:
+            timer = self._timers.call_at(
+                stream.last_activity + idle_timeout, self._check_idle, stream, idle_timeout
+            )
+        self._streams[stream] = timer
+
+    def remove_stream(self, stream: Stream) -> None:
+        """Forget *stream* (harmless if it is not tracked): an ``on_close`` hook."""
+        timer = self._streams.pop(stream, None)
+        if timer is not None:
+            timer.cancel()
+
+    def replace_stream(self, old: Stream, new: Stream, idle_timeout: float | None) -> None:
+        """Track *new* instead of *old* (a STARTTLS upgrade: the protocol's transport
+        changed)."""
+        self.remove_stream(old)
+        self.add_stream(new, idle_timeout)
+
+    def add_endpoint(self, endpoint: DatagramEndpoint) -> None:
+        """Track *endpoint* (unless it is closed already)."""
+        if not endpoint.closed:
+            self._endpoints[endpoint] = None
+
+    def remove_endpoint(self, endpoint: DatagramEndpoint) -> None:
+        """Forget *endpoint*: an ``on_close`` hook."""
+        self._endpoints.pop(endpoint, None)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Track *listener*."""
+        self._listeners.append(listener)
+
+    # -- idle timeouts --------------------------------------------------------------------
+
+    def _check_idle(self, stream: Stream, idle_timeout: float) -> None:
+        if stream not in self._streams:
+            return
+        now = self._timers.clock()
+        due = stream.last_activity + idle_timeout
+        if now >= due:
+            if stream.is_closing() or stream.connecting:
+                # Not closed one idle timeout after connection_idle, or still
+                # connecting (or in its TLS handshake) after a whole idle timeout.
+                stream.abort(TimeoutError(f"idle timeout: {stream!r} did not finish in time"))
+                return
+            _log.debug("%r idle for %.1f s", stream, now - stream.last_activity)
+            hook = getattr(stream.handler, "connection_idle", None)
+            if hook is not None:
+                hook()
+            else:
+                stream.close()
+            if stream not in self._streams:
+                return
+            due = now + idle_timeout
+        self._streams[stream] = self._timers.call_at(due, self._check_idle, stream, idle_timeout)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def close_listeners(self) -> None:
+        """Close every listener: no new connections."""
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+
+    def wind_down(self) -> None:
+        """Ask every stream and endpoint to finish: its protocol's
+        ``service_stopping()`` (or a graceful close without one); a connect still
+        in progress is cancelled."""
+        for transport in [*self._streams, *self._endpoints]:
+            hook = getattr(transport.handler, "service_stopping", None)
+            try:
+                if isinstance(transport, DatagramEndpoint) or not transport.connecting:
+                    if hook is not None:
+                        hook()
+                    else:
+                        transport.close()
+                else:
+                    # Still connecting: its protocol has no transport yet, and a
+                    # connection made during the stop would be a new one.
+                    transport.close()  # connection_failed(ECONNABORTED)
+            except Exception as exc:
+                _log.exception("error in service_stopping of %r", transport)
+                transport.abort(exc)
+
+    def abort_all(self, exc: BaseException) -> None:
+        """Abort every stream and endpoint with *exc*."""
+        for transport in [*self._streams, *self._endpoints]:
+            try:
+                transport.abort(exc)
+            except Exception:
+                _log.exception("error aborting %r", transport)
