@@ -41,12 +41,12 @@ from .arguments import check_factory, check_timeout, not_text
 from .dispatcher import IDispatchContext, IDispatchTarget
 from .serviceloop import ServiceLoop
 from .tcpsocket import (
-    DEFAULT_BACKLOG,
     DEFAULT_RECV_BUFFER_SIZE,
     Connection,
     ConnectionKeywords,
     FlowKeywords,
     Listener,
+    ServiceListenKeywords,
     StreamHandler,
     StreamKeywords,
     StreamTransport,
@@ -54,7 +54,7 @@ from .tcpsocket import (
 )
 from .timers import TimerHandle, Timers
 from .transports import TransportSet
-from .udpsocket import MAX_DATAGRAM_SIZE, DatagramEndpoint, DatagramHandler
+from .udpsocket import MAX_DATAGRAM_SIZE, DatagramEndpoint, DatagramHandler, DatagramKeywords
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -341,6 +341,20 @@ class Service(ServiceLoop):
             "recv_buffer": self._recv_buffer,
         }
 
+    def _listen(self, keywords: ServiceListenKeywords) -> dict[str, Any]:
+        """What a listen function gets from the service: its options, timers and
+        buffer, and the hooks that track the connections."""
+        self._check_open()
+        idle_timeout = keywords.get("idle_timeout") or self.options.idle_timeout
+        return {
+            **keywords,
+            "options": self.options,
+            "timers": self.timers,
+            "recv_buffer": self._recv_buffer,
+            "on_connection": self.transports.stream_hook(idle_timeout),
+            "on_connection_closed": self.transports.remove_stream,
+        }
+
     def _listening(self, listener: Listener) -> Listener:
         self.transports.add_listener(listener)
         return listener
@@ -351,14 +365,8 @@ class Service(ServiceLoop):
         host: str | None = "127.0.0.1",
         port: int = 0,
         *,
-        backlog: int = DEFAULT_BACKLOG,
-        reuse_address: bool = True,
-        reuse_port: bool = False,
-        max_connections: int | None = None,
-        accept_batch: int = 64,
-        backoff: float = 0.25,
         ssl: SSLContext | None = None,
-        **options: Unpack[ConnectionKeywords],
+        **options: Unpack[ServiceListenKeywords],
     ) -> Listener:
         """Listen on *host*:*port* and serve each connection with a new protocol from
         *protocol_factory*; return the :class:`~asycamore.tcpsocket.Listener`.
@@ -366,32 +374,18 @@ class Service(ServiceLoop):
         Every address *host* resolves to is served, on one port, by the one listener
         (``localhost``: ``127.0.0.1`` and ``::1``; see
         :func:`asycamore.tcpsocket.listen_tcp`).  Raises :class:`OSError` naming the
-        address if it cannot be resolved or bound.  See
-        :class:`~asycamore.tcpsocket.Listener` for *max_connections*, *accept_batch* and
-        *backoff*; *options* (water marks, idle timeout, TLS settings) default to the
-        service's.
+        address if it cannot be resolved or bound.  *options* are the sockets'
+        (``backlog``, ``reuse_port``...), the listener's (``max_connections``...) and the
+        connections' (water marks, idle timeout, TLS settings: the service's by
+        default); see :class:`~asycamore.tcpsocket.ServiceListenKeywords`.
 
         With *ssl* (a server :class:`ssl.SSLContext`; a client-side one is refused) the
         connections speak TLS: see :doc:`/tls`.  The service's timers run the handshake
         and shutdown timeouts.
         """
-        settings = self._stream_options(options)
         return self._listening(
             tcpsocket.listen_tcp(
-                self.dispatcher,
-                protocol_factory,
-                host,
-                port,
-                backlog=backlog,
-                reuse_address=reuse_address,
-                reuse_port=reuse_port,
-                max_connections=max_connections,
-                accept_batch=accept_batch,
-                backoff=backoff,
-                ssl=ssl,
-                on_connection=self.transports.stream_hook(settings["options"].idle_timeout),
-                on_connection_closed=self.transports.remove_stream,
-                **settings,
+                self.dispatcher, protocol_factory, host, port, ssl=ssl, **self._listen(options)
             )
         )
 
@@ -399,25 +393,12 @@ class Service(ServiceLoop):
         self,
         protocol_factory: Callable[[], StreamHandler],
         path: str,
-        *,
-        backlog: int = DEFAULT_BACKLOG,
-        max_connections: int | None = None,
-        **options: Unpack[ConnectionKeywords],
+        **options: Unpack[ServiceListenKeywords],
     ) -> Listener:
         """Like :meth:`listen_tcp`, on the Unix domain socket *path* (removed again when
         the listener closes)."""
-        settings = self._stream_options(options)
         return self._listening(
-            tcpsocket.listen_unix(
-                self.dispatcher,
-                protocol_factory,
-                path,
-                backlog=backlog,
-                max_connections=max_connections,
-                on_connection=self.transports.stream_hook(settings["options"].idle_timeout),
-                on_connection_closed=self.transports.remove_stream,
-                **settings,
-            )
+            tcpsocket.listen_unix(self.dispatcher, protocol_factory, path, **self._listen(options))
         )
 
     def listen_socket(
@@ -564,11 +545,13 @@ class Service(ServiceLoop):
 
     # -- datagram endpoints ------------------------------------------------------------
 
-    def _datagram_options(self, keywords: FlowKeywords) -> dict[str, Any]:
+    def _datagram_options(self, keywords: DatagramKeywords) -> dict[str, Any]:
+        """The keywords of a udpsocket function: the caller's, and the service's."""
         self._check_open()
         buffer = self._recv_buffer
         return {
-            "options": self.options.merged(keywords),
+            **keywords,
+            "options": self.options,
             "recv_buffer": buffer if buffer.nbytes >= MAX_DATAGRAM_SIZE else None,
             "on_close": self.transports.remove_endpoint,
         }
@@ -578,12 +561,7 @@ class Service(ServiceLoop):
         protocol_factory: Callable[[], DatagramHandler],
         host: str | None = "127.0.0.1",
         port: int = 0,
-        *,
-        family: int = 0,
-        reuse_port: bool = False,
-        allow_broadcast: bool = False,
-        socket_buffer_size: int | None = None,
-        **options: Unpack[FlowKeywords],
+        **options: Unpack[DatagramKeywords],
     ) -> DatagramEndpoint:
         """A bound UDP endpoint on *host*:*port*, served by a protocol from
         *protocol_factory* (see :func:`asycamore.udpsocket.bind_udp`).  Raises
@@ -594,10 +572,6 @@ class Service(ServiceLoop):
             protocol_factory,
             host,
             port,
-            family=family,
-            reuse_port=reuse_port,
-            allow_broadcast=allow_broadcast,
-            socket_buffer_size=socket_buffer_size,
             **self._datagram_options(options),
         )
         self.transports.add_endpoint(endpoint)
@@ -608,12 +582,7 @@ class Service(ServiceLoop):
         protocol_factory: Callable[[], DatagramHandler],
         host: str | None = "127.0.0.1",
         port: int = 0,
-        *,
-        family: int = 0,
-        reuse_port: bool = False,
-        allow_broadcast: bool = False,
-        socket_buffer_size: int | None = None,
-        **options: Unpack[FlowKeywords],
+        **options: Unpack[DatagramKeywords],
     ) -> list[DatagramEndpoint]:
         """One bound endpoint per address of *host*, on one port, each served by a new
         protocol from *protocol_factory* (see :func:`asycamore.udpsocket.bind_udp_all`)."""
@@ -622,10 +591,6 @@ class Service(ServiceLoop):
             protocol_factory,
             host,
             port,
-            family=family,
-            reuse_port=reuse_port,
-            allow_broadcast=allow_broadcast,
-            socket_buffer_size=socket_buffer_size,
             **self._datagram_options(options),
         )
         for endpoint in endpoints:
@@ -644,9 +609,16 @@ class Service(ServiceLoop):
         this raises (a closed service, a socket that is not UDP), the caller still
         does."""
         check_factory(protocol_factory)
-        settings = self._datagram_options(options)
+        self._check_open()
+        buffer = self._recv_buffer
         endpoint = DatagramEndpoint(
-            self.dispatcher, sock, protocol_factory(), start=False, **settings
+            self.dispatcher,
+            sock,
+            protocol_factory(),
+            self.options.merged(options),
+            recv_buffer=buffer if buffer.nbytes >= MAX_DATAGRAM_SIZE else None,
+            on_close=self.transports.remove_endpoint,
+            start=False,
         )
         self.transports.add_endpoint(endpoint)
         try:
@@ -665,10 +637,7 @@ class Service(ServiceLoop):
         *,
         local_host: str | None = None,
         local_port: int = 0,
-        family: int = 0,
-        allow_broadcast: bool = False,
-        socket_buffer_size: int | None = None,
-        **options: Unpack[FlowKeywords],
+        **options: Unpack[DatagramKeywords],
     ) -> DatagramEndpoint:
         """A UDP endpoint connected to *host*:*port*, served by a protocol from
         *protocol_factory* (see :func:`asycamore.udpsocket.connect_udp`)."""
@@ -679,9 +648,6 @@ class Service(ServiceLoop):
             port,
             local_host=local_host,
             local_port=local_port,
-            family=family,
-            allow_broadcast=allow_broadcast,
-            socket_buffer_size=socket_buffer_size,
             **self._datagram_options(options),
         )
         self.transports.add_endpoint(endpoint)

@@ -51,7 +51,11 @@ from ._transport.base import (
 )
 from ._transport.connect import CONNECTION_ATTEMPT_DELAY, ConnectError, connect_tcp, connect_unix
 from ._transport.listener import (
+    AcceptKeywords,
     Listener,
+    ListenKeywords,
+    ListenSocketKeywords,
+    ServiceListenKeywords,
     create_listening_socket,
     create_listening_sockets,
     create_unix_listening_socket,
@@ -99,11 +103,15 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "DEFAULT_RECV_BUFFER_SIZE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
+    "AcceptKeywords",
     "ConnectError",
     "Connection",
     "ConnectionKeywords",
     "FlowKeywords",
+    "ListenKeywords",
+    "ListenSocketKeywords",
     "Listener",
+    "ServiceListenKeywords",
     "StreamHandler",
     "StreamKeywords",
     "StreamTransport",

@@ -46,7 +46,7 @@ import collections
 import errno
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
 
 from ..arguments import address_error, check_factory, check_host, check_port, not_text
 from ..dispatcher import IDispatchContext
@@ -64,6 +64,8 @@ __all__ = [
     "MAX_PAYLOAD_IPV6",
     "DatagramEndpoint",
     "DatagramHandler",
+    "DatagramKeywords",
+    "DatagramSocketKeywords",
     "DatagramTooLarge",
     "bind_udp",
     "bind_udp_all",
@@ -89,6 +91,39 @@ _OFF_CLOSING: Final = 4  # close() is flushing
 
 # Errors after which the socket itself is unusable: the endpoint closes.
 _FATAL: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+
+class DatagramSocketKeywords(TypedDict, total=False):
+    """The keyword arguments that make a UDP socket (see :func:`create_datagram_socket`)."""
+
+    family: int
+    """``socket.AF_INET`` or ``AF_INET6`` to choose among a name's addresses (default:
+    any)."""
+    reuse_port: bool
+    """Set ``SO_REUSEPORT`` (several sockets, in several processes, on one port)."""
+    allow_broadcast: bool
+    """Set ``SO_BROADCAST`` (sending to a broadcast address fails with ``EACCES``
+    otherwise)."""
+    socket_buffer_size: int | None
+    """``SO_RCVBUF`` and ``SO_SNDBUF``, in bytes (the kernel caps them)."""
+
+
+class DatagramKeywords(DatagramSocketKeywords, FlowKeywords, total=False):
+    """The keyword arguments of a UDP endpoint: its socket's and its water marks."""
+
+
+_SOCKET_KEYWORDS: Final = frozenset(DatagramSocketKeywords.__annotations__)
+
+
+def _split(
+    keywords: DatagramKeywords,
+) -> tuple[DatagramSocketKeywords, dict[str, Any]]:
+    """*keywords* as the socket's and the flow control's."""
+    sock: dict[str, Any] = {}
+    flow: dict[str, Any] = {}
+    for name, value in keywords.items():
+        (sock if name in _SOCKET_KEYWORDS else flow)[name] = value
+    return sock, flow  # type: ignore[return-value]
 
 
 class DatagramTooLarge(OSError):
@@ -380,7 +415,7 @@ class DatagramEndpoint(Transport):
         self._finish(exc)
 
     def __repr__(self) -> str:
-        state = ("open", "closing", "closed")[self._state]
+        state = ("connecting", "open", "closing", "closed")[self._state]
         peer = f" to {self._remote!r}" if self._remote is not None else ""
         return f"<DatagramEndpoint fd={self._fileno}{peer} {state} queued={self._buffered}>"
 
@@ -439,10 +474,7 @@ def create_datagram_socket(
     port: int = 0,
     *,
     remote: tuple[str, int] | None = None,
-    family: int = socket.AF_UNSPEC,
-    reuse_port: bool = False,
-    allow_broadcast: bool = False,
-    socket_buffer_size: int | None = None,
+    **socket_options: Unpack[DatagramSocketKeywords],
 ) -> socket.socket:
     """A non-blocking UDP socket bound to *host*:*port* and, with *remote*, connected.
 
@@ -461,10 +493,10 @@ def create_datagram_socket(
     bursts of large datagrams wants more than the default (about 208 KiB on Linux,
     three 64 KiB datagrams).  IPv6 sockets are ``IPV6_V6ONLY``.  Names are resolved with a
     blocking :func:`socket.getaddrinfo` (never numbers or ``localhost``); a bad
-    address raises :class:`socket.gaierror`, a failed bind :class:`OSError`.
+    address raises :class:`socket.gaierror`, a failed bind :class:`OSError`; both name
+    the address.
     """
-    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
-        raise ValueError("SO_REUSEPORT is not supported on this platform")
+    family = socket_options.pop("family", socket.AF_UNSPEC)
     check_host(host)
     check_port(port)
     target: Any = None
@@ -483,11 +515,7 @@ def create_datagram_socket(
     sock = socket.socket(af, type_, proto)
     try:
         setup_datagram_socket(
-            sock,
-            reuse_port=reuse_port,
-            allow_broadcast=allow_broadcast,
-            socket_buffer_size=socket_buffer_size,
-            v6only=not is_v4_mapped(local[0][4] if local else target),
+            sock, v6only=not is_v4_mapped(local[0][4] if local else target), **socket_options
         )
         if local is not None:
             try:
@@ -517,13 +545,16 @@ def _passive(host: str | None, port: int, family: int) -> list[Any]:
 def setup_datagram_socket(
     sock: socket.socket,
     *,
-    reuse_port: bool = False,
-    allow_broadcast: bool = False,
-    socket_buffer_size: int | None = None,
     v6only: bool = True,
+    **socket_options: Unpack[DatagramSocketKeywords],
 ) -> None:
     """The options :func:`create_datagram_socket` sets before binding a socket
     (*v6only*: ``IPV6_V6ONLY`` on an IPv6 one, unless it is for a v4-mapped address)."""
+    reuse_port = socket_options.get("reuse_port", False)
+    allow_broadcast = socket_options.get("allow_broadcast", False)
+    socket_buffer_size = socket_options.get("socket_buffer_size")
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("SO_REUSEPORT is not supported on this platform")
     if socket_buffer_size is not None:
         # Best effort: the kernel caps both at net.core.rmem_max / wmem_max.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, socket_buffer_size)
@@ -542,14 +573,10 @@ def bind_udp(
     host: str | None = "127.0.0.1",
     port: int = 0,
     *,
-    family: int = socket.AF_UNSPEC,
-    reuse_port: bool = False,
-    allow_broadcast: bool = False,
-    socket_buffer_size: int | None = None,
     on_close: Callable[[DatagramEndpoint], object] | None = None,
     recv_buffer: memoryview | None = None,
     options: TransportOptions = DEFAULT_OPTIONS,
-    **keywords: Unpack[FlowKeywords],
+    **keywords: Unpack[DatagramKeywords],
 ) -> DatagramEndpoint:
     """A bound endpoint on the first address of *host*:*port*, started, served by a
     protocol from *protocol_factory*.
@@ -560,15 +587,9 @@ def bind_udp(
     every address of a name.  Every argument is checked before a socket exists.
     """
     check_factory(protocol_factory)
-    options = options.merged(keywords)
-    sock = create_datagram_socket(
-        host,
-        port,
-        family=family,
-        reuse_port=reuse_port,
-        allow_broadcast=allow_broadcast,
-        socket_buffer_size=socket_buffer_size,
-    )
+    socket_options, flow = _split(keywords)
+    options = options.merged(flow)
+    sock = create_datagram_socket(host, port, **socket_options)
     return _endpoint(context, sock, protocol_factory, options, recv_buffer, on_close)
 
 
@@ -593,11 +614,7 @@ def _endpoint(
 def create_datagram_sockets(
     host: str | None = "127.0.0.1",
     port: int = 0,
-    *,
-    family: int = socket.AF_UNSPEC,
-    reuse_port: bool = False,
-    allow_broadcast: bool = False,
-    socket_buffer_size: int | None = None,
+    **socket_options: Unpack[DatagramSocketKeywords],
 ) -> list[socket.socket]:
     """Non-blocking UDP sockets bound to every address of *host*, all on one port; the
     first address first.
@@ -608,20 +625,14 @@ def create_datagram_sockets(
     :func:`create_datagram_socket`.  For sockets made before they are served: bound in
     a parent process and served by its forked workers (:mod:`asycamore.workers`), say.
     """
-    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
-        raise ValueError("SO_REUSEPORT is not supported on this platform")
+    family = socket_options.pop("family", socket.AF_UNSPEC)
     check_host(host)
     check_port(port)
     infos = _passive(host, port, family)
 
     def setup(sock: socket.socket) -> None:
-        setup_datagram_socket(
-            sock,
-            reuse_port=reuse_port,
-            allow_broadcast=allow_broadcast,
-            socket_buffer_size=socket_buffer_size,
-            v6only=False,  # bind_every_address has set it, per address
-        )
+        # v6only: bind_every_address has set it, per address.
+        setup_datagram_socket(sock, v6only=False, **socket_options)
 
     socks = bind_every_address(infos, port, setup, "bind to")
     for sock in socks:
@@ -635,14 +646,10 @@ def bind_udp_all(
     host: str | None = "127.0.0.1",
     port: int = 0,
     *,
-    family: int = socket.AF_UNSPEC,
-    reuse_port: bool = False,
-    allow_broadcast: bool = False,
-    socket_buffer_size: int | None = None,
     on_close: Callable[[DatagramEndpoint], object] | None = None,
     recv_buffer: memoryview | None = None,
     options: TransportOptions = DEFAULT_OPTIONS,
-    **keywords: Unpack[FlowKeywords],
+    **keywords: Unpack[DatagramKeywords],
 ) -> list[DatagramEndpoint]:
     """One bound endpoint per address of *host*, all on one port, each with a protocol
     from *protocol_factory*; the first address first.
@@ -653,15 +660,9 @@ def bind_udp_all(
     or nothing: if one cannot be made, those made are aborted and this raises.
     """
     check_factory(protocol_factory)
-    options = options.merged(keywords)
-    socks = create_datagram_sockets(
-        host,
-        port,
-        family=family,
-        reuse_port=reuse_port,
-        allow_broadcast=allow_broadcast,
-        socket_buffer_size=socket_buffer_size,
-    )
+    socket_options, flow = _split(keywords)
+    options = options.merged(flow)
+    socks = create_datagram_sockets(host, port, **socket_options)
     endpoints: list[DatagramEndpoint] = []
     try:
         for sock in socks:
@@ -685,14 +686,10 @@ def connect_udp(
     *,
     local_host: str | None = None,
     local_port: int = 0,
-    family: int = socket.AF_UNSPEC,
-    reuse_port: bool = False,
-    allow_broadcast: bool = False,
-    socket_buffer_size: int | None = None,
     on_close: Callable[[DatagramEndpoint], object] | None = None,
     recv_buffer: memoryview | None = None,
     options: TransportOptions = DEFAULT_OPTIONS,
-    **keywords: Unpack[FlowKeywords],
+    **keywords: Unpack[DatagramKeywords],
 ) -> DatagramEndpoint:
     """A connected endpoint to *host*:*port* (bound to *local_host*:*local_port* if
     given), started, served by a protocol from *protocol_factory*.
@@ -704,14 +701,7 @@ def connect_udp(
     :func:`socket.getaddrinfo`; numbers and ``localhost`` never block.
     """
     check_factory(protocol_factory)
-    options = options.merged(keywords)
-    sock = create_datagram_socket(
-        local_host,
-        local_port,
-        remote=(host, port),
-        family=family,
-        reuse_port=reuse_port,
-        allow_broadcast=allow_broadcast,
-        socket_buffer_size=socket_buffer_size,
-    )
+    socket_options, flow = _split(keywords)
+    options = options.merged(flow)
+    sock = create_datagram_socket(local_host, local_port, remote=(host, port), **socket_options)
     return _endpoint(context, sock, protocol_factory, options, recv_buffer, on_close)

@@ -8,16 +8,16 @@ import functools
 import os
 import socket
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from ..arguments import address_error, check_factory, check_host, check_port, check_timeout
 from ..dispatcher import Events, IDispatchContext
 from ..timers import TimerHandle, Timers
 from .base import DEFAULT_BACKLOG, EVENTS, READ, log
 from .binding import bind_every_address
-from .options import DEFAULT_OPTIONS, StreamKeywords, TransportOptions
+from .options import DEFAULT_OPTIONS, ConnectionKeywords, StreamKeywords, TransportOptions
 from .resolve import resolve
 from .stream import Connection, StreamHandler
 
@@ -27,7 +27,11 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = [
+    "AcceptKeywords",
+    "ListenKeywords",
+    "ListenSocketKeywords",
     "Listener",
+    "ServiceListenKeywords",
     "bind_every_address",
     "create_listening_socket",
     "create_listening_sockets",
@@ -460,62 +464,78 @@ def remove_socket_file(path: str) -> None:
         pass
 
 
+class ListenSocketKeywords(TypedDict, total=False):
+    """The keyword arguments that make listening sockets."""
+
+    family: int
+    """``socket.AF_INET`` or ``AF_INET6`` to listen on one family only (default: any)."""
+    backlog: int
+    """The ``listen()`` backlog (default :data:`DEFAULT_BACKLOG`)."""
+    reuse_address: bool
+    """Set ``SO_REUSEADDR`` (default true: a restarted server can bind at once)."""
+    reuse_port: bool
+    """Set ``SO_REUSEPORT`` (several processes on one port)."""
+
+
+class AcceptKeywords(TypedDict, total=False):
+    """The keyword arguments of a :class:`Listener` that shape accepting."""
+
+    max_connections: int | None
+    """Stop accepting while this many connections are open."""
+    accept_batch: int
+    """Connections accepted per readable event, at most."""
+    backoff: float
+    """Seconds to stop accepting after ``EMFILE``/``ENFILE``."""
+
+
+class ListenKeywords(ListenSocketKeywords, AcceptKeywords, StreamKeywords, total=False):
+    """The keyword arguments of :func:`listen_tcp`: sockets, accepting, streams."""
+
+
+class ServiceListenKeywords(ListenSocketKeywords, AcceptKeywords, ConnectionKeywords, total=False):
+    """The keyword arguments of a service's ``listen_*``: :class:`ListenKeywords`
+    and the idle timeout."""
+
+
+_SOCKET_KEYWORDS: Final = frozenset(ListenSocketKeywords.__annotations__)
+_ACCEPT_KEYWORDS: Final = frozenset(AcceptKeywords.__annotations__)
+
+
+def _split(keywords: Mapping[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """*keywords* as the sockets', the listener's and the streams'."""
+    sockets: dict[str, Any] = {}
+    accept: dict[str, Any] = {}
+    streams: dict[str, Any] = {}
+    for name, value in keywords.items():
+        if name in _SOCKET_KEYWORDS:
+            sockets[name] = value
+        elif name in _ACCEPT_KEYWORDS:
+            accept[name] = value
+        else:
+            streams[name] = value
+    return sockets, accept, streams
+
+
 def create_listening_socket(
     host: str | None = "127.0.0.1",
     port: int = 0,
-    *,
-    family: int = socket.AF_UNSPEC,
-    backlog: int = DEFAULT_BACKLOG,
-    reuse_address: bool = True,
-    reuse_port: bool = False,
+    **socket_options: Unpack[ListenSocketKeywords],
 ) -> socket.socket:
-    """A non-blocking TCP socket bound to *host*:*port* and listening.
+    """A non-blocking TCP socket bound to the first address of *host*:*port* and
+    listening (:func:`create_listening_sockets` listens on every address).
 
     *host* is resolved with :func:`socket.getaddrinfo` (``None`` or ``""``: all
-    interfaces) and the first address is used.  ``SO_REUSEADDR`` is set unless
-    *reuse_address* is false; ``SO_REUSEPORT`` only with *reuse_port*.  Raises
-    :class:`OSError` (:class:`socket.gaierror` for a bad address) on failure.
+    interfaces).  ``SO_REUSEADDR`` is set unless *reuse_address* is false;
+    ``SO_REUSEPORT`` only with *reuse_port*.  Raises :class:`OSError` that names the
+    address (:class:`socket.gaierror` for a bad address) on failure.
     """
-    infos = _resolve_passive(host, port, family)
-    af, type_, proto, _, address = infos[0]
-    sock = socket.socket(af, type_, proto)
-    try:
-        if reuse_address:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            if not hasattr(socket, "SO_REUSEPORT"):
-                raise ValueError("SO_REUSEPORT is not supported on this platform")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            raise address_error(exc, "listen on", address) from None
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _resolve_passive(host: str | None, port: int, family: int) -> list[Any]:
-    """*host*'s addresses to listen on, after the checks every listen makes."""
-    check_host(host)
-    check_port(port)
-    try:
-        return resolve(host or None, port, family, socket.SOCK_STREAM, socket.AI_PASSIVE)
-    except OSError as exc:
-        raise address_error(exc, "listen on", (host, port)) from None
+    return _listening_sockets(host, port, socket_options, every=False)[0]
 
 
 def create_listening_sockets(
     host: str | None = "127.0.0.1",
     port: int = 0,
-    *,
-    family: int = socket.AF_UNSPEC,
-    backlog: int = DEFAULT_BACKLOG,
-    reuse_address: bool = True,
-    reuse_port: bool = False,
+    **socket_options: Unpack[ListenSocketKeywords],
 ) -> list[socket.socket]:
     """Non-blocking TCP sockets listening on every address *host* resolves to.
 
@@ -524,9 +544,23 @@ def create_listening_sockets(
     and ``::1``, ``None`` or ``""`` is ``0.0.0.0`` and ``::``.  Resolution of a name
     blocks (this runs when a service starts); a numeric address does not.
     """
+    return _listening_sockets(host, port, socket_options, every=True)
+
+
+def _listening_sockets(
+    host: str | None, port: int, socket_options: ListenSocketKeywords, every: bool
+) -> list[socket.socket]:
+    reuse_address = socket_options.get("reuse_address", True)
+    reuse_port = socket_options.get("reuse_port", False)
     if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("SO_REUSEPORT is not supported on this platform")
-    infos = _resolve_passive(host, port, family)
+    check_host(host)
+    check_port(port)
+    family = socket_options.get("family", socket.AF_UNSPEC)
+    try:
+        infos = resolve(host or None, port, family, socket.SOCK_STREAM, socket.AI_PASSIVE)
+    except OSError as exc:
+        raise address_error(exc, "listen on", (host, port)) from None
 
     def setup(sock: socket.socket) -> None:
         if reuse_address:
@@ -534,10 +568,10 @@ def create_listening_sockets(
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
-    socks = bind_every_address(infos, port, setup, "listen on")
+    socks = bind_every_address(infos if every else infos[:1], port, setup, "listen on")
     try:
         for sock in socks:
-            sock.listen(backlog)
+            sock.listen(socket_options.get("backlog", DEFAULT_BACKLOG))
             sock.setblocking(False)
     except BaseException:
         for sock in socks:
@@ -575,19 +609,13 @@ def listen_tcp(
     host: str | None = "127.0.0.1",
     port: int = 0,
     *,
-    backlog: int = DEFAULT_BACKLOG,
-    reuse_address: bool = True,
-    reuse_port: bool = False,
     ssl: SSLContext | None = None,
     timers: Timers | None = None,
-    max_connections: int | None = None,
-    accept_batch: int = 64,
-    backoff: float = 0.25,
     on_connection: Callable[[Any], object] | None = None,
     on_connection_closed: Callable[[Any], object] | None = None,
     recv_buffer: memoryview | None = None,
     options: TransportOptions = DEFAULT_OPTIONS,
-    **keywords: Unpack[StreamKeywords],
+    **keywords: Unpack[ListenKeywords],
 ) -> Listener:
     """Listen on every address of *host*:*port*; return the :class:`Listener`,
     already registered in *context*.
@@ -595,8 +623,9 @@ def listen_tcp(
     ``localhost`` listens on ``127.0.0.1`` and ``::1``, ``None`` or ``""`` on every
     interface of both families, a name on each address it resolves to -- all on one
     port, with one listener (see :func:`create_listening_sockets`).  Each connection
-    gets a new protocol from *protocol_factory*.  See :class:`Listener` for the other
-    arguments; the water marks (and TLS settings) are *keywords*, over *options*.
+    gets a new protocol from *protocol_factory*.  *keywords* are the sockets' (see
+    :class:`ListenSocketKeywords`), the :class:`Listener`'s (:class:`AcceptKeywords`)
+    and the streams' (the water marks and TLS settings, over *options*).
 
     Every argument is checked before anything is opened; a failure to resolve or
     bind raises an :class:`OSError` that names the address.
@@ -610,7 +639,8 @@ def listen_tcp(
     The TLS timeouts need *timers* (or ``handshake_timeout=None, shutdown_timeout=None``).
     """
     check_factory(protocol_factory)
-    options = options.merged(keywords)
+    socket_options, accept, streams = _split(keywords)
+    options = options.merged(streams)
     handler_factory = protocol_factory
     if ssl is not None:
         # Imported here: ssl costs a plain-TCP server some 6 MiB and 10 ms at start.
@@ -625,9 +655,7 @@ def listen_tcp(
             on_connection_closed=on_connection_closed,
         )
         on_connection = on_connection_closed = None  # the TLS layer's business now
-    socks = create_listening_sockets(
-        host, port, backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port
-    )
+    socks = create_listening_sockets(host, port, **socket_options)
     try:
         return Listener(
             context,
@@ -635,12 +663,10 @@ def listen_tcp(
             handler_factory,
             options,
             timers=timers,
-            max_connections=max_connections,
-            accept_batch=accept_batch,
-            backoff=backoff,
             on_connection=on_connection,
             on_connection_closed=on_connection_closed,
             recv_buffer=recv_buffer,
+            **accept,
         )
     except BaseException:
         for sock in socks:
@@ -653,20 +679,22 @@ def listen_unix(
     protocol_factory: Callable[[], StreamHandler],
     path: str,
     *,
-    backlog: int = DEFAULT_BACKLOG,
     timers: Timers | None = None,
-    max_connections: int | None = None,
     on_connection: Callable[[Any], object] | None = None,
     on_connection_closed: Callable[[Any], object] | None = None,
     recv_buffer: memoryview | None = None,
     options: TransportOptions = DEFAULT_OPTIONS,
-    **keywords: Unpack[StreamKeywords],
+    **keywords: Unpack[ListenKeywords],
 ) -> Listener:
-    """Listen on the Unix domain socket *path*, like :func:`listen_tcp`; the socket
-    file is removed again when the listener is closed."""
+    """Listen on the Unix domain socket *path*, like :func:`listen_tcp` (of the
+    socket keywords only ``backlog`` applies); the socket file is removed again when
+    the listener is closed."""
     check_factory(protocol_factory)
-    options = options.merged(keywords)
-    sock = create_unix_listening_socket(path, backlog=backlog)
+    socket_options, accept, streams = _split(keywords)
+    options = options.merged(streams)
+    sock = create_unix_listening_socket(
+        path, backlog=socket_options.get("backlog", DEFAULT_BACKLOG)
+    )
     try:
         return Listener(
             context,
@@ -674,11 +702,11 @@ def listen_unix(
             protocol_factory,
             options,
             timers=timers,
-            max_connections=max_connections,
             on_connection=on_connection,
             on_connection_closed=on_connection_closed,
             socket_file=path,
             recv_buffer=recv_buffer,
+            **accept,
         )
     except BaseException:
         sock.close()
