@@ -32,8 +32,15 @@ import math
 from collections.abc import Coroutine, Iterator, MutableMapping
 from typing import Any, TypeVar
 
-from .dispatcher import DispatchCallback, ErrorHandler, IDispatchContext
-from .nesting import Readiness, probe_intervals
+from .dispatcher import (
+    DispatchCallback,
+    ErrorHandler,
+    IDispatchContext,
+    begin_round,
+    end_round,
+    prepare_dispatchvars,
+)
+from .nesting import Readiness, probe_intervals, round_deadline, service_dispatchvars
 from .selector import DispatchSelector
 from .servicemodel import Service
 
@@ -152,13 +159,7 @@ class _Host:
         """Wait as ``dispatch_once(dispatchvars["timeout"])`` would, and dispatch."""
         loop = self._loop
         dispatcher = self._dispatcher
-        timeout = dispatchvars["timeout"]
-        if timeout is None:
-            self._deadline = math.inf
-        elif math.isnan(timeout):
-            raise ValueError("timeout is NaN")  # as the backends' dispatch_once does
-        else:
-            self._deadline = -math.inf if timeout <= 0 else loop.time() + timeout
+        self._deadline = round_deadline(dispatchvars["timeout"], loop.time())
         pauses = probe_intervals() if self._fd is None else None
         await asyncio.sleep(0)  # other tasks run between rounds
         # A dispatch that makes no handler call is invisible to the caller, so it does
@@ -188,33 +189,13 @@ def _hosting(dispatcher: IDispatchContext) -> Iterator[_Host]:
         host.close()
 
 
-def _run_callback(
-    key: str, dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
-) -> bool:
-    """Call ``dispatchvars[key]`` if set; False when it asked the loop to stop."""
-    callback = dispatchvars.get(key)
-    if callback is None:
-        return True
-    try:
-        callback(dispatcher, dispatchvars)
-    except StopIteration:
-        return False
-    return True
-
-
-async def _iterate(host: _Host, dispatcher: IDispatchContext, dispatchvars: Any) -> None:
-    # asycamore.iterate's loop, with the wait moved out of dispatch_once into the loop.
-    while True:
-        if not _run_callback("before_dispatch", dispatcher, dispatchvars):
-            return
-        if dispatchvars["count"] == 0:
-            return
+async def _iterate(
+    host: _Host, dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
+) -> None:
+    # asycamore.iterate's rounds, with the wait moved out of dispatch_once into the loop.
+    while begin_round(dispatcher, dispatchvars):
         await host.round(dispatchvars)
-        if host.finished:
-            return
-        if dispatchvars["count"] > 0:
-            dispatchvars["count"] -= 1
-        if not _run_callback("after_dispatch", dispatcher, dispatchvars):
+        if host.finished or not end_round(dispatcher, dispatchvars):
             return
 
 
@@ -246,13 +227,9 @@ async def iterate(
     (:class:`RuntimeError` otherwise, also for a handler that tries to start one on its
     own context).
     """
-    if dispatchvars is None:
-        dispatchvars = {}
-    dispatchvars["before_dispatch"] = before_dispatch
-    dispatchvars["after_dispatch"] = after_dispatch
-    dispatchvars["count"] = count
-    dispatchvars["timeout"] = timeout
-    dispatchvars["error_in_handler"] = error_in_handler
+    dispatchvars = prepare_dispatchvars(
+        dispatchvars, timeout, count, before_dispatch, after_dispatch, error_in_handler
+    )
     with _hosting(dispatcher) as host:
         await _iterate(host, dispatcher, dispatchvars)
 
@@ -273,14 +250,6 @@ async def serve(service: Service) -> None:
     ``loop.add_signal_handler(signal.SIGINT, service.stop)``).
     """
     dispatcher = service.dispatcher
-
-    def before_dispatch(
-        dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
-    ) -> None:
-        if service.closed:
-            raise StopIteration
-        service.before_dispatch(dispatcher, dispatchvars)
-
     with _hosting(dispatcher) as host:
 
         def on_schedule(when: float) -> None:
@@ -290,15 +259,7 @@ async def serve(service: Service) -> None:
                 host.hurry(-math.inf if when == -math.inf else when - service.time())
 
         with service.serving(on_schedule=on_schedule):
-            dispatchvars = service.dispatchvars
-            dispatchvars.update(
-                before_dispatch=before_dispatch,
-                after_dispatch=None,
-                count=-1,
-                timeout=None,
-                error_in_handler=service.error_in_handler,
-            )
-            await _iterate(host, dispatcher, dispatchvars)
+            await _iterate(host, dispatcher, service_dispatchvars(service))
 
 
 # -- asyncio on asycamore ---------------------------------------------------------------

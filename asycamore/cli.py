@@ -1,6 +1,10 @@
 """The ``asycamore`` command line: ``backends``, ``echo`` and ``bench``.
 
 Bad input ends a command with exit status 2 and one line on stderr, never a traceback.
+A usage error (a malformed or unknown option, options that do not go together) is
+reported under the name of the command it belongs to and points to that command's
+``--help``; bad input found while running (a busy port, an unknown backend) is
+reported as ``asycamore: error: ...``.
 """
 
 from __future__ import annotations
@@ -9,8 +13,8 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import BackendError, UsageError
@@ -28,55 +32,146 @@ MAX_BENCH_SECONDS = 600.0
 a longer one is a mistake (``inf`` would never end)."""
 
 
+class _ParseError(UsageError):
+    """A usage error of the (sub)command named *prog*."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse would print the whole usage block; the contract is one line.
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+        raise _ParseError(self.prog, f"{message} (see {self.prog} --help)")
+
+
+_Check = Callable[[argparse.Namespace], str | None]
+"""What is wrong with a command's options taken together (a message), or ``None``."""
+
+
+class _CommandParser(_Parser):
+    """A subcommand's parser: what it cannot parse, and options of it that do not go
+    together, are its errors, reported with its name and its ``--help``.
+
+    (argparse hands a subcommand's unrecognised arguments back to the top-level
+    parser, whose error would point to ``asycamore --help`` instead.)
+    """
+
+    def __init__(self, *args: Any, check: _Check | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._check = check
+
+    def parse_known_args(  # argparse's own signature; its typing is overloaded on *namespace*
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        problem = self._check(parsed) if self._check is not None else None
+        if problem:
+            self.error(problem)
+        return parsed, extras
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="asycamore", description="A small, fast I/O dispatch framework.")
+    parser = _Parser(
+        prog="asycamore",
+        description="A small, fast I/O dispatch framework.",
+        epilog="Run 'asycamore COMMAND --help' for the options of a command.",
+    )
     parser.add_argument("--version", action="version", version=f"asycamore {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_CommandParser
+    )
     commands.required = True
 
-    backends = commands.add_parser("backends", help="list the installed backends")
-    backends.add_argument("--json", action="store_true", help="print a JSON list")
+    backends = commands.add_parser(
+        "backends",
+        help="list the installed backends",
+        description="List every installed backend, whether it is available here, and the "
+        "default (which honours ASYCAMORE_BACKEND).",
+    )
+    backends.add_argument(
+        "--json", action="store_true", help="print a JSON list (default: a table)"
+    )
     backends.set_defaults(run=_cmd_backends)
 
-    echo = commands.add_parser("echo", help="run a TCP echo service until SIGINT/SIGTERM")
-    echo.add_argument("--backend", metavar="NAME", help="backend to use (default: the best)")
+    echo = commands.add_parser(
+        "echo",
+        help="run a TCP, TLS or UDP echo service until SIGINT/SIGTERM",
+        description="Echo every byte (TCP, TLS) or datagram (UDP) back to its sender. "
+        "Prints 'listening on HOST:PORT' once serving, then serves until SIGINT, SIGTERM or "
+        "SIGHUP, and exits 0.",
+        check=_check_echo,
+    )
+    echo.add_argument(
+        "--backend",
+        metavar="NAME",
+        help="backend to use (default: the ASYCAMORE_BACKEND environment variable if set, "
+        "else the best one here; see 'asycamore backends')",
+    )
     echo.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address or name to serve on, every address it resolves to (IPv6: ::1 or [::1])",
-    )
-    echo.add_argument("--port", type=_port, default=0, help="port (0: any free port)")
-    echo.add_argument(
-        "--udp", action="store_true", help="echo UDP datagrams instead of TCP (not with TLS)"
+        help="address or name to serve on, every address it resolves to; IPv6 as ::1 or "
+        "[::1] (default: %(default)s)",
     )
     echo.add_argument(
-        "--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain"
+        "--port", type=_port, default=0, help="port, 0-65535 (default: 0, any free port)"
     )
-    echo.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    echo.add_argument(
+        "--udp",
+        action="store_true",
+        help="echo UDP datagrams instead; not with --tls-cert/--tls-key (default: TCP)",
+    )
+    echo.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve TLS 1.2+ with this PEM certificate chain; needs --tls-key "
+        "(default: none, plain TCP)",
+    )
+    echo.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="the unencrypted PEM private key of --tls-cert (default: none)",
+    )
     echo.add_argument(
         "--workers",
         type=_workers,
         metavar="N",
-        help=f"serve from N processes (1-{MAX_WORKERS}) under a supervisor",
+        help=f"serve from N processes (1-{MAX_WORKERS}) under a supervisor "
+        "(default: none, serve in this process)",
     )
     echo.set_defaults(run=_cmd_echo)
 
-    bench = commands.add_parser("bench", help="a short loopback benchmark of every backend")
+    bench = commands.add_parser(
+        "bench",
+        help="a short loopback benchmark of every backend",
+        description="Measure every available backend, and the asyncio event loop as a "
+        "reference, over loopback; progress on stderr, a table of results at the end.",
+    )
     bench.add_argument(
         "--seconds",
         type=_seconds,
         default=1.0,
-        help=f"duration of each measurement (at most {MAX_BENCH_SECONDS:g})",
+        help=f"duration of each measurement, {MIN_BENCH_SECONDS:g} to {MAX_BENCH_SECONDS:g} "
+        "(default: %(default)g)",
     )
-    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument(
+        "--json", action="store_true", help="print the results as JSON (default: a table)"
+    )
     bench.set_defaults(run=_cmd_bench)
     return parser
+
+
+def _check_echo(args: argparse.Namespace) -> str | None:
+    """What is wrong with a combination of ``asycamore echo``'s options, if anything."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "--tls-cert and --tls-key go together: give both or neither"
+    if args.udp and args.tls_cert is not None:
+        return "--udp cannot be combined with --tls-cert/--tls-key"
+    return None
 
 
 def _port(text: str) -> int:
@@ -100,15 +195,16 @@ def _workers(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
-    # Plain decimal notation only: float() would also take " 1", "1_0" and "nan".
-    if not _DECIMAL.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}")
-    value = float(text)
-    if not MIN_BENCH_SECONDS <= value <= MAX_BENCH_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not a number of seconds in [{MIN_BENCH_SECONDS:g}, {MAX_BENCH_SECONDS:g}]"
-        )
-    return value
+    # Plain decimal notation only: float() would also take " 1", "1_0" and "nan".  One
+    # message whatever the fault: the user needs the accepted range, not our taxonomy.
+    if _DECIMAL.fullmatch(text):
+        value = float(text)
+        if MIN_BENCH_SECONDS <= value <= MAX_BENCH_SECONDS:
+            return value
+    raise argparse.ArgumentTypeError(
+        f"expected a decimal number of seconds from {MIN_BENCH_SECONDS:g} to "
+        f"{MAX_BENCH_SECONDS:g}, not {text!r}"
+    )
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
@@ -159,8 +255,6 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 def _cmd_echo(args: argparse.Namespace) -> int:
     from .echo import serve_echo
 
-    if args.udp and (args.tls_cert or args.tls_key):
-        raise UsageError("--udp cannot be combined with --tls-cert/--tls-key")
     return serve_echo(
         backend=args.backend,
         host=args.host,
@@ -185,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         status: int = args.run(args)
     except (UsageError, BackendError) as exc:
-        print(f"asycamore: error: {exc}", file=sys.stderr)
+        prog = exc.prog if isinstance(exc, _ParseError) else "asycamore"
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -19,8 +19,11 @@ __all__ = [
     "Events",
     "IDispatchContext",
     "IDispatchTarget",
+    "begin_round",
     "close_on_error",
+    "end_round",
     "iterate",
+    "prepare_dispatchvars",
 ]
 
 
@@ -182,18 +185,15 @@ def iterate(
     raises :class:`TypeError`, at the call (before anything runs or is stored) or at the
     round that reads it.
     """
-    _check_count(count)
-    if dispatchvars is None:
-        dispatchvars = {}
-    dispatchvars["before_dispatch"] = before_dispatch
-    dispatchvars["after_dispatch"] = after_dispatch
-    dispatchvars["count"] = count
-    dispatchvars["timeout"] = timeout
-    dispatchvars["error_in_handler"] = error_in_handler
-    # The callbacks are called inline, not through a helper: this loop runs once per
-    # dispatch, and a function call is a sizeable share of a dispatch that handles one
-    # event.  Only the callbacks' StopIteration is the documented stop signal; one
-    # escaping dispatch_once (from an error_in_handler, say) is an ordinary error.
+    dispatchvars = prepare_dispatchvars(
+        dispatchvars, timeout, count, before_dispatch, after_dispatch, error_in_handler
+    )
+    # The loop is begin_round, dispatch_once and end_round written out inline: it runs
+    # once per dispatch, and each call to a helper would add about 5 % to the
+    # instructions of a dispatch that handles one event (benchmarks/instructions.py).
+    # tests/test_iterate.py holds both forms to one model.  Only the callbacks'
+    # StopIteration is the documented stop signal; one escaping dispatch_once (from an
+    # error_in_handler, say) is an ordinary error.
     while True:
         callback = dispatchvars.get("before_dispatch")
         if callback is not None:
@@ -218,6 +218,83 @@ def iterate(
                 callback(dispatcher, dispatchvars)
             except StopIteration:
                 return
+
+
+# -- iterate's steps, for a loop that cannot block in dispatch_once ------------------------
+#
+# A foreign main loop (asycamore.aio, asycamore.tk) waits in its own way between the two
+# halves of a round, so it cannot call iterate; these are iterate's semantics in the
+# pieces such a host needs.  A round is:
+#
+#     if begin_round(dispatcher, dispatchvars):
+#         ... wait, then dispatch_once(..., dispatchvars["error_in_handler"]) ...
+#         go_on = end_round(dispatcher, dispatchvars)
+
+
+def prepare_dispatchvars(
+    dispatchvars: MutableMapping[str, Any] | None,
+    timeout: float | None,
+    count: int,
+    before_dispatch: DispatchCallback | None,
+    after_dispatch: DispatchCallback | None,
+    error_in_handler: ErrorHandler | None,
+) -> MutableMapping[str, Any]:
+    """The start of `iterate`: *dispatchvars* (a new dict if ``None``) with the loop's
+    five keys stored in it, the caller's other keys kept.
+
+    *count* is checked first, as `iterate` checks it (:class:`TypeError` before anything
+    is stored).
+    """
+    _check_count(count)
+    if dispatchvars is None:
+        dispatchvars = {}
+    dispatchvars["before_dispatch"] = before_dispatch
+    dispatchvars["after_dispatch"] = after_dispatch
+    dispatchvars["count"] = count
+    dispatchvars["timeout"] = timeout
+    dispatchvars["error_in_handler"] = error_in_handler
+    return dispatchvars
+
+
+def _run_callback(
+    key: str, dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
+) -> bool:
+    """Call ``dispatchvars[key]`` if it is set; ``False`` if it raised StopIteration."""
+    callback = dispatchvars.get(key)
+    if callback is not None:
+        try:
+            callback(dispatcher, dispatchvars)
+        except StopIteration:
+            return False
+    return True
+
+
+def _current_count(dispatchvars: MutableMapping[str, Any]) -> int:
+    count: int = dispatchvars["count"]
+    if count.__class__ is not int:
+        _check_count(count)
+    return count
+
+
+def begin_round(dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]) -> bool:
+    """Steps 1 and 2 of an `iterate` round: ``before_dispatch``, then whether to dispatch.
+
+    ``False`` ends the loop: the callback raised :class:`StopIteration`, or
+    ``dispatchvars["count"]`` is 0.  (:class:`TypeError` for a count that is not an
+    int, as in `iterate`.)
+    """
+    return _run_callback("before_dispatch", dispatcher, dispatchvars) and (
+        _current_count(dispatchvars) != 0
+    )
+
+
+def end_round(dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]) -> bool:
+    """Steps 4 and 5 of an `iterate` round, after its dispatch: the count goes down
+    (if positive), then ``after_dispatch``; ``False`` if that raised StopIteration."""
+    count = _current_count(dispatchvars)
+    if count > 0:
+        dispatchvars["count"] = count - 1
+    return _run_callback("after_dispatch", dispatcher, dispatchvars)
 
 
 def _check_count(count: object) -> None:

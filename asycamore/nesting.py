@@ -38,20 +38,34 @@ Why no thread runs ``dispatch_once`` itself: it would run the targets' handlers 
 thread, racing every other callback of the foreign loop.  The helper thread of
 ``"thread"`` mode waits over its own poll object, so it never touches the context's
 state, and the context is usable again as soon as the host stops waiting.
+
+The rest of a host's round is :func:`~asycamore.iterate`'s, in the steps of
+:mod:`asycamore.dispatcher` (``begin_round``, ``end_round``); :func:`round_deadline`
+and :func:`service_dispatchvars` are the other pieces every host needs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import socket
 import threading
-from collections.abc import Iterator
-from typing import Final, Literal
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from .dispatcher import Events, IDispatchContext
+from .dispatcher import Events, IDispatchContext, prepare_dispatchvars
 
-__all__ = ["PROBE_MAX_INTERVAL", "Readiness", "probe_intervals"]
+if TYPE_CHECKING:
+    from .servicemodel import Service
+
+__all__ = [
+    "PROBE_MAX_INTERVAL",
+    "Readiness",
+    "probe_intervals",
+    "round_deadline",
+    "service_dispatchvars",
+]
 
 PROBE_MAX_INTERVAL: Final = 0.05
 """The longest pause between two probes of a ``"probe"``-mode context, in seconds."""
@@ -74,6 +88,43 @@ def probe_intervals() -> Iterator[float]:
     while True:
         yield interval
         interval = min(interval * 2, PROBE_MAX_INTERVAL)
+
+
+def round_deadline(timeout: float | None, now: float) -> float:
+    """When a host's round ends if the context has no readiness: *timeout* seconds
+    after *now*, on the host's clock.
+
+    As ``dispatch_once(timeout)`` waits: ``inf`` for ``None`` (readiness only), *now*
+    for ``timeout <= 0`` (one try, no wait), and :class:`ValueError` for NaN.
+    """
+    if timeout is None:
+        return math.inf
+    if math.isnan(timeout):
+        raise ValueError("timeout is NaN")
+    return now + max(timeout, 0.0)
+
+
+def service_dispatchvars(service: Service) -> MutableMapping[str, Any]:
+    """*service*'s ``dispatchvars``, set for a host's rounds as
+    :meth:`~asycamore.servicemodel.Service.serve_forever` sets them for
+    :func:`~asycamore.iterate` (no count, no timeout of its own: the service's
+    ``before_dispatch`` sets each round's).
+
+    Its ``before_dispatch`` also ends the loop, before it runs anything, when the
+    service was closed between two rounds: a host runs other code there (its tasks, its
+    callbacks), which may close the service.
+    """
+
+    def before_dispatch(
+        dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
+    ) -> None:
+        if service.closed:
+            raise StopIteration
+        service.before_dispatch(dispatcher, dispatchvars)
+
+    return prepare_dispatchvars(
+        service.dispatchvars, None, -1, before_dispatch, None, service.error_in_handler
+    )
 
 
 def _drain(sock: socket.socket) -> None:

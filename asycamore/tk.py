@@ -26,8 +26,15 @@ import tkinter
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from .dispatcher import DispatchCallback, ErrorHandler, IDispatchContext
-from .nesting import Readiness, probe_intervals
+from .dispatcher import (
+    DispatchCallback,
+    ErrorHandler,
+    IDispatchContext,
+    begin_round,
+    end_round,
+    prepare_dispatchvars,
+)
+from .nesting import Readiness, probe_intervals, round_deadline, service_dispatchvars
 from .servicemodel import Service
 
 __all__ = ["Hosting", "iterate", "serve"]
@@ -110,24 +117,11 @@ class Hosting:
 
     # -- the rounds (asycamore.iterate's, with the wait in Tk) ---------------------------
 
-    def _callback(self, key: str) -> bool:
-        callback = self.dispatchvars.get(key)
-        if callback is None:
-            return True
-        try:
-            callback(self.dispatcher, self.dispatchvars)
-        except StopIteration:
-            return False
-        return True
-
     def _begin(self) -> None:
-        if not self._callback("before_dispatch") or self.dispatchvars["count"] == 0:
+        if not begin_round(self.dispatcher, self.dispatchvars):
             self._finish(None)
             return
-        timeout = self.dispatchvars["timeout"]
-        if timeout is not None and math.isnan(timeout):
-            raise ValueError("timeout is NaN")  # as the backends' dispatch_once does
-        self._deadline = math.inf if timeout is None else time.monotonic() + max(timeout, 0.0)
+        self._deadline = round_deadline(self.dispatchvars["timeout"], time.monotonic())
         self._pauses = probe_intervals()
         self._in_round = True
         self._later(0, self._attempt)  # other events first, then try to dispatch
@@ -156,9 +150,7 @@ class Hosting:
                 self._later(_ms(pause), self._attempt)
             return
         self._in_round = False
-        if self.dispatchvars["count"] > 0:
-            self.dispatchvars["count"] -= 1
-        if not self._callback("after_dispatch"):
+        if not end_round(self.dispatcher, self.dispatchvars):
             self._finish(None)
             return
         self._later(0, self._begin)
@@ -221,13 +213,9 @@ def iterate(
     readiness or *timeout* has passed (``None``: readiness only), as
     ``dispatch_once(0)``.  Returns at once; see :class:`Hosting` for the end.
     """
-    if dispatchvars is None:
-        dispatchvars = {}
-    dispatchvars["before_dispatch"] = before_dispatch
-    dispatchvars["after_dispatch"] = after_dispatch
-    dispatchvars["count"] = count
-    dispatchvars["timeout"] = timeout
-    dispatchvars["error_in_handler"] = error_in_handler
+    dispatchvars = prepare_dispatchvars(
+        dispatchvars, timeout, count, before_dispatch, after_dispatch, error_in_handler
+    )
     return Hosting(master, dispatcher, dispatchvars, on_done)
 
 
@@ -243,22 +231,6 @@ def serve(
     :meth:`~asycamore.servicemodel.Service.stop`, then the :class:`Hosting` is done.
     No signal handler is installed.
     """
-
-    def before_dispatch(
-        dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
-    ) -> None:
-        if service.closed:
-            raise StopIteration
-        service.before_dispatch(dispatcher, dispatchvars)
-
-    dispatchvars = service.dispatchvars
-    dispatchvars.update(
-        before_dispatch=before_dispatch,
-        after_dispatch=None,
-        count=-1,
-        timeout=None,
-        error_in_handler=service.error_in_handler,
-    )
     serving = contextlib.ExitStack()
     hosting: Hosting | None = None
 
@@ -272,6 +244,7 @@ def serve(
 
     serving.enter_context(service.serving(on_schedule=on_schedule))
     try:
+        dispatchvars = service_dispatchvars(service)
         hosting = Hosting(master, service.dispatcher, dispatchvars, on_done, serving.close)
     except BaseException:
         serving.close()

@@ -127,6 +127,13 @@ def override(method: _F) -> _F:
 _MAX_FD: Final = 2**31 - 1
 """The largest descriptor number there can be: the OS interfaces take a C ``int``."""
 
+_TARGET_METHODS: Final = ("fileno", "handle_read_event", "handle_write_event")
+"""What ``register`` requires of a target (`asycamore.IDispatchTarget`)."""
+# How many target classes a context remembers as checked.  A program has a handful; a
+# bound keeps a program that makes a class per connection from growing the set forever
+# (past it, a class is checked again at each register: correct, only slower).
+_MAX_CHECKED_CLASSES: Final = 64
+
 # The bits of DispatcherBase._state.  dispatch_once tests the whole word once, so the
 # common case (open, in its own process, not already dispatching) costs one test.
 _CLOSED: Final = 1
@@ -243,6 +250,9 @@ class DispatcherBase:
         # Keyed by id(): targets need not be hashable, and the Registration keeps the
         # target alive, so its id cannot be reused while it is registered.
         self._by_target: dict[int, Registration] = {}
+        # The target classes whose instances register() has found complete (see
+        # _check_target): one set lookup per register instead of three getattr() calls.
+        self._target_classes: set[type] = set()
         self._state = 0  # _CLOSED | _INHERITED | _DISPATCHING bits
         self._interest_watcher: Callable[[], object] | None = None
         if self.rebuild_after_fork:
@@ -334,6 +344,24 @@ class DispatcherBase:
             # Only now: if the rebuild failed, the next use must not reach the parent's.
             self._state &= ~_INHERITED
 
+    def _check_target(self, target: object) -> None:
+        """Refuse a *target* without the three methods; remember a class that has them.
+
+        Only a class that defines all three itself is remembered: an instance given
+        them one by one (a mock, say) is checked at every ``register``.
+        """
+        missing = [name for name in _TARGET_METHODS if not callable(getattr(target, name, None))]
+        if missing:
+            raise TypeError(
+                "register() needs a dispatch target with fileno(), handle_read_event() and "
+                f"handle_write_event(): target {target!r} has no {', '.join(missing)}"
+            )
+        cls = type(target)
+        if len(self._target_classes) < _MAX_CHECKED_CLASSES and all(
+            callable(getattr(cls, name, None)) for name in _TARGET_METHODS
+        ):
+            self._target_classes.add(cls)
+
     @staticmethod
     def _check_events(events: int) -> int:
         # Plain int arithmetic: IntFlag operators build enum members, a measurable cost
@@ -345,9 +373,16 @@ class DispatcherBase:
         return mask
 
     def register(self, target: IDispatchTarget, events: Events = Events.READ) -> None:
-        """Start watching *target* for *events* (see :class:`asycamore.IDispatchContext`)."""
+        """Start watching *target* for *events* (see :class:`asycamore.IDispatchContext`).
+
+        :class:`TypeError` if *target* lacks ``fileno``, ``handle_read_event`` or
+        ``handle_write_event`` (the message names what it lacks): found here, not at the
+        first event, where it would cost a traceback per event far from the mistake.
+        """
         if self._state & _UNUSABLE:
             self._settle()
+        if type(target) not in self._target_classes:
+            self._check_target(target)
         if events.__class__ is Events:
             mask = _MASK_OF_MEMBER[events]
         else:

@@ -50,7 +50,7 @@ import run as suite
 
 from asycamore import aio, bench
 from asycamore.echo import EchoProtocol
-from asycamore.servicemodel import Connection, Protocol, Service
+from asycamore.servicemodel import Protocol, Service, StreamTransport
 
 SERVERS = suite.SERVERS
 WORKLOADS = ("pingpong", "bulk", "inprocess")
@@ -196,7 +196,7 @@ class _ServicePingPong(Protocol):
         self.service = service
         self.finished = finished
 
-    def connection_made(self, transport: Connection) -> None:
+    def connection_made(self, transport: StreamTransport) -> None:
         super().connection_made(transport)
         transport.write(b"x" * 64)
 
@@ -222,8 +222,8 @@ def _service_pingpong(messages: int, hosted: bool) -> float:
         listener = service.listen_tcp(EchoProtocol, "127.0.0.1", 0)
         finished: list[int] = []
         start = time.process_time()
+        client = functools.partial(_ServicePingPong, messages // _CONNS, service, finished)
         for _ in range(_CONNS):
-            client = _ServicePingPong(messages // _CONNS, service, finished)
             service.connect_tcp(client, "127.0.0.1", listener.port)
         if hosted:
             asyncio.run(aio.serve(service))

@@ -10,13 +10,14 @@ Exits 0 if every message came back intact, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
 from typing import Any
 
 import asycamore
-from asycamore.tcpsocket import Connection, connect_tcp
+from asycamore.tcpsocket import StreamTransport, connect_tcp
 from asycamore.timers import Timers
 
 
@@ -29,7 +30,7 @@ class PingPong:
         self.received = bytearray()
         self.results = results
 
-    def connection_made(self, connection: Connection) -> None:
+    def connection_made(self, connection: StreamTransport) -> None:
         self.connection = connection
         self.connection.write(self.message)
 
@@ -96,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     with asycamore.create_dispatcher(args.backend) as dispatcher:
+        # connect_tcp takes a protocol factory: a new PingPong for each connection.
+        factory = functools.partial(PingPong, args.count, args.size, results)
         for _ in range(args.connections):
-            handler = PingPong(args.count, args.size, results)
-            connect_tcp(dispatcher, handler, args.host, args.port, timeout=5, timers=timers)
+            connect_tcp(dispatcher, factory, args.host, args.port, timeout=5, timers=timers)
         asycamore.iterate(dispatcher, timeout=None, before_dispatch=before_dispatch)
     elapsed = time.perf_counter() - started
     rate = results["messages"] / elapsed if elapsed else 0.0

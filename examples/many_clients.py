@@ -18,7 +18,7 @@ import argparse
 import sys
 import time
 
-from asycamore.servicemodel import Connection, Protocol, Service
+from asycamore.servicemodel import Protocol, Service, StreamTransport
 
 
 class Stats:
@@ -40,7 +40,7 @@ class Client(Protocol):
         self.received = bytearray()
         self.done = False
 
-    def connection_made(self, transport: Connection) -> None:
+    def connection_made(self, transport: StreamTransport) -> None:
         super().connection_made(transport)
         self.stats.connected += 1
 
@@ -92,12 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with Service(args.backend, stop_timeout=2.0) as service:
 
+        def new_client() -> Client:
+            # The protocol factory of every connect: makes the protocol and keeps it.
+            client = Client(len(clients), stats)
+            clients.append(client)
+            return client
+
         def open_some() -> None:
             # 50 connects per round: a burst of thousands would overflow the backlog.
             for _ in range(min(50, args.connections - len(clients))):
-                client = Client(len(clients), stats)
-                clients.append(client)
-                service.connect_tcp(client, args.host, args.port, timeout=10)
+                service.connect_tcp(new_client, args.host, args.port, timeout=10)
             if len(clients) < args.connections:
                 service.call_later(0.01, open_some)
             else:

@@ -15,6 +15,7 @@ seconds, are dropped without disturbing the others; docs/tls.rst explains the re
 from __future__ import annotations
 
 import argparse
+import importlib
 import ssl
 import sys
 import tempfile
@@ -68,10 +69,8 @@ class Client(Protocol):
         self.result = "echoed" if ok else f"lost: {exc!r} after {self.received!r}"
 
 
-def throwaway_pki(where: Path) -> tuple[str, str, ssl.SSLContext]:
+def throwaway_pki(where: Path, trustme: Any) -> tuple[str, str, ssl.SSLContext]:
     """A CA, a certificate for 127.0.0.1/localhost, and a client context trusting it."""
-    import trustme  # a test dependency: only --self-test needs it
-
     ca = trustme.CA()
     leaf = ca.issue_cert("localhost", "127.0.0.1")
     cert, key = where / "cert.pem", where / "key.pem"
@@ -93,10 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--self-test", action="store_true", help="serve and connect to self")
     args = parser.parse_args(argv)
 
+    trustme: Any = None
+    if args.self_test:
+        try:
+            trustme = importlib.import_module("trustme")  # a test dependency
+        except ImportError as exc:
+            # One line that says what to do, not a traceback: the example is often run
+            # from a checkout without the test extras.
+            print(f"--self-test needs trustme ({exc}): pip install trustme", file=sys.stderr)
+            return 1
+
     with tempfile.TemporaryDirectory() as tmp:
         client_context = None
-        if args.self_test:
-            args.cert, args.key, client_context = throwaway_pki(Path(tmp))
+        if trustme is not None:
+            args.cert, args.key, client_context = throwaway_pki(Path(tmp), trustme)
         if not (args.cert and args.key):
             parser.error("--cert and --key are needed (or --self-test)")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -110,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
                 handshake_timeout=args.handshake_timeout,
             )  # fmt: skip
             print(f"listening on {args.host}:{listener.port}", flush=True)
-            client = None
             if client_context is not None:
                 client = Client()
                 # Verified against the throwaway CA; the name checked is "localhost".
+                # connect_tcp takes a protocol factory: this one returns our client.
                 service.connect_tcp(
-                    client, "127.0.0.1", listener.port, ssl=client_context,
+                    lambda: client, "127.0.0.1", listener.port, ssl=client_context,
                     server_hostname="localhost", timeout=5,
                 )  # fmt: skip
                 deadline = service.time() + 10  # bounded, whatever happens

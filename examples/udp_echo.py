@@ -90,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with Service(args.backend) as service:
         if args.role == "server":
-            endpoint = service.bind_udp(EchoServer(), args.host, args.port)
-            host, port = endpoint.getsockname()[:2]
+            endpoint = service.bind_udp(EchoServer, args.host, args.port)
+            host, port = endpoint.address[:2]
             print(f"listening on {host}:{port}", flush=True)
             if args.duration is not None:
                 service.call_later(args.duration, service.stop)
             service.serve_forever()
             return 0
         client = EchoClient(service, args.count, args.size, args.timeout)
-        service.connect_udp(client, args.host, args.port)
+        service.connect_udp(lambda: client, args.host, args.port)
         service.serve_forever()
         print(f"{client.echoed}/{args.count} datagrams echoed")
         if client.error is not None:

@@ -171,6 +171,23 @@ def test_count_zero_never_dispatches(dispatcher: Any) -> None:
     assert calls == ["b"]
 
 
+def test_count_is_checked_as_iterate_checks_it(dispatcher: Any) -> None:
+    """A count that is not an int is refused at the call (nothing runs, nothing is
+    stored) and at the round that reads it, as asycamore.iterate refuses it."""
+    dispatchvars: dict[str, Any] = {}
+    with pytest.raises(TypeError, match="count"):
+        asyncio.run(aio.iterate(dispatcher, 0, 1.5, dispatchvars))
+    assert dispatchvars == {}
+
+    def after(d: Any, dv: Any) -> None:
+        dv["count"] = True
+
+    rounds: list[int] = []
+    with pytest.raises(TypeError, match="count"):
+        asyncio.run(aio.iterate(dispatcher, 0, -1, None, lambda d, dv: rounds.append(1), after))
+    assert rounds == [1, 1]
+
+
 def test_stop_iteration_from_after_dispatch_and_other_errors(dispatcher: Any) -> None:
     def stop(d: Any, dv: Any) -> None:
         raise StopIteration

@@ -3,12 +3,15 @@
 The core -> transports -> service -> command line direction, and no module reaching
 into another's ``_private`` names, are what let a newcomer change one module without
 reading the others.  These tests read the source files (not the installed package) with
-:mod:`ast`, so an import hidden inside a function counts too.
+:mod:`ast`, so an import hidden inside a function counts too.  The layers and their
+modules are read from the page's table, so that the page and the code cannot disagree:
+every module has a row, and imports only from its own layer or the layers above it.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "asycamore"
 BACKENDS = ROOT / "backends"
+ARCHITECTURE = ROOT / "docs" / "architecture.rst"
 
 BENCHMARKS = ROOT / "benchmarks"
 
@@ -23,8 +27,8 @@ SOURCES = sorted([*PACKAGE.rglob("*.py"), *BACKENDS.glob("*.py"), *BENCHMARKS.rg
 
 
 def _module_name(path: Path) -> str:
-    if path.parent == BACKENDS:
-        return f"asycamore.backends.{path.stem}"
+    if path.parent == BACKENDS:  # installed as asycamore.backends (pyproject's package-dir)
+        path = PACKAGE / "backends" / path.name
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -173,3 +177,233 @@ def test_a_reach_in_is_caught(tmp_path: Path) -> None:
         "asycamore._transport.stream._no_data",
         "t.Listener._closed",
     }
+
+
+# -- the layer table of docs/architecture.rst ---------------------------------------------
+#
+# The table is read from the page, not restated here: when a module or a layer is added
+# to the page, these tests follow.  Its format (the literal block under "The layers"):
+# a layer's name in the first column on the first line of that layer, the modules in the
+# second column (``asycamore.x``, ``asycamore.backends.*``, or ``_transport.x`` relative to
+# asycamore, indented or not), descriptions in the third, wrapped onto lines of their own.
+
+LAYER_SOURCES = sorted([*PACKAGE.rglob("*.py"), *BACKENDS.glob("*.py")])
+LAYER_MODULES = {_module_name(path): path for path in LAYER_SOURCES}
+
+_MODULE_WORD = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(\.\*)?")
+
+
+def _layer_table(text: str) -> list[tuple[str, list[str]]]:
+    """The layers of the table in *text*, in order: ``(layer name, [module entries])``,
+    each entry an absolute name (``asycamore.x``, or ``asycamore.backends.*``)."""
+    lines = text.splitlines()
+    start = lines.index("The layers")
+    intro = next(i for i in range(start, len(lines)) if lines[i].rstrip().endswith("::"))
+    first = next(i for i in range(intro + 1, len(lines)) if lines[i].strip())
+    layer_column = len(lines[first]) - len(lines[first].lstrip())
+    # The first line holds all three columns, two spaces or more apart: where the second
+    # and third start.
+    fields = list(re.finditer(r"\S+(?: \S+)*", lines[first]))
+    assert len(fields) >= 3, f"architecture.rst:{first + 1}: expected layer, module, text"
+    module_column, text_column = fields[1].start(), fields[2].start()
+    layers: list[tuple[str, list[str]]] = []
+    for number, line in enumerate(lines[first:], first + 1):
+        if line.strip() and len(line) - len(line.lstrip()) < layer_column:
+            break  # the end of the literal block
+        if line[layer_column : layer_column + 1].strip():
+            layers.append((line[layer_column:module_column].strip(), []))
+        word = line[module_column:].lstrip()
+        where = len(line) - len(word)
+        if not word or where >= text_column:
+            continue  # a description's continuation
+        entry = word.split()[0]
+        assert _MODULE_WORD.fullmatch(entry), f"architecture.rst:{number}: not a module: {entry}"
+        assert layers, f"architecture.rst:{number}: a module before the first layer"
+        name = entry if entry.split(".")[0] == "asycamore" else f"asycamore.{entry}"
+        layers[-1][1].append(name)
+    return layers
+
+
+LAYERS = _layer_table(ARCHITECTURE.read_text())
+
+
+def _layer_of(module: str, layers: list[tuple[str, list[str]]]) -> int | None:
+    """The index of *module*'s layer, or None if the table does not place it.
+
+    An entry covers the module it names, and what is inside it (``asycamore.testing``
+    covers ``asycamore.testing.kit``; ``asycamore.backends.*`` covers the package and
+    its modules); the longest entry that covers *module* decides.  A package that no
+    entry covers belongs to the layer of its modules' entries, if they share one (the
+    rows of ``_transport.*`` place ``asycamore._transport``).
+    """
+    best: tuple[int, int] | None = None  # (length of the entry, layer index)
+    inside: set[int] = set()
+    for index, (_, entries) in enumerate(layers):
+        for entry in entries:
+            prefix = entry.removesuffix(".*")
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(entry) > best[0]:
+                    best = (len(entry), index)
+            elif prefix.startswith(module + "."):
+                inside.add(index)
+    if best is not None:
+        return best[1]
+    return inside.pop() if len(inside) == 1 else None
+
+
+def _asycamore_imports(module_name: str, path: Path, known: set[str]) -> list[tuple[int, str]]:
+    """``(line, module)`` for each asycamore module *path* imports, anywhere in it (a
+    function's lazy import and a type-only one too), resolved to a module of *known*
+    (the longest that the imported name starts with)."""
+    tree = ast.parse(path.read_text())
+
+    def resolve(name: str) -> str | None:
+        parts = name.split(".")
+        for end in range(len(parts), 0, -1):
+            if ".".join(parts[:end]) in known:
+                return ".".join(parts[:end])
+        return None
+
+    package = module_name.split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                parent = ".".join([*base, node.module] if node.module else base)
+            else:
+                parent = node.module or ""
+            # `from . import cli` imports the module asycamore.cli; `from .x import y`
+            # imports from the module x.
+            names = [f"{parent}.{alias.name}" for alias in node.names]
+        for name in names:
+            target = resolve(name)
+            if target is not None and target != module_name:
+                found.append((node.lineno, target))
+    return found
+
+
+def _downward_imports(
+    module_name: str, path: Path, layers: list[tuple[str, list[str]]], known: set[str]
+) -> list[tuple[int, str, str]]:
+    """``(line, module, its layer)`` for each import of *path* that goes to a layer below
+    its own (later in the table).
+
+    An import under ``if TYPE_CHECKING:`` counts like any other.  It costs nothing at
+    run time, but an annotation that names a lower layer's type ties the module's API to
+    that layer just the same, which is what the table is there to prevent (a higher
+    layer can always be given a Protocol of its own instead).  None of the tree's
+    type-only imports needs an exception today: they stay within their layer or go up.
+    """
+    own = _layer_of(module_name, layers)
+    assert own is not None, f"{module_name} is not in the layer table"
+    offending = []
+    for line, target in _asycamore_imports(module_name, path, known):
+        layer = _layer_of(target, layers)
+        # A module the table does not place is reported by the first test, not here.
+        if layer is not None and layer > own:
+            offending.append((line, target, layers[layer][0]))
+    return offending
+
+
+def test_the_layer_table_is_read() -> None:
+    """The parser finds the page's layers, in order, and modules in each."""
+    names = [name for name, _ in LAYERS]
+    assert names[:2] == ["core", "backends"], names
+    assert "transports" in names and "service" in names, names
+    assert names.index("transports") < names.index("service")
+    assert all(entries for _, entries in LAYERS), LAYERS
+    everything = {entry for _, entries in LAYERS for entry in entries}
+    assert {"asycamore.dispatcher", "asycamore.backends.*", "asycamore.cli"} <= everything
+    assert any(entry.startswith("asycamore._transport.") for entry in everything)
+
+
+@pytest.mark.parametrize("module", sorted(LAYER_MODULES))
+def test_every_module_is_in_the_layer_table(module: str) -> None:
+    """Each module of the package and of the backends has its place in the table."""
+    assert _layer_of(module, LAYERS) is not None, (
+        f"{module} is not in the layer table of docs/architecture.rst: add it to its layer"
+    )
+
+
+@pytest.mark.parametrize("module", sorted(LAYER_MODULES))
+def test_imports_go_only_up_the_layer_table(module: str) -> None:
+    """A module imports asycamore modules of its own layer or the layers above it only."""
+    layer = _layer_of(module, LAYERS)
+    if layer is None:
+        pytest.skip(f"{module} is not in the layer table (see the test above)")
+    offending = _downward_imports(module, LAYER_MODULES[module], LAYERS, set(LAYER_MODULES))
+    assert not offending, f"{module} ({LAYERS[layer][0]}) imports from layers below: {offending}"
+
+
+def test_a_downward_import_is_caught(tmp_path: Path) -> None:
+    """The layer check flags what it is meant to flag (a planted core module), and only
+    that: relative, absolute, lazy and type-only imports of lower layers."""
+    table = tmp_path / "architecture.rst"
+    table.write_text(
+        "The layers\n----------\n\nIn order::\n\n"
+        "    core            asycamore.dispatcher    the protocols,\n"
+        "                                            iterate\n"
+        "                    asycamore.errors        the exceptions\n"
+        "    backends        asycamore.backends.base the base\n"
+        "                    asycamore.backends.*    the mechanisms\n"
+        "    transports      asycamore.tcpsocket     the facade\n"
+        "                      _transport.stream       connections\n"
+        "    service         asycamore.servicemodel  Service\n"
+        "\nAfter the table.\n"
+    )
+    layers = _layer_table(table.read_text())
+    assert layers == [
+        ("core", ["asycamore.dispatcher", "asycamore.errors"]),
+        ("backends", ["asycamore.backends.base", "asycamore.backends.*"]),
+        ("transports", ["asycamore.tcpsocket", "asycamore._transport.stream"]),
+        ("service", ["asycamore.servicemodel"]),
+    ]
+    assert _layer_of("asycamore._transport", layers) == 2  # the package of its rows
+    assert _layer_of("asycamore.backends", layers) == 1
+    assert _layer_of("asycamore.backends.epoll", layers) == 1
+    assert _layer_of("asycamore.unlisted", layers) is None
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        "import os\n"
+        "from typing import TYPE_CHECKING\n"
+        "from .errors import BackendError\n"
+        "from .servicemodel import Service\n"
+        "import asycamore.backends.epoll\n"
+        "from asycamore import tcpsocket\n"
+        "from ._transport.stream import Connection\n"
+        "from .unlisted import thing\n"
+        "if TYPE_CHECKING:\n"
+        "    from asycamore.servicemodel import Protocol\n"
+        "def lazy():\n"
+        "    from .backends import base\n"
+    )
+    known = {
+        "asycamore",
+        "asycamore.dispatcher",
+        "asycamore.errors",
+        "asycamore.servicemodel",
+        "asycamore.tcpsocket",
+        "asycamore.unlisted",
+        "asycamore.backends",
+        "asycamore.backends.base",
+        "asycamore.backends.epoll",
+        "asycamore._transport",
+        "asycamore._transport.stream",
+    }
+    found = _downward_imports("asycamore.dispatcher", planted, layers, known)
+    assert sorted(found) == [
+        (4, "asycamore.servicemodel", "service"),
+        (5, "asycamore.backends.epoll", "backends"),
+        (6, "asycamore.tcpsocket", "transports"),
+        (7, "asycamore._transport.stream", "transports"),
+        (10, "asycamore.servicemodel", "service"),
+        (12, "asycamore.backends.base", "backends"),
+    ]
+    # The same imports from the service layer go up or sideways: nothing to report.
+    assert _downward_imports("asycamore.servicemodel", planted, layers, known) == []

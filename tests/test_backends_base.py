@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 from hypothesis import given
@@ -113,6 +114,84 @@ def test_modify_validates_events(
 def test_repr_counts_targets(ctx: asycamore.IDispatchContext, sockets: Sockets) -> None:
     ctx.register(RecordingTarget(sockets.pair()[0]), Events.READ)
     assert "1 target" in repr(ctx)
+
+
+# -- register() needs a dispatch target ---------------------------------------------------
+#
+# The rule itself is in the conformance kit; these are the base's own promises: the exact
+# message, and the per-class memory that keeps the check off the per-connection cost.
+
+
+def test_register_names_what_the_target_lacks(
+    ctx: asycamore.IDispatchContext, sockets: Sockets
+) -> None:
+    sock, _ = sockets.pair()
+    with pytest.raises(TypeError) as info:
+        ctx.register(sock, Events.READ)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "register() needs a dispatch target with fileno(), handle_read_event() and "
+        f"handle_write_event(): target {sock!r} has no handle_read_event, handle_write_event"
+    )
+
+
+class _FilenoOnly:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def test_register_checks_each_instance_of_a_class_without_the_handlers(
+    ctx: asycamore.IDispatchContext, sockets: Sockets
+) -> None:
+    """Handlers given to one instance do not vouch for another of the same class: only
+    a class that has all three methods itself is remembered as checked."""
+    complete = _FilenoOnly(sockets.pair()[0])
+    complete.handle_read_event = complete.handle_write_event = lambda: None  # type: ignore[attr-defined]
+    ctx.register(complete, Events.READ)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="has no handle_read_event, handle_write_event"):
+        ctx.register(_FilenoOnly(sockets.pair()[0]), Events.READ)  # type: ignore[arg-type]
+    assert len(ctx) == 1
+
+
+def test_register_checks_past_the_classes_it_remembers(
+    ctx: asycamore.IDispatchContext, sockets: Sockets
+) -> None:
+    """Past the bound on remembered classes, targets are still checked, every time."""
+    sock, _ = sockets.pair()
+    for number in range(100):
+        cls = type(f"Target{number}", (RecordingTarget,), {})
+        target = cls(sock)
+        ctx.register(target, Events.READ)
+        ctx.unregister(target)
+    with pytest.raises(TypeError, match="has no handle_read_event, handle_write_event"):
+        ctx.register(_FilenoOnly(sock), Events.READ)  # type: ignore[arg-type]
+    assert len(ctx) == 0
+
+
+def test_a_backend_of_its_own_on_the_base_checks_register() -> None:
+    """A plugin on the base gets the check without a line of its own, and a refused
+    target never reaches its kernel hooks."""
+    from asycamore.backends.base import DispatcherBase
+
+    class Recording(DispatcherBase):
+        name = "recording"
+        priority = 0
+        added: ClassVar[list[int]] = []
+
+        @classmethod
+        def is_available(cls) -> bool:
+            return True
+
+        def kernel_add(self, fd: int, events: int) -> None:
+            self.added.append(fd)
+
+    with Recording() as context, socket.socket() as sock:
+        with pytest.raises(TypeError, match="target"):
+            context.register(sock, Events.READ)  # type: ignore[arg-type]
+        assert Recording.added == []
+        assert len(context) == 0
 
 
 # -- urgent data ----------------------------------------------------------------------------

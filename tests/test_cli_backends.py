@@ -138,28 +138,117 @@ def test_backends_lists_a_broken_plugin(run: Run, write_distribution: Callable[.
     assert "Traceback" not in table.stdout + table.stderr
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        [],
-        ["frobnicate"],
-        ["backends", "--bogus"],
-        ["backends", "extra"],
-        ["echo", "--port", "70000"],
-        ["echo", "--port", "http"],
-        ["bench", "--seconds", "-1"],
-        ["bench", "--seconds", "inf"],
-    ],
-    ids=lambda args: " ".join(args) or "no-args",
-)
-def test_bad_input_is_one_line_and_status_2(run: Run, args: list[str]) -> None:
-    result = run(*args)
-    assert result.returncode == 2
+def _error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line of a command that failed on bad input (status 2, no traceback)."""
+    assert result.returncode == 2, result
+    assert result.stdout == ""
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("asycamore: ")
-    assert result.stdout == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        ([], "asycamore"),
+        (["frobnicate"], "asycamore"),
+        (["--bogus", "echo"], "asycamore"),
+        (["backends", "--bogus"], "asycamore backends"),
+        (["backends", "extra"], "asycamore backends"),
+        (["echo", "--bogus"], "asycamore echo"),
+        (["echo", "extra"], "asycamore echo"),
+        (["echo", "--version"], "asycamore echo"),
+        (["echo", "--port"], "asycamore echo"),
+        (["echo", "--port", "70000"], "asycamore echo"),
+        (["echo", "--port", "http"], "asycamore echo"),
+        (["echo", "--workers", "0"], "asycamore echo"),
+        # Options that do not go together: checked before any file is read.
+        (["echo", "--tls-cert", "cert.pem"], "asycamore echo"),
+        (["echo", "--tls-key", "key.pem"], "asycamore echo"),
+        (["echo", "--udp", "--tls-cert", "cert.pem", "--tls-key", "key.pem"], "asycamore echo"),
+        (["bench", "--seconds"], "asycamore bench"),
+        (["bench", "--seconds", "inf"], "asycamore bench"),
+        (["bench", "extra"], "asycamore bench"),
+    ],
+    ids=lambda value: (" ".join(value) or "no-args") if isinstance(value, list) else None,
+)
+def test_usage_error_points_to_its_command_help(run: Run, args: list[str], command: str) -> None:
+    """Named by the (sub)command it belongs to, pointing to that command's --help:
+    argparse alone would send ``echo --bogus`` to the top-level help."""
+    line = _error_line(run(*args))
+    assert line.startswith(f"{command}: error: "), line
+    assert line.endswith(f" (see {command} --help)"), line
+
+
+BAD_SECONDS = ["0", "-1", "601", "nan", "inf", "1e3", "abc", "0.001", "", " 1", "1_0", "0x10"]
+
+
+def test_bench_seconds_has_one_message_for_every_bad_value(run: Run) -> None:
+    """Out of range or malformed, the user needs the same thing: the accepted range."""
+    messages = set()
+    for value in BAD_SECONDS:
+        line = _error_line(run("bench", "--seconds", value))
+        assert f"not {value!r}" in line, line
+        messages.add(line.replace(f"not {value!r}", "not VALUE"))
+    assert messages == {
+        "asycamore bench: error: argument --seconds: expected a decimal number of seconds "
+        "from 0.01 to 600, not VALUE (see asycamore bench --help)"
+    }
+
+
+def _options_help(text: str) -> dict[str, str]:
+    """``{option: its help text}`` from argparse's help output, whitespace normalised."""
+    options: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        # An option starts a line indented by two spaces; its wrapped help is indented more
+        # (and may start with another option's name: "needs\n    --tls-key ...").
+        if line.startswith("  -") and not line.startswith("   "):
+            name, _, rest = line.strip().partition(" ")
+            current = options.setdefault(name.rstrip(","), [])
+            current.append(rest)
+        elif line.startswith("   "):
+            current.append(line)
+        else:
+            current = []
+    return {name: " ".join(" ".join(parts).split()) for name, parts in options.items()}
+
+
+def test_top_level_help_says_what_echo_serves(run: Run) -> None:
+    result = run("--help")
+    assert result.returncode == 0, result.stderr
+    assert "TCP, TLS or UDP echo service" in " ".join(result.stdout.split())
+    assert "asycamore COMMAND --help" in result.stdout
+
+
+def test_echo_help_shows_every_default(run: Run) -> None:
+    result = run("echo", "--help", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    options = _options_help(result.stdout)
+    expected = {
+        "--backend": "ASYCAMORE_BACKEND environment variable",
+        "--host": "(default: 127.0.0.1)",
+        "--port": "(default: 0, any free port)",
+        "--udp": "(default: TCP)",
+        "--tls-cert": "(default: none, plain TCP)",
+        "--tls-key": "(default: none)",
+        "--workers": "(default: none, serve in this process)",
+    }
+    assert set(expected) <= set(options), options
+    for option, text in expected.items():
+        assert "(default: " in options[option], (option, options[option])
+        assert text in options[option], (option, options[option])
+    description = " ".join(result.stdout.split())
+    assert "listening on HOST:PORT" in description
+
+
+def test_bench_help_shows_the_range_and_default(run: Run) -> None:
+    result = run("bench", "--help", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    seconds = _options_help(result.stdout)["--seconds"]
+    assert "0.01 to 600 (default: 1)" in seconds, seconds
 
 
 def test_version(run: Run) -> None:

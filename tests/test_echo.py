@@ -299,22 +299,33 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "usage"),
     [
-        ["--backend", "no-such-backend"],
-        ["--host", "999.1.1.1"],
-        ["--host", "no-such-host.invalid"],
-        ["--port", "65536"],
-        ["--port", "http"],
+        (["--backend", "no-such-backend"], False),
+        (["--host", "999.1.1.1"], False),
+        (["--host", "no-such-host.invalid"], False),
+        (["--port", "65536"], True),
+        (["--port", "http"], True),
+        (["--bogus"], True),
+        (["--tls-cert", "cert.pem"], True),
+        (["--udp", "--tls-cert", "cert.pem", "--tls-key", "key.pem"], True),
     ],
 )
-def test_bad_input_exits_2_with_one_line(args: list[str]) -> None:
+def test_bad_input_exits_2_with_one_line(args: list[str], usage: bool) -> None:
+    """A usage error is echo's and points to its help; bad input found while starting
+    (a backend, an address) is the program's, with nothing to look up in --help."""
     result = _run_cli(*args)
     assert result.returncode == 2, result
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
+    if usage:
+        assert lines[0].startswith("asycamore echo: error: "), lines[0]
+        assert lines[0].endswith(" (see asycamore echo --help)"), lines[0]
+    else:
+        assert lines[0].startswith("asycamore: error: "), lines[0]
+        assert "--help" not in lines[0]
 
 
 def test_port_in_use_exits_2_with_one_line() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import signal
 import socket
@@ -18,7 +19,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = sorted(path.name for path in EXAMPLES.glob("*.py"))
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args],
         capture_output=True,
@@ -26,6 +29,7 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         stdin=subprocess.DEVNULL,
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -230,6 +234,27 @@ def test_tls_echo_server_self_test() -> None:
     result = run(str(EXAMPLES / "tls_echo_server.py"), "--self-test", timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "self-test: echoed" in result.stdout
+
+
+def test_tls_echo_server_self_test_without_trustme(tmp_path: Path) -> None:
+    """trustme is a test dependency: without it --self-test says how to get it, in one
+    line, instead of a traceback."""
+    (tmp_path / "trustme.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'trustme'\", name='trustme')\n"
+    )
+    pythonpath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    result = run(
+        str(EXAMPLES / "tls_echo_server.py"),
+        "--self-test",
+        timeout=30,
+        env={"PYTHONPATH": pythonpath},
+    )
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "pip install trustme" in lines[0]
+    assert "Traceback" not in result.stderr
 
 
 def test_tls_echo_server_with_a_python_client(tmp_path: Path) -> None:

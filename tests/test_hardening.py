@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import math
 import os
 import resource
@@ -27,7 +28,7 @@ import pytest
 import asycamore
 from asycamore.echo import EchoProtocol
 from asycamore.servicemodel import Protocol, Service
-from asycamore.tcpsocket import DEFAULT_HIGH_WATER, Connection
+from asycamore.tcpsocket import DEFAULT_HIGH_WATER, Connection, TransportOptions
 from asycamore.timers import Timers
 from asycamore.wakeup import SignalCatcher, Waker
 
@@ -379,7 +380,7 @@ def test_the_read_cap_follows_the_water_marks() -> None:
     b.setblocking(False)
     echo = _TrackingEcho()
     with asycamore.create_dispatcher() as context:
-        Connection(context, a, echo, high_water=1 << 20)
+        Connection(context, a, echo, TransportOptions(high_water=1 << 20))
         queued = 0
         with contextlib.suppress(BlockingIOError):
             while queued < 200_000:
@@ -541,7 +542,7 @@ def test_a_client_connected_by_name_lingers_too() -> None:
             lost.append(exc)
 
     with Service() as service, server:
-        service.connect_tcp(Client(), "localhost", server.getsockname()[1])
+        service.connect_tcp(Client, "localhost", server.getsockname()[1])
         peer, _ = server.accept()
         with peer:
             peer.settimeout(5)
@@ -602,12 +603,15 @@ def test_close_keeps_the_view_with_input_queued_behind() -> None:
     assert seen == [(b"QUIT-first-chunk", b"QUIT-first-chunk")]
 
 
-def test_stop_closes_a_connection_still_connecting_at_once() -> None:
+def test_stop_closes_a_connection_still_connecting_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     failed: list[BaseException] = []
 
     class Client(Protocol):
         def connection_failed(self, exc: BaseException) -> None:
             failed.append(exc)
+            super().connection_failed(exc)  # the default logging
 
     # A listener whose backlog is full: a connect to it stays in progress.
     full = socket.socket()
@@ -621,32 +625,40 @@ def test_stop_closes_a_connection_still_connecting_at_once() -> None:
                 filler.setblocking(False)
                 fillers.append(filler)
                 filler.connect_ex(full.getsockname())
-        service.connect_tcp(Client(), "127.0.0.1", full.getsockname()[1])
+        service.connect_tcp(Client, "127.0.0.1", full.getsockname()[1])
         service.call_later(0.1, service.stop)
         service.call_later(5, pytest.fail, "the stop waited for the connect")
         started = time.monotonic()
-        service.serve_forever(handle_signals=False)
+        with caplog.at_level(logging.DEBUG, logger="asycamore"):
+            service.serve_forever(handle_signals=False)
         assert time.monotonic() - started < 3
     for filler in fillers:
         filler.close()
     assert len(failed) <= 1
     if failed:  # (the kernel may have refused or accepted it meanwhile)
         assert isinstance(failed[0], OSError)
+        if isinstance(failed[0], ConnectionAbortedError):
+            # Cancelled by our own stop: no failure worth a warning.
+            cancelled = [r for r in caplog.records if "connect cancelled" in r.getMessage()]
+            assert cancelled and all(r.levelno == logging.DEBUG for r in cancelled)
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize("port", [65536, 65589, 1 << 20, -1])
 def test_ports_beyond_65535_are_refused_everywhere(port: int) -> None:
-    """getaddrinfo takes a port modulo 65536: 65589 would have been port 53."""
+    """getaddrinfo takes a port modulo 65536: 65589 would have been port 53.
+
+    A port out of range is a wrong value, refused at the call (ValueError naming it)."""
     from asycamore import tcpsocket, udpsocket
 
     with asycamore.create_dispatcher() as context:
         for host in ("127.0.0.1", "localhost"):
-            with pytest.raises(OverflowError):
-                tcpsocket.connect_tcp(context, Protocol(), host, port, timers=Timers())
-            with pytest.raises(OverflowError):
+            with pytest.raises(ValueError, match="port"):
+                tcpsocket.connect_tcp(context, Protocol, host, port, timers=Timers())
+            with pytest.raises(ValueError, match="port"):
                 tcpsocket.listen_tcp(context, Protocol, host, port)
-            with pytest.raises(OverflowError):
-                udpsocket.bind_udp(context, Protocol(), host, port)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="port"):
+                udpsocket.bind_udp(context, Protocol, host, port)  # type: ignore[arg-type]
         assert len(context) == 0
 
 

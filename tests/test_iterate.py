@@ -2,6 +2,11 @@
 
 The dispatcher under test is a real backend (poll) behind a thin recorder that logs the
 arguments of each dispatch_once call, so the order of callbacks and dispatches is visible.
+
+Each test runs twice: on `iterate` itself, whose loop is written out inline for speed,
+and on the same loop built from the steps the foreign-loop hosts use
+(`prepare_dispatchvars`, `begin_round`, `end_round`), so the two forms cannot drift
+apart.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from hypothesis import strategies as st
 
 import asycamore
 from asycamore import Events, IDispatchContext, iterate
+from asycamore.dispatcher import begin_round, end_round, prepare_dispatchvars
 
 
 class Recorder:
@@ -34,6 +40,28 @@ class Recorder:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def iterate_in_steps(
+    dispatcher: IDispatchContext,
+    timeout: float | None = 30.0,
+    count: int = -1,
+    dispatchvars: MutableMapping[str, Any] | None = None,
+    before_dispatch: Any = None,
+    after_dispatch: Any = None,
+    error_in_handler: Any = None,
+) -> None:
+    """`iterate` as asycamore.aio and asycamore.tk run it, without their waiting."""
+    dispatchvars = prepare_dispatchvars(
+        dispatchvars, timeout, count, before_dispatch, after_dispatch, error_in_handler
+    )
+    while begin_round(dispatcher, dispatchvars):
+        dispatcher.dispatch_once(dispatchvars["timeout"], dispatchvars["error_in_handler"])
+        if not end_round(dispatcher, dispatchvars):
+            return
+
+
+LOOPS = [pytest.param(iterate, id="inline"), pytest.param(iterate_in_steps, id="steps")]
 
 
 @pytest.fixture
@@ -55,8 +83,9 @@ def logging_callback(journal: list[tuple[Any, ...]], label: str) -> Any:
     return callback
 
 
-def test_count_n_dispatches_n_times_with_callbacks_around_each(recorder, journal):
-    iterate(
+@pytest.mark.parametrize("loop", LOOPS)
+def test_count_n_dispatches_n_times_with_callbacks_around_each(loop, recorder, journal):
+    loop(
         recorder,
         timeout=0,
         count=2,
@@ -74,8 +103,9 @@ def test_count_n_dispatches_n_times_with_callbacks_around_each(recorder, journal
     ]
 
 
-def test_count_zero_runs_before_dispatch_once_and_never_dispatches(recorder, journal):
-    iterate(
+@pytest.mark.parametrize("loop", LOOPS)
+def test_count_zero_runs_before_dispatch_once_and_never_dispatches(loop, recorder, journal):
+    loop(
         recorder,
         count=0,
         before_dispatch=logging_callback(journal, "before"),
@@ -84,16 +114,18 @@ def test_count_zero_runs_before_dispatch_once_and_never_dispatches(recorder, jou
     assert journal == [("before", 0)]
 
 
-def test_before_dispatch_can_end_the_loop_by_setting_count_zero(recorder, journal):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_before_dispatch_can_end_the_loop_by_setting_count_zero(loop, recorder, journal):
     def before(dispatcher, dispatchvars):
         journal.append(("before",))
         dispatchvars["count"] = 0
 
-    iterate(recorder, timeout=0, count=-1, before_dispatch=before)
+    loop(recorder, timeout=0, count=-1, before_dispatch=before)
     assert journal == [("before",)]
 
 
-def test_dispatchvars_is_the_callers_dict_mutated_in_place(recorder):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_dispatchvars_is_the_callers_dict_mutated_in_place(loop, recorder):
     sentinel = object()
     handler = lambda target, exc: None  # noqa: E731
     dispatchvars: dict[str, Any] = {"mine": sentinel}
@@ -102,7 +134,7 @@ def test_dispatchvars_is_the_callers_dict_mutated_in_place(recorder):
     def before(dispatcher, dv):
         seen.append(dv)
 
-    iterate(
+    loop(
         recorder,
         timeout=0.0,
         count=1,
@@ -119,14 +151,16 @@ def test_dispatchvars_is_the_callers_dict_mutated_in_place(recorder):
     assert dispatchvars["error_in_handler"] is handler
 
 
-def test_a_new_dict_is_used_when_dispatchvars_is_none(recorder):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_new_dict_is_used_when_dispatchvars_is_none(loop, recorder):
     seen: list[MutableMapping[str, Any]] = []
-    iterate(recorder, timeout=0, count=1, before_dispatch=lambda d, dv: seen.append(dv))
+    loop(recorder, timeout=0, count=1, before_dispatch=lambda d, dv: seen.append(dv))
     assert isinstance(seen[0], dict)
     assert seen[0]["count"] == 0
 
 
-def test_timeout_and_error_in_handler_are_reread_and_passed_positionally(recorder, journal):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_timeout_and_error_in_handler_are_reread_and_passed_positionally(loop, recorder, journal):
     handler_a = lambda target, exc: None  # noqa: E731
     handler_b = lambda target, exc: None  # noqa: E731
 
@@ -134,24 +168,26 @@ def test_timeout_and_error_in_handler_are_reread_and_passed_positionally(recorde
         dispatchvars["timeout"] = 0.001
         dispatchvars["error_in_handler"] = handler_b
 
-    iterate(recorder, timeout=0, count=2, after_dispatch=after, error_in_handler=handler_a)
+    loop(recorder, timeout=0, count=2, after_dispatch=after, error_in_handler=handler_a)
     assert journal == [("dispatch", 0, handler_a), ("dispatch", 0.001, handler_b)]
 
 
-def test_dispatch_once_receives_positional_arguments(journal):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_dispatch_once_receives_positional_arguments(loop, journal):
     class PositionalOnly(Recorder):
         def dispatch_once(self, timeout=None, error_in_handler=None, /):  # type: ignore[override]
             return super().dispatch_once(timeout, error_in_handler)
 
     rec = PositionalOnly(journal)
     try:
-        iterate(rec, timeout=0, count=1)
+        loop(rec, timeout=0, count=1)
     finally:
         rec.inner.close()
     assert journal == [("dispatch", 0, None)]
 
 
-def test_callbacks_can_replace_and_disable_each_other(recorder, journal):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_callbacks_can_replace_and_disable_each_other(loop, recorder, journal):
     def second_before(dispatcher, dispatchvars):
         journal.append(("second_before",))
         dispatchvars["before_dispatch"] = None
@@ -161,7 +197,7 @@ def test_callbacks_can_replace_and_disable_each_other(recorder, journal):
         dispatchvars["before_dispatch"] = second_before
         dispatchvars["after_dispatch"] = None
 
-    iterate(
+    loop(
         recorder,
         timeout=0,
         count=3,
@@ -177,16 +213,18 @@ def test_callbacks_can_replace_and_disable_each_other(recorder, journal):
     ]
 
 
-def test_setting_count_in_a_callback_ends_after_that_many_dispatches(recorder, journal):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_setting_count_in_a_callback_ends_after_that_many_dispatches(loop, recorder, journal):
     def after(dispatcher, dispatchvars):
         if len([e for e in journal if e[0] == "dispatch"]) == 5:
             dispatchvars["count"] = 2
 
-    iterate(recorder, timeout=0, count=-1, after_dispatch=after)
+    loop(recorder, timeout=0, count=-1, after_dispatch=after)
     assert len([e for e in journal if e[0] == "dispatch"]) == 7
 
 
-def test_negative_count_loops_until_stopped_and_is_not_decremented(recorder):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_negative_count_loops_until_stopped_and_is_not_decremented(loop, recorder):
     counts = []
 
     def after(dispatcher, dispatchvars):
@@ -194,31 +232,34 @@ def test_negative_count_loops_until_stopped_and_is_not_decremented(recorder):
         if len(counts) == 50:
             raise StopIteration
 
-    iterate(recorder, timeout=0, count=-3, after_dispatch=after)
+    loop(recorder, timeout=0, count=-3, after_dispatch=after)
     assert counts == [-3] * 50
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("which", ["before_dispatch", "after_dispatch"])
-def test_stopiteration_from_a_callback_ends_the_loop_at_once(recorder, journal, which):
+def test_stopiteration_from_a_callback_ends_the_loop_at_once(loop, recorder, journal, which):
     def stop(dispatcher, dispatchvars):
         journal.append(("stop",))
         raise StopIteration
 
-    result = iterate(recorder, timeout=0, count=5, **{which: stop})
+    result = loop(recorder, timeout=0, count=5, **{which: stop})
     assert result is None
     expected = [("stop",)] if which == "before_dispatch" else [("dispatch", 0, None), ("stop",)]
     assert journal == expected
 
 
-def test_other_exceptions_from_callbacks_propagate(recorder):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_other_exceptions_from_callbacks_propagate(loop, recorder):
     def fail(dispatcher, dispatchvars):
         raise ZeroDivisionError
 
     with pytest.raises(ZeroDivisionError):
-        iterate(recorder, timeout=0, count=5, after_dispatch=fail)
+        loop(recorder, timeout=0, count=5, after_dispatch=fail)
 
 
-def test_stopiteration_from_dispatch_once_is_not_a_stop_signal(recorder):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_stopiteration_from_dispatch_once_is_not_a_stop_signal(loop, recorder):
     # Only the callbacks' StopIteration ends the loop normally; an error_in_handler that
     # raises it makes dispatch_once raise, which is an ordinary exception.
     a, b = socket.socketpair()
@@ -240,18 +281,19 @@ def test_stopiteration_from_dispatch_once_is_not_a_stop_signal(recorder):
     b.send(b"x")
     try:
         with pytest.raises(StopIteration):
-            iterate(recorder, timeout=1, count=3, error_in_handler=error_in_handler)
+            loop(recorder, timeout=1, count=3, error_in_handler=error_in_handler)
     finally:
         a.close()
         b.close()
 
 
-def test_keyboard_interrupt_from_a_callback_propagates(recorder):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_keyboard_interrupt_from_a_callback_propagates(loop, recorder):
     def interrupt(dispatcher, dispatchvars):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        iterate(recorder, timeout=0, before_dispatch=interrupt)
+        loop(recorder, timeout=0, before_dispatch=interrupt)
 
 
 class _Two(enum.IntEnum):
@@ -269,25 +311,27 @@ def _bounded(rounds: list[int]) -> Any:
     return before
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize(
     "count", [1.5, 0.5, 2.0, float("nan"), float("inf"), True, False, "3", None, Fraction(2)]
 )
-def test_a_count_that_is_not_an_int_is_refused(recorder, journal, count):
+def test_a_count_that_is_not_an_int_is_refused(loop, recorder, journal, count):
     """count=1.5 used to loop forever (1.5, 0.5, -0.5: never 0, never negative enough to
     stop being decremented); a bool is refused too (True is no count anyone means).  The
     call fails before anything runs or is stored."""
     rounds: list[int] = []
     dispatchvars: dict[str, Any] = {}
     with pytest.raises(TypeError, match="count"):
-        iterate(recorder, timeout=0, count=count, dispatchvars=dispatchvars,
+        loop(recorder, timeout=0, count=count, dispatchvars=dispatchvars,
                 before_dispatch=_bounded(rounds))  # fmt: skip
     assert rounds == []
     assert journal == []
     assert dispatchvars == {}
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("count", [1.5, float("nan"), True, "1"])
-def test_a_count_a_callback_sets_is_checked_each_round(recorder, journal, count):
+def test_a_count_a_callback_sets_is_checked_each_round(loop, recorder, journal, count):
     """The count re-read each round is checked the same way: the loop stops with
     TypeError at the round that reads it, after the dispatches already made."""
     rounds: list[int] = []
@@ -296,16 +340,17 @@ def test_a_count_a_callback_sets_is_checked_each_round(recorder, journal, count)
         dispatchvars["count"] = count
 
     with pytest.raises(TypeError, match="count"):
-        iterate(recorder, timeout=0, count=-1, before_dispatch=_bounded(rounds),
+        loop(recorder, timeout=0, count=-1, before_dispatch=_bounded(rounds),
                 after_dispatch=after)  # fmt: skip
     assert len([entry for entry in journal if entry[0] == "dispatch"]) == 1
     assert len(rounds) == 2
 
 
-def test_integers_of_any_kind_and_sign_stay_valid(recorder, journal):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_integers_of_any_kind_and_sign_stay_valid(loop, recorder, journal):
     """An int subclass (an IntEnum) counts as its value; negative counts loop until
     stopped, as before."""
-    iterate(recorder, timeout=0, count=_Two.TWO)
+    loop(recorder, timeout=0, count=_Two.TWO)
     assert len(journal) == 2
     rounds: list[int] = []
 
@@ -314,11 +359,12 @@ def test_integers_of_any_kind_and_sign_stay_valid(recorder, journal):
             raise StopIteration
         rounds.append(dispatchvars["count"])
 
-    iterate(recorder, timeout=0, count=-(2**70), after_dispatch=stop)
+    loop(recorder, timeout=0, count=-(2**70), after_dispatch=stop)
     assert rounds == [-(2**70)] * 5
 
 
-def test_iterate_serves_real_targets(journal):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_iterate_serves_real_targets(loop, journal):
     """End to end on the default backend: a reader target fed by its peer."""
     a, b = socket.socketpair()
     received = bytearray()
@@ -340,7 +386,7 @@ def test_iterate_serves_real_targets(journal):
     with asycamore.create_dispatcher() as dispatcher:
         dispatcher.register(Reader())
         b.send(b"hello")
-        iterate(dispatcher, timeout=5, count=10, after_dispatch=after)
+        loop(dispatcher, timeout=5, count=10, after_dispatch=after)
     a.close()
     b.close()
     assert received == b"hello"
@@ -429,6 +475,7 @@ def model_iterate(
                 return events
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @settings(max_examples=150, deadline=None)
 @given(
     program=st.lists(ACTIONS, max_size=20),
@@ -436,7 +483,7 @@ def model_iterate(
     use_before=st.booleans(),
     use_after=st.booleans(),
 )
-def test_iterate_matches_the_model(program, count, use_before, use_after):
+def test_iterate_matches_the_model(loop, program, count, use_before, use_after):
     expected = model_iterate(program, count, use_before, use_after)
     journal: list[tuple[Any, ...]] = []
     steps = iter(program)
@@ -462,7 +509,7 @@ def test_iterate_matches_the_model(program, count, use_before, use_after):
 
     rec = Counting(journal)
     try:
-        iterate(
+        loop(
             rec,
             timeout=0,
             count=count,

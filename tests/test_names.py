@@ -167,7 +167,7 @@ def test_refused_first_address_falls_through_at_once(fake_name: Any) -> None:
         timers = Timers(clock)
         fake_name([("::1", _refused_port(socket.AF_INET6)), server.getsockname()])
         client = Client()
-        conn = connect_tcp(context, client, NAME, server.getsockname()[1], timers=timers)
+        conn = connect_tcp(context, lambda: client, NAME, server.getsockname()[1], timers=timers)
         assert conn.connecting
         _spin(context, timers, lambda: bool(client.made or client.failed))
         assert client.made == [server.getsockname()]
@@ -199,7 +199,7 @@ def test_slow_first_address_is_overtaken_after_the_stagger(
             return [r.getMessage().rsplit(" ", 1)[1] for r in caplog.records if "trying" in r.msg]
 
         client = Client()
-        conn = connect_tcp(context, client, NAME, server.getsockname()[1], timers=timers)
+        conn = connect_tcp(context, lambda: client, NAME, server.getsockname()[1], timers=timers)
         _spin(context, timers, lambda: len(tried()) == 1)
         for _ in range(10):
             timers.run_due()
@@ -231,7 +231,7 @@ def test_every_attempts_error_is_reported(fake_name: Any) -> None:
     with create_dispatcher() as context:
         timers = Timers()
         client = Client()
-        connect_tcp(context, client, NAME, 80, timers=timers, timeout=10)
+        connect_tcp(context, lambda: client, NAME, 80, timers=timers, timeout=10)
         _spin(context, timers, lambda: bool(client.failed))
         (exc,) = client.failed
         assert isinstance(exc, ConnectError)
@@ -252,7 +252,7 @@ def test_a_name_that_does_not_resolve_reaches_connection_failed(fake_name: Any) 
     with create_dispatcher() as context:
         timers = Timers()
         client = Client()
-        conn = connect_tcp(context, client, NAME, 80, timers=timers)
+        conn = connect_tcp(context, lambda: client, NAME, 80, timers=timers)
         _spin(context, timers, lambda: bool(client.failed))
         assert isinstance(client.failed[0], socket.gaierror)
         assert conn.closed and len(context) == 0
@@ -270,7 +270,7 @@ def test_resolution_does_not_block_the_loop(fake_name: Any) -> None:
         tick()
         client = Client()
         started = time.monotonic()
-        conn = service.connect_tcp(client, NAME, server.getsockname()[1], timeout=10)
+        conn = service.connect_tcp(lambda: client, NAME, server.getsockname()[1], timeout=10)
         assert time.monotonic() - started < 0.1  # returned at once
         assert conn.connecting and service.connection_count == 1
         deadline = time.monotonic() + 10
@@ -289,12 +289,12 @@ def test_a_numeric_host_needs_no_thread(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(threading.Thread, "start", no_threads)
     with good_server() as server, create_dispatcher() as context:
         client = Client()
-        conn = connect_tcp(context, client, *server.getsockname())
+        conn = connect_tcp(context, lambda: client, *server.getsockname())
         assert conn.fileno() >= 0  # the socket exists at once
         _spin(context, Timers(), lambda: bool(client.made))
         conn.abort()
         if HAVE_IPV6:
-            conn = connect_tcp(context, Client(), "localhost", server.getsockname()[1])
+            conn = connect_tcp(context, Client, "localhost", server.getsockname()[1])
             conn.abort()
 
 
@@ -303,7 +303,7 @@ def test_close_while_resolving_cancels_everything(fake_name: Any) -> None:
     with create_dispatcher() as context:
         timers = Timers()
         client = Client()
-        conn = connect_tcp(context, client, NAME, 9, timers=timers)
+        conn = connect_tcp(context, lambda: client, NAME, 9, timers=timers)
         conn.write(b"buffered meanwhile")
         assert len(context) == 1  # the resolution's wake-up target
         conn.close()
@@ -322,7 +322,7 @@ def test_a_connect_timeout_covers_resolution_and_attempts(fake_name: Any) -> Non
         with create_dispatcher() as context:
             timers = Timers()
             client = Client()
-            connect_tcp(context, client, NAME, slow_port, timers=timers, timeout=0.3)
+            connect_tcp(context, lambda: client, NAME, slow_port, timers=timers, timeout=0.3)
             _spin(context, timers, lambda: bool(client.failed))
             assert isinstance(client.failed[0], TimeoutError)
             assert len(context) == 0
@@ -332,7 +332,7 @@ def test_malformed_hosts_are_gaierror_not_unicodeerror() -> None:
     with create_dispatcher() as context:
         for host in ("127.0.0..1", "127..1", ".localhost", "a..b", "a" * 64, "a\udcffb", "a\0b"):
             with pytest.raises(socket.gaierror):
-                connect_tcp(context, Client(), host, 80)
+                connect_tcp(context, Client, host, 80)
             with pytest.raises(socket.gaierror):
                 listen_tcp(context, Client, host, 0)
             with pytest.raises(socket.gaierror):
@@ -409,7 +409,9 @@ def test_service_listens_and_connects_by_name() -> None:
         assert len(listener.sockets) == 2
         clients = [Client(), Client()]
         for client in clients:
-            service.connect_tcp(client, "localhost", listener.port, timeout=5)
+            service.connect_tcp(
+                lambda client=client: client, "localhost", listener.port, timeout=5
+            )
         deadline = time.monotonic() + 5
         while not all(c.made for c in clients) and time.monotonic() < deadline:
             service.run_once(0.05)
@@ -545,12 +547,12 @@ def test_localhost_failing_at_once_raises_like_a_number(monkeypatch: pytest.Monk
     with create_dispatcher() as context:
         client = Client()
         with pytest.raises(ConnectError) as info:
-            connect_tcp(context, client, "localhost", 9)
+            connect_tcp(context, lambda: client, "localhost", 9)
         assert [a[0] for a, _ in info.value.attempts] == ["127.0.0.1", "::1"]
         assert client.failed == [] and client.made == []
         assert len(context) == 0
         with pytest.raises(ConnectionRefusedError):
-            connect_tcp(context, client, "127.0.0.1", 9)
+            connect_tcp(context, lambda: client, "127.0.0.1", 9)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12: fork with threads
@@ -562,7 +564,7 @@ def test_a_forked_child_resolves_with_its_own_workers(fake_name: Any) -> None:
             with create_dispatcher() as context:
                 timers = Timers()
                 client = Client()
-                connect_tcp(context, client, NAME, server.getsockname()[1], timers=timers)
+                connect_tcp(context, lambda: client, NAME, server.getsockname()[1], timers=timers)
                 _spin(context, timers, lambda: bool(client.made or client.failed))
                 return bool(client.made)
 

@@ -16,6 +16,7 @@ import pytest
 
 import asycamore
 from asycamore.servicemodel import Connection, LineProtocol, Protocol, Service
+from asycamore.tcpsocket import TransportOptions
 
 BACKENDS = [info.name for info in asycamore.list_backends() if info.available]
 
@@ -115,7 +116,7 @@ def test_serve_forever_in_a_thread_and_stop_from_another(service: Service) -> No
 def test_client_connections(service: Service) -> None:
     listener = service.listen_tcp(Echo, "127.0.0.1", 0)
     client = Recorder()
-    conn = service.connect_tcp(client, "127.0.0.1", listener.port, timeout=5)
+    conn = service.connect_tcp(lambda: client, "127.0.0.1", listener.port, timeout=5)
     conn.write(b"ping")
     run_until(service, lambda: client.data == b"ping")
     assert service.connection_count == 2
@@ -131,12 +132,14 @@ def test_failed_connect_is_reported(service: Service) -> None:
     probe.close()
     client = Recorder()
     try:
-        service.connect_tcp(client, "127.0.0.1", port, timeout=5)
-    except ConnectionRefusedError:
+        service.connect_tcp(lambda: client, "127.0.0.1", port, timeout=5)
+    except ConnectionRefusedError as exc:
+        assert f"cannot connect to 127.0.0.1:{port}" in str(exc)
         return
     run_until(service, lambda: bool(client.events))
     assert client.events[0][0] == "failed"
     assert isinstance(client.events[0][1], ConnectionRefusedError)
+    assert f"cannot connect to 127.0.0.1:{port}" in str(client.events[0][1])
     assert service.connection_count == 0
 
 
@@ -144,7 +147,7 @@ def test_unix_socket_service(service: Service, tmp_path: Any) -> None:
     path = str(tmp_path / "s.sock")
     service.listen_unix(Echo, path)
     client = Recorder()
-    service.connect_unix(client, path)
+    service.connect_unix(lambda: client, path)
     assert client.transport is None
     run_until(service, lambda: client.transport is not None)
     assert client.transport is not None
@@ -452,3 +455,48 @@ def test_no_signal_handling_outside_the_main_thread() -> None:
     with Service() as service, Background(service):
         time.sleep(0.05)
         assert signal.getsignal(signal.SIGTERM) is before
+
+
+# -- the transport options ------------------------------------------------------------------
+
+
+def test_service_options_are_one_value_and_a_method_overrides_them() -> None:
+    with Service(high_water=100_000, idle_timeout=30) as service:
+        assert service.options == TransportOptions(high_water=100_000, idle_timeout=30)
+        assert service.options.marks == (100_000, 25_000)
+        listener = service.listen_tcp(Echo, "127.0.0.1", 0, low_water=10_000)
+        with socket.create_connection(listener.address, timeout=5):
+            run_until(service, lambda: service.connection_count == 1)
+            (conn,) = service.connections
+            assert conn.write_buffer_limits == (100_000, 10_000)  # type: ignore[attr-defined]
+        assert service.options.low_water is None  # the service's own are unchanged
+
+
+def test_idle_timeout_aborts_a_connect_that_does_not_finish(service: Service) -> None:
+    # A listener whose accept queue is full drops SYNs: the connect hangs.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    try:
+        with contextlib.suppress(OSError):
+            for _ in range(8):
+                filler = socket.socket()
+                filler.setblocking(False)
+                fillers.append(filler)
+                filler.connect_ex(full.getsockname())
+        time.sleep(0.1)
+        client = Recorder()
+        started = time.monotonic()
+        service.connect_tcp(lambda: client, *full.getsockname(), idle_timeout=0.3)
+        run_until(service, lambda: bool(client.events))
+        if client.events == ["made"]:
+            pytest.skip("this kernel completed the connect despite the full backlog")
+        ((what, exc),) = client.events
+        assert what == "failed" and isinstance(exc, TimeoutError)
+        assert 0.25 < time.monotonic() - started < 3
+        assert service.connection_count == 0
+    finally:
+        for filler in fillers:
+            filler.close()
+        full.close()

@@ -22,6 +22,7 @@ from asycamore.tcpsocket import (
     Connection,
     Listener,
     Timers,
+    TransportOptions,
     connect_tcp,
     connect_unix,
     create_listening_socket,
@@ -97,7 +98,7 @@ def pair(
 ) -> tuple[Connection, socket.socket]:
     ours, theirs = socket.socketpair()
     theirs.settimeout(5)
-    return Connection(context, ours, handler, **options), theirs
+    return Connection(context, ours, handler, TransportOptions(**options)), theirs
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -480,7 +481,7 @@ def test_connect_writes_queued_data_once_connected(context: IDispatchContext) ->
     host, port = server.getsockname()
     handler = Recorder()
     timers = Timers()
-    conn = connect_tcp(context, handler, host, port, timeout=5, timers=timers)
+    conn = connect_tcp(context, lambda: handler, host, port, timeout=5, timers=timers)
     assert conn.connecting and conn.events == Events.WRITE
     conn.write(b"early")
     pump(context, lambda: "made" in handler.events, timers=timers)
@@ -502,12 +503,15 @@ def test_connect_refused(context: IDispatchContext) -> None:
     probe.close()
     handler = Recorder()
     try:
-        conn = connect_tcp(context, handler, "127.0.0.1", port)
-    except ConnectionRefusedError:
+        conn = connect_tcp(context, lambda: handler, "127.0.0.1", port)
+    except ConnectionRefusedError as exc:
+        assert f"cannot connect to 127.0.0.1:{port}" in str(exc)
         return  # reported at once: also allowed
     pump(context, lambda: conn.closed)
     assert handler.events == ["failed"]
     assert isinstance(handler.failed[0], ConnectionRefusedError)
+    assert handler.failed[0].errno == errno.ECONNREFUSED
+    assert f"cannot connect to 127.0.0.1:{port}" in str(handler.failed[0])
     assert conn not in context
 
 
@@ -527,7 +531,7 @@ def test_connect_timeout(context: IDispatchContext) -> None:
     handler = Recorder()
     timers = Timers()
     started = time.monotonic()
-    conn = connect_tcp(context, handler, *address, timeout=0.3, timers=timers)
+    conn = connect_tcp(context, lambda: handler, *address, timeout=0.3, timers=timers)
     pump(context, lambda: conn.closed, timers=timers)
     if handler.events == ["made"]:
         pytest.skip("this kernel completed the connect despite the full backlog")
@@ -542,7 +546,7 @@ def test_connect_timeout(context: IDispatchContext) -> None:
 def test_connect_timeout_needs_timers(context: IDispatchContext) -> None:
     server = create_listening_socket("127.0.0.1", 0)
     with pytest.raises(ValueError, match="timers"):
-        connect_tcp(context, Recorder(), *server.getsockname(), timeout=1)
+        connect_tcp(context, Recorder, *server.getsockname(), timeout=1)
     assert len(context) == 0
     server.close()
 
@@ -708,7 +712,7 @@ def test_unix_domain_sockets(context: IDispatchContext, tmp_path: Path) -> None:
     listener = listen_unix(context, Echo, path)
     assert listener.port == 0
     handler = Recorder()
-    conn = connect_unix(context, handler, path)
+    conn = connect_unix(context, lambda: handler, path)
     conn.write(b"over a unix socket")
     pump(context, lambda: handler.data == b"over a unix socket")
     conn.close()
@@ -827,7 +831,7 @@ def test_timers_drive_iterate() -> None:
 def test_close_while_connecting_reports_a_failure(context: IDispatchContext) -> None:
     server = create_listening_socket("127.0.0.1", 0)
     handler = Recorder()
-    conn = connect_tcp(context, handler, *server.getsockname())
+    conn = connect_tcp(context, lambda: handler, *server.getsockname())
     conn.close()
     assert conn.closed and conn not in context
     assert handler.events == ["failed"]
@@ -838,7 +842,7 @@ def test_close_while_connecting_reports_a_failure(context: IDispatchContext) -> 
 def test_write_eof_while_connecting_is_sent_after_the_data(context: IDispatchContext) -> None:
     server = create_listening_socket("127.0.0.1", 0)
     handler = Recorder()
-    conn = connect_tcp(context, handler, *server.getsockname())
+    conn = connect_tcp(context, lambda: handler, *server.getsockname())
     conn.write(b"all of it")
     conn.write_eof()
     pump(context, lambda: "made" in handler.events)
@@ -855,7 +859,7 @@ def test_write_eof_while_connecting_is_sent_after_the_data(context: IDispatchCon
 
 def test_activity_tracking(context: IDispatchContext) -> None:
     handler = Recorder()
-    conn, peer = pair(context, handler, track_activity=True)
+    conn, peer = pair(context, handler, idle_timeout=60)
     first = conn.last_activity
     time.sleep(0.02)
     peer.sendall(b"x")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from asycamore import Events
-from asycamore.tcpsocket import Connection
+from asycamore.tcpsocket import Connection, TransportOptions
 
 WRITE_KINDS = ["bytes", "bytearray", "memoryview", "array", "2-d memoryview"]
 """What a write may be given: bytes, and buffers it must copy (sized in bytes)."""
@@ -136,8 +136,7 @@ class ConnectionMachine(RuleBasedStateMachine):
             self.context,  # type: ignore[arg-type]
             self.sock,  # type: ignore[arg-type]
             self.handler,
-            high_water=HIGH,
-            low_water=LOW,
+            TransportOptions(high_water=HIGH, low_water=LOW),
         )
         self.written = bytearray()
         self.flow_paused = False

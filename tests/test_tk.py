@@ -122,6 +122,23 @@ def test_exception_and_cancel(tcl: Any, dispatcher: Any) -> None:
             first.cancel()
 
 
+def test_count_is_checked_as_iterate_checks_it(tcl: Any, dispatcher: Any) -> None:
+    """A count that is not an int is refused at the call, and at the round that reads
+    it (which ends the hosting with the TypeError), as asycamore.iterate refuses it."""
+    dispatchvars: dict[str, Any] = {}
+    with pytest.raises(TypeError, match="count"):
+        tk.iterate(tcl, dispatcher, 0, 1.5, dispatchvars)
+    assert dispatchvars == {}
+
+    def after(d: Any, dv: Any) -> None:
+        dv["count"] = True
+
+    ended: list[Any] = []
+    hosting = tk.iterate(tcl, dispatcher, 0, -1, None, None, after, on_done=ended.append)
+    run_until(tcl, lambda: hosting.done)
+    assert isinstance(hosting.exception, TypeError) and ended == [hosting]
+
+
 def test_idle_tcl_and_context_cost_no_cpu(tcl: Any, dispatcher: Any) -> None:
     a, b = socket.socketpair()
     with a, b:

@@ -273,7 +273,7 @@ def test_asycamore_client_and_server(pki: PKI, backend: str, version: str) -> No
         server = Server(service, pki.server_context())
         client = Recorder()
         tls = service.connect_tcp(
-            client, "127.0.0.1", server.port, ssl=pki.client_context(version)
+            lambda: client, "127.0.0.1", server.port, ssl=pki.client_context(version)
         )
         assert isinstance(tls, TLSConnection) and tls.connecting
         tls.write(b"written before the handshake\n")  # kept, sent once it completes
@@ -316,7 +316,7 @@ def test_peer_certificate_alpn_sni(service: Service, pki: PKI) -> None:
     client_context = pki.client_context()
     client_context.set_alpn_protocols(["http/1.1"])
     client = Recorder()
-    tls = service.connect_tcp(client, "127.0.0.1", server.port, ssl=client_context,
+    tls = service.connect_tcp(lambda: client, "127.0.0.1", server.port, ssl=client_context,
                               server_hostname="localhost")  # fmt: skip
     assert tls.getpeercert() is None  # not yet
     pump(service, lambda: bool(client.events))
@@ -347,7 +347,7 @@ def test_default_context_verifies(service: Service, pki: PKI) -> None:
     """ssl=True: the system's CAs, which do not know trustme's."""
     server = Server(service, pki.server_context())
     client = Recorder()
-    service.connect_tcp(client, "127.0.0.1", server.port, ssl=True)
+    service.connect_tcp(lambda: client, "127.0.0.1", server.port, ssl=True)
     pump(service, lambda: client.ended)
     assert client.events == ["failed"]
     assert isinstance(client.failed[0], ssl.SSLCertVerificationError)
@@ -356,7 +356,9 @@ def test_default_context_verifies(service: Service, pki: PKI) -> None:
 def test_wrong_ca(service: Service, pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
     server = Server(service, pki.server_context())
     client = Recorder()
-    service.connect_tcp(client, "127.0.0.1", server.port, ssl=pki.client_context(ca="other"))
+    service.connect_tcp(
+        lambda: client, "127.0.0.1", server.port, ssl=pki.client_context(ca="other")
+    )
     pump(service, lambda: client.ended and server.protocols[0].ended)
     assert client.events == ["failed"]
     assert isinstance(client.failed[0], ssl.SSLCertVerificationError)
@@ -369,7 +371,7 @@ def test_wrong_ca(service: Service, pki: PKI, caplog: pytest.LogCaptureFixture) 
 def test_wrong_host_name(service: Service, pki: PKI) -> None:
     server = Server(service, pki.server_context())
     client = Recorder()
-    service.connect_tcp(client, "127.0.0.1", server.port, ssl=pki.client_context(),
+    service.connect_tcp(lambda: client, "127.0.0.1", server.port, ssl=pki.client_context(),
                         server_hostname="elsewhere.example")  # fmt: skip
     pump(service, lambda: client.ended)
     assert isinstance(client.failed[0], ssl.SSLCertVerificationError)
@@ -380,7 +382,7 @@ def test_connect_to_a_name(service: Service, pki: PKI) -> None:
     the one checked against the certificate."""
     server = Server(service, pki.server_context(), host="localhost")
     client = Recorder()
-    tls = service.connect_tcp(client, "localhost", server.port, ssl=pki.client_context())
+    tls = service.connect_tcp(lambda: client, "localhost", server.port, ssl=pki.client_context())
     assert tls.server_hostname == "localhost"
     tls.write(b"by name")
     pump(service, lambda: bytes(client.data) == b"by name")
@@ -389,10 +391,19 @@ def test_connect_to_a_name(service: Service, pki: PKI) -> None:
 
 def test_connect_refused_reaches_connection_failed(service: Service, pki: PKI) -> None:
     client = Recorder()
-    service.connect_tcp(client, "127.0.0.1", free_port(), ssl=pki.client_context())
+    service.connect_tcp(lambda: client, "127.0.0.1", free_port(), ssl=pki.client_context())
     pump(service, lambda: client.ended)
     assert client.events == ["failed"]
     assert isinstance(client.failed[0], ConnectionRefusedError)
+    assert "cannot connect to 127.0.0.1:" in str(client.failed[0])
+
+
+def test_a_context_for_the_other_side_is_refused(service: Service, pki: PKI) -> None:
+    with pytest.raises(ValueError, match="client-side"):
+        service.listen_tcp(Recorder, ssl=pki.client_context())
+    with pytest.raises(ValueError, match="server-side"):
+        service.connect_tcp(Recorder, "127.0.0.1", 1, ssl=pki.server_context())
+    assert not service.listeners and service.connection_count == 0
 
 
 def test_timers_are_required(pki: PKI) -> None:
@@ -400,7 +411,7 @@ def test_timers_are_required(pki: PKI) -> None:
         with pytest.raises(ValueError, match="timers"):
             listen_tcp(context, Recorder, ssl=pki.server_context())
         with pytest.raises(ValueError, match="timers"):
-            connect_tcp(context, Recorder(), "127.0.0.1", 1, ssl=pki.client_context())
+            connect_tcp(context, Recorder, "127.0.0.1", 1, ssl=pki.client_context())
         with pytest.raises(TypeError):
             listen_tcp(context, Recorder, ssl=True, timers=Timers())  # type: ignore[arg-type]
         # Without timeouts, no timers are needed.
@@ -414,11 +425,11 @@ def test_timers_are_required(pki: PKI) -> None:
 def test_close_and_abort_during_the_handshake(service: Service, pki: PKI) -> None:
     server = Server(service, pki.server_context())
     first, second = Recorder(), Recorder()
-    tls = service.connect_tcp(first, "127.0.0.1", server.port, ssl=pki.client_context())
+    tls = service.connect_tcp(lambda: first, "127.0.0.1", server.port, ssl=pki.client_context())
     tls.close()  # still connecting: like closing a connecting plain connection
     pump(service, lambda: first.ended)
     assert first.events == ["failed"] and isinstance(first.failed[0], ConnectionAbortedError)
-    tls = service.connect_tcp(second, "127.0.0.1", server.port, ssl=pki.client_context())
+    tls = service.connect_tcp(lambda: second, "127.0.0.1", server.port, ssl=pki.client_context())
     pump(service, lambda: not tls.connection.connecting)
     tls.abort()
     pump(service, lambda: second.ended)
@@ -432,7 +443,7 @@ def test_pause_reading_before_the_handshake(service: Service, pki: PKI) -> None:
     """A client paused before the handshake still completes it; data waits."""
     server = Server(service, pki.server_context())
     client = Recorder()
-    tls = service.connect_tcp(client, "127.0.0.1", server.port, ssl=pki.client_context())
+    tls = service.connect_tcp(lambda: client, "127.0.0.1", server.port, ssl=pki.client_context())
     tls.pause_reading()
     tls.write(b"ping")
     pump(service, lambda: client.events == ["made"])
@@ -449,7 +460,7 @@ def test_set_handler_seam(service: Service) -> None:
     receive_memoryview; refused on a closed connection."""
     first, second = Recorder(), Recorder()
     listener = service.listen_tcp(lambda: Recorder(echo=True))
-    conn = service.connect_tcp(first, "127.0.0.1", listener.port)
+    conn = service.connect_tcp(lambda: first, "127.0.0.1", listener.port)
     pump(service, lambda: first.events == ["made"])
 
     class Views(Recorder):
@@ -536,7 +547,7 @@ def test_asycamore_client_against_openssl_s_server(
         context = pki.client_context()
         pki.client.configure_cert(context)
         client = Recorder()
-        tls = service.connect_tcp(client, "127.0.0.1", port, ssl=context,
+        tls = service.connect_tcp(lambda: client, "127.0.0.1", port, ssl=context,
                                   server_hostname="localhost")  # fmt: skip
         tls.write(b"hello\n")
         pump(service, lambda: b"olleh" in client.data or client.ended)
@@ -552,7 +563,7 @@ def test_asycamore_client_against_s_server_with_the_wrong_ca(
 ) -> None:
     with s_server(pki, tmp_path, "-rev") as (_proc, port):
         client = Recorder()
-        service.connect_tcp(client, "127.0.0.1", port, ssl=pki.client_context(ca="other"),
+        service.connect_tcp(lambda: client, "127.0.0.1", port, ssl=pki.client_context(ca="other"),
                             server_hostname="localhost")  # fmt: skip
         pump(service, lambda: client.ended)
         assert isinstance(client.failed[0], ssl.SSLCertVerificationError)
@@ -566,7 +577,9 @@ def test_s_server_refuses_our_certificate(service: Service, pki: PKI, tmp_path: 
         context = pki.client_context("1.2")  # in 1.2 the failure ends the handshake
         pki.client.configure_cert(context)
         client = Recorder()
-        service.connect_tcp(client, "127.0.0.1", port, ssl=context, server_hostname="localhost")
+        service.connect_tcp(
+            lambda: client, "127.0.0.1", port, ssl=context, server_hostname="localhost"
+        )
         pump(service, lambda: client.ended)
         assert client.events == ["failed"] and isinstance(client.failed[0], ssl.SSLError)
 
@@ -633,10 +646,58 @@ def test_client_handshake_timeout(service: Service, pki: PKI) -> None:
         mute.bind(("127.0.0.1", 0))
         mute.listen()
         client = Recorder()
-        service.connect_tcp(client, "127.0.0.1", mute.getsockname()[1],
+        service.connect_tcp(lambda: client, "127.0.0.1", mute.getsockname()[1],
                             ssl=pki.client_context(), handshake_timeout=0.3)  # fmt: skip
         pump(service, lambda: client.ended)
         assert isinstance(client.failed[0], TimeoutError)
+
+
+def test_idle_timeout_aborts_a_handshake_that_does_not_finish(service: Service, pki: PKI) -> None:
+    """Without a handshake timeout, the service's idle timeout still ends a TLS client
+    whose server never answers its hello."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        client = Recorder()
+        started = time.monotonic()
+        tls = service.connect_tcp(lambda: client, "127.0.0.1", mute.getsockname()[1],
+                                  ssl=pki.client_context(), handshake_timeout=None,
+                                  idle_timeout=0.3)  # fmt: skip
+        assert service.connections == [tls]  # tracked as the TLS transport
+        pump(service, lambda: client.ended)
+        assert client.events == ["failed"] and isinstance(client.failed[0], TimeoutError)
+        assert 0.25 < time.monotonic() - started < 5
+        assert service.connection_count == 0
+
+
+def test_connection_idle_reaches_the_tls_protocol(service: Service, pki: PKI) -> None:
+    """The service calls connection_idle() on the protocol of the TLS transport it
+    tracks (the TLSConnection, not the plain connection under it)."""
+    idle: list[Any] = []
+
+    class Idle(Recorder):
+        def connection_idle(self) -> None:
+            idle.append(self.transport)
+            assert self.transport is not None
+            self.transport.close()
+
+    protocols: list[Idle] = []
+    port = service.listen_tcp(lambda: protocols.append(Idle()) or protocols[-1],
+                              ssl=pki.server_context(), idle_timeout=0.3).port  # fmt: skip
+
+    def wait_for_close(tls: ssl.SSLSocket) -> bytes:
+        return tls.recv(10)  # b"" at the server's close_notify
+
+    thread, results = python_client(port, pki.client_context(), wait_for_close)
+    pump(service, lambda: bool(protocols and protocols[0].events))
+    (tracked,) = service.connections
+    assert isinstance(tracked, TLSConnection) and tracked is protocols[0].transport
+    pump_while(service, thread)
+    assert results == [b""]
+    assert idle == [tracked]
+    pump(service, lambda: protocols[0].ended)
+    assert protocols[0].lost == [None]
+    assert service.connection_count == 0
 
 
 def test_peer_closes_during_the_handshake(service: Service, pki: PKI) -> None:
@@ -900,7 +961,7 @@ def test_chunking_is_byte_exact(pki: PKI, sizes: list[int], pauses: list[bool]) 
 
         service.listen_tcp(factory, ssl=pki.server_context())
         client = Recorder()
-        tls = service.connect_tcp(client, "127.0.0.1", service.listeners[0].port,
+        tls = service.connect_tcp(lambda: client, "127.0.0.1", service.listeners[0].port,
                                   ssl=pki.client_context())  # fmt: skip
         blob = bytes(i % 251 for i in range(sum(sizes)))
         offset = 0
@@ -960,7 +1021,7 @@ def test_starttls_both_sides(service: Service, pki: PKI) -> None:
             super().data_received(data)
 
     client = Client()
-    plain = service.connect_tcp(client, "127.0.0.1", port)
+    plain = service.connect_tcp(lambda: client, "127.0.0.1", port)
     plain.write(b"STARTTLS\n")
     pump(service, lambda: bytes(client.data) == b"secret\n")
     assert isinstance(client.transport, TLSConnection)
@@ -1020,7 +1081,7 @@ def test_starttls_handshake_failure_is_connection_lost(service: Service, pki: PK
         lambda: servers.append(StartTLSServer(service, pki.server_context())) or servers[-1]
     )
     client = Recorder()
-    plain = service.connect_tcp(client, "127.0.0.1", service.listeners[0].port)
+    plain = service.connect_tcp(lambda: client, "127.0.0.1", service.listeners[0].port)
     pump(service, lambda: bool(client.events))
     plain.write(b"STARTTLS\n")
     pump(service, lambda: bytes(client.data) == b"OK\n")
@@ -1198,10 +1259,19 @@ def test_cli_bad_tls_files(pki: PKI, tmp_path: Path) -> None:
         "mismatched": ["--tls-cert", cert, "--tls-key", str(other_key)],
         "with --udp": ["--udp", "--tls-cert", cert, "--tls-key", key],
     }
+    # Options that do not go together are a usage error of echo's (pointing to its
+    # help); a file that will not do is found while starting: the program's error.
+    usage_errors = {"only the certificate", "only the key", "with --udp"}
     for name, args in cases.items():
         result = run_cli(*args)
         assert result.returncode == 2, (name, result.stderr)
         assert result.stdout == "", name
         lines = result.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("asycamore: error: "), (name, lines)
+        assert len(lines) == 1, (name, lines)
+        if name in usage_errors:
+            assert lines[0].startswith("asycamore echo: error: "), (name, lines)
+            assert lines[0].endswith(" (see asycamore echo --help)"), (name, lines)
+        else:
+            assert lines[0].startswith("asycamore: error: "), (name, lines)
+            assert "--help" not in lines[0], (name, lines)
         assert "Traceback" not in result.stderr

@@ -26,13 +26,14 @@ from hypothesis import strategies as st
 
 from asycamore import list_backends
 from asycamore.servicemodel import DatagramProtocol, Service
+from asycamore.tcpsocket import TransportOptions
 from asycamore.udpsocket import (
     MAX_PAYLOAD_IPV4,
     MAX_PAYLOAD_IPV6,
     DatagramEndpoint,
     DatagramTooLarge,
-    bind_udp,
     connect_udp,
+    create_datagram_socket,
     create_datagram_sockets,
 )
 
@@ -117,7 +118,7 @@ SIZES = st.lists(
 def test_bound_endpoint_echoes_random_sizes_to_a_plain_socket(sizes: list[int], seed: int) -> None:
     rng = random.Random(seed)
     with Service() as service, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
-        endpoint = service.bind_udp(Echo(), "127.0.0.1", 0)
+        endpoint = service.bind_udp(Echo, "127.0.0.1", 0)
         peer.settimeout(5)
         for size in sizes:
             data = rng.randbytes(size)
@@ -144,7 +145,7 @@ def test_connected_endpoint_sends_random_sizes_to_a_plain_socket(
         peer.bind(("127.0.0.1", 0))
         peer.settimeout(5)
         handler = Recorder()
-        endpoint = service.connect_udp(handler, *peer.getsockname())
+        endpoint = service.connect_udp(lambda: handler, *peer.getsockname())
         assert endpoint.remote_address == peer.getsockname()
         for size in sizes:
             data = rng.randbytes(size)
@@ -160,10 +161,10 @@ def test_connected_endpoint_sends_random_sizes_to_a_plain_socket(
 
 @needs_ipv6
 def test_ipv6_round_trip_of_the_largest_datagram(service: Service) -> None:
-    endpoint = service.bind_udp(Echo(), "::1", 0)
+    endpoint = service.bind_udp(Echo, "::1", 0)
     assert endpoint.max_payload == MAX_PAYLOAD_IPV6
     handler = Recorder()
-    client = service.connect_udp(handler, "::1", endpoint.getsockname()[1])
+    client = service.connect_udp(lambda: handler, "::1", endpoint.getsockname()[1])
     data = os.urandom(MAX_PAYLOAD_IPV6)
     client.sendto(data)
     client.sendto(b"")  # empty datagrams are datagrams too
@@ -212,7 +213,7 @@ def test_sockets_bound_ahead_are_served_by_serve_udp_socket(service: Service) ->
                 assert self.transport is not None
                 self.transport.sendto(data, addr)
 
-        echoes.append(service.serve_udp_socket(Echo(), sock))
+        echoes.append(service.serve_udp_socket(Echo, sock))
     family = socks[0].family
     host = socks[0].getsockname()[0]
     with socket.socket(family, socket.SOCK_DGRAM) as peer:
@@ -232,7 +233,7 @@ def test_sockets_bound_ahead_are_served_by_serve_udp_socket(service: Service) ->
 
 def test_too_large_datagram_raises_and_queues_nothing(service: Service) -> None:
     handler = Recorder()
-    endpoint = service.bind_udp(handler, "127.0.0.1", 0)
+    endpoint = service.bind_udp(lambda: handler, "127.0.0.1", 0)
     with pytest.raises(DatagramTooLarge) as info:
         endpoint.sendto(b"x" * (MAX_PAYLOAD_IPV4 + 1), ("127.0.0.1", _closed_port()))
     assert info.value.errno == errno.EMSGSIZE
@@ -247,14 +248,14 @@ def test_too_large_datagram_raises_and_queues_nothing(service: Service) -> None:
 
 @needs_ipv6
 def test_too_large_ipv6_datagram_raises(service: Service) -> None:
-    endpoint = service.bind_udp(Recorder(), "::1", 0)
+    endpoint = service.bind_udp(Recorder, "::1", 0)
     with pytest.raises(DatagramTooLarge):
         endpoint.sendto(b"x" * (MAX_PAYLOAD_IPV6 + 1), ("::1", 9))
 
 
 def test_closed_peer_port_reaches_error_received(service: Service) -> None:
     handler = Recorder()
-    endpoint = service.connect_udp(handler, "127.0.0.1", _closed_port())
+    endpoint = service.connect_udp(lambda: handler, "127.0.0.1", _closed_port())
     endpoint.sendto(b"anyone there?")
     run_until(service, lambda: bool(handler.errors))
     assert isinstance(handler.errors[0], ConnectionRefusedError)
@@ -269,7 +270,7 @@ def test_closed_peer_port_reaches_error_received(service: Service) -> None:
 @needs_ipv6
 def test_closed_ipv6_peer_port_reaches_error_received(service: Service) -> None:
     handler = Recorder()
-    endpoint = service.connect_udp(handler, "::1", _closed_port(socket.AF_INET6))
+    endpoint = service.connect_udp(lambda: handler, "::1", _closed_port(socket.AF_INET6))
     endpoint.sendto(b"anyone there?")
     run_until(service, lambda: bool(handler.errors))
     assert handler.errors[0].errno == errno.ECONNREFUSED
@@ -307,7 +308,7 @@ def test_send_queue_pauses_and_resumes_at_the_water_marks(service: Service) -> N
         sock.bind(("127.0.0.1", 0))
         handler = Recorder()
         endpoint = DatagramEndpoint(
-            service.dispatcher, sock, handler, high_water=10_000, low_water=2_500
+            service.dispatcher, sock, handler, TransportOptions(high_water=10_000, low_water=2_500)
         )
         sock.fail_with = BlockingIOError(errno.EAGAIN, "full")
         payloads = [bytes([i]) * 3000 for i in range(5)]
@@ -360,10 +361,10 @@ def test_close_flushes_the_queue_and_abort_drops_it(service: Service) -> None:
 
 
 def test_sendto_addresses_are_checked(service: Service) -> None:
-    bound = service.bind_udp(Recorder(), "127.0.0.1", 0)
+    bound = service.bind_udp(Recorder, "127.0.0.1", 0)
     with pytest.raises(ValueError, match="needs an address"):
         bound.sendto(b"x")
-    connected = service.connect_udp(Recorder(), *bound.getsockname())
+    connected = service.connect_udp(Recorder, *bound.getsockname())
     with pytest.raises(ValueError, match="connected to"):
         connected.sendto(b"x", ("127.0.0.1", _closed_port()))
     connected.sendto(b"x", bound.getsockname())  # its own peer is fine
@@ -371,7 +372,10 @@ def test_sendto_addresses_are_checked(service: Service) -> None:
 
 def test_a_readable_event_reads_a_bounded_batch(service: Service) -> None:
     handler = Recorder()
-    endpoint = bind_udp(service.dispatcher, handler, "127.0.0.1", 0, read_batch=4)
+    # read_batch is the endpoint's own setting (bind_udp takes socket options and
+    # water marks only).
+    sock = create_datagram_socket("127.0.0.1", 0)
+    endpoint = DatagramEndpoint(service.dispatcher, sock, handler, read_batch=4)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
         for i in range(10):
             peer.sendto(bytes([i]), endpoint.getsockname())
@@ -391,7 +395,7 @@ LOOPBACK_BROADCAST = "127.255.255.255"
 
 def test_broadcast_is_refused_without_opt_in(service: Service) -> None:
     handler = Recorder()
-    endpoint = service.bind_udp(handler, "127.0.0.1", 0)
+    endpoint = service.bind_udp(lambda: handler, "127.0.0.1", 0)
     assert not endpoint.sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
     endpoint.sendto(b"to all", (LOOPBACK_BROADCAST, _closed_port()))
     assert [type(e) for e in handler.errors] == [PermissionError]
@@ -409,7 +413,7 @@ def test_broadcast_is_sent_with_allow_broadcast(service: Service) -> None:
     with receiver:
         receiver.settimeout(5)
         handler = Recorder()
-        endpoint = service.bind_udp(handler, "127.0.0.1", 0, allow_broadcast=True)
+        endpoint = service.bind_udp(lambda: handler, "127.0.0.1", 0, allow_broadcast=True)
         assert endpoint.sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
         endpoint.sendto(b"to all", (LOOPBACK_BROADCAST, receiver.getsockname()[1]))
         assert handler.errors == []
@@ -421,8 +425,8 @@ def test_broadcast_is_sent_with_allow_broadcast(service: Service) -> None:
 
 def test_service_stop_closes_endpoints_and_ends_the_loop(service: Service) -> None:
     handlers = [Recorder(), Recorder()]
-    service.bind_udp(handlers[0], "127.0.0.1", 0)
-    service.connect_udp(handlers[1], "127.0.0.1", _closed_port())
+    service.bind_udp(lambda: handlers[0], "127.0.0.1", 0)
+    service.connect_udp(lambda: handlers[1], "127.0.0.1", _closed_port())
     assert len(service.endpoints) == 2
     service.call_later(0.05, service.stop)
     started = time.monotonic()
@@ -438,7 +442,7 @@ def test_a_handler_that_raises_aborts_its_endpoint(service: Service) -> None:
             raise RuntimeError("boom")
 
     handler = Broken()
-    endpoint = service.bind_udp(handler, "127.0.0.1", 0)
+    endpoint = service.bind_udp(lambda: handler, "127.0.0.1", 0)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
         peer.sendto(b"x", endpoint.getsockname())
     run_until(service, lambda: endpoint.closed)
@@ -452,7 +456,7 @@ def test_connect_udp_at_the_tcpsocket_level_without_a_service() -> None:
     with create_dispatcher() as context, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
         peer.bind(("127.0.0.1", 0))
         handler = Recorder()
-        endpoint = connect_udp(context, handler, "localhost", peer.getsockname()[1])
+        endpoint = connect_udp(context, lambda: handler, "localhost", peer.getsockname()[1])
         assert handler.transport is endpoint
         assert endpoint.remote_address == peer.getsockname()
         endpoint.sendto(b"hi")
@@ -604,7 +608,7 @@ def test_send_queue_invariants(steps: list[tuple[str, Any]]) -> None:
         sock = FlakySocket(socket.AF_INET, socket.SOCK_DGRAM)
         handler = Recorder()
         endpoint = DatagramEndpoint(
-            service.dispatcher, sock, handler, high_water=12_000, low_water=3_000
+            service.dispatcher, sock, handler, TransportOptions(high_water=12_000, low_water=3_000)
         )
         sent: list[bytes] = []
         received: list[bytes] = []

@@ -123,35 +123,31 @@ def _handles_urgent(obj: Any) -> bool:
 _POLICY = _mapcontext.Policy(_on_error, _handles_urgent)
 
 
-def read(obj: Any) -> None:
-    """Call ``obj.handle_read_event()``; an exception other than ExitNow goes to handle_error."""
+def _call_handler(obj: Any, name: str) -> None:
+    """Call ``obj.<name>()``; an exception other than ExitNow (or the interpreter's
+    exits) goes to handle_error."""
     try:
-        obj.handle_read_event()
+        getattr(obj, name)()
     except _reraised_exceptions:
         raise
     except BaseException:
         obj.handle_error()
+
+
+def read(obj: Any) -> None:
+    """Call ``obj.handle_read_event()``; an exception other than ExitNow goes to handle_error."""
+    _call_handler(obj, "handle_read_event")
 
 
 def write(obj: Any) -> None:
     """Call ``obj.handle_write_event()``; an exception other than ExitNow goes to
     handle_error."""
-    try:
-        obj.handle_write_event()
-    except _reraised_exceptions:
-        raise
-    except BaseException:
-        obj.handle_error()
+    _call_handler(obj, "handle_write_event")
 
 
 def _exception(obj: Any) -> None:
     """Call ``obj.handle_expt_event()``; the counterpart of :func:`read` (asyncore's name)."""
-    try:
-        obj.handle_expt_event()
-    except _reraised_exceptions:
-        raise
-    except BaseException:
-        obj.handle_error()
+    _call_handler(obj, "handle_expt_event")
 
 
 def readwrite(obj: Any, flags: int) -> None:

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from asycamore.dispatcher import IDispatchContext, IDispatchTarget
+from asycamore.dispatcher import Events, IDispatchContext, IDispatchTarget
 
-from .kit import READ, READ_WRITE, WRITE, ErrorRecorder, KitBase, NoCloseTarget, ready_target
+from .kit import READ, READ_WRITE, WRITE, ErrorRecorder, KitBase, bare_target, ready_target
 from .support import RecordingTarget, Sockets
 
 __all__ = ["HandlerErrorRules"]
@@ -24,6 +24,24 @@ def _failing(exc: BaseException) -> Callable[[RecordingTarget], None]:
     return on_event
 
 
+def _one_bad_among_good(
+    ctx: IDispatchContext,
+    sockets: Sockets,
+    log: list[tuple[str, str]],
+    exc: Exception,
+    bad_events: Events,
+) -> tuple[RecordingTarget, list[RecordingTarget]]:
+    """Four ready targets: "bad", registered for *bad_events*, whose read handler
+    raises *exc*, and three good ones for READ.  Returns bad and the good ones."""
+    bad, _ = ready_target(sockets, log, "bad")
+    bad.on_read = _failing(exc)
+    goods = [ready_target(sockets, log, f"good{i}")[0] for i in range(3)]
+    ctx.register(bad, bad_events)
+    for good in goods:
+        ctx.register(good, READ)
+    return bad, goods
+
+
 class HandlerErrorRules(KitBase):
     """Rule 7: the caller's error handler or the default policy; BaseExceptions
     propagate at once."""
@@ -35,12 +53,7 @@ class HandlerErrorRules(KitBase):
         are still served; the failed call counts in the return value."""
         log: list[tuple[str, str]] = []
         boom = ValueError("boom")
-        bad, _ = ready_target(sockets, log, "bad")
-        bad.on_read = _failing(boom)
-        goods = [ready_target(sockets, log, f"good{i}")[0] for i in range(3)]
-        ctx.register(bad, READ)
-        for good in goods:
-            ctx.register(good, READ)
+        bad, goods = _one_bad_among_good(ctx, sockets, log, boom, READ)
         errors = ErrorRecorder()
         assert ctx.dispatch_once(0, errors) == 4
         assert len(errors.calls) == 1
@@ -86,12 +99,7 @@ class HandlerErrorRules(KitBase):
         call its close(); the other ready targets are still served."""
         log: list[tuple[str, str]] = []
         boom = ValueError("boom-7-default")
-        bad, _ = ready_target(sockets, log, "bad")
-        bad.on_read = _failing(boom)
-        goods = [ready_target(sockets, log, f"good{i}")[0] for i in range(3)]
-        ctx.register(bad, READ_WRITE)
-        for good in goods:
-            ctx.register(good, READ)
+        bad, goods = _one_bad_among_good(ctx, sockets, log, boom, READ_WRITE)
         with caplog.at_level(logging.ERROR, logger="asycamore"):
             calls = ctx.dispatch_once(0)
         # bad's write handler does not run: the policy unregistered it after its read.
@@ -132,11 +140,17 @@ class HandlerErrorRules(KitBase):
         """Default policy on a target that has no close(): logged and unregistered."""
         sock, peer = sockets.pair()
         peer.send(b"x")
-        target = NoCloseTarget(sock)
+        reads: list[bytes] = []
+
+        def on_read() -> None:
+            reads.append(sock.recv(1))
+            raise RuntimeError("no close here")
+
+        target = bare_target(sock.fileno, on_read=on_read)
         ctx.register(target, READ)
         with caplog.at_level(logging.ERROR, logger="asycamore"):
             assert ctx.dispatch_once(0) == 1
-        assert target.reads == 1
+        assert reads == [b"x"]
         assert target not in ctx
         assert "no close here" in caplog.text
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Collection, Iterator
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
 from asycamore.dispatcher import Events, IDispatchContext, IDispatchTarget
 
-from .support import CHUNK, RecordingTarget, Sockets
+from .support import CHUNK, RecordingTarget, Sockets, deadline
 
 READ = Events.READ
 WRITE = Events.WRITE
@@ -24,6 +24,8 @@ NONE = Events.NONE
 READ_WRITE = Events.READ | Events.WRITE
 
 _MAX_SENDS = 4096  # a bound, so a broken backend fails rather than hangs
+
+_E = TypeVar("_E", bound=Exception)
 
 
 class KitBase:
@@ -97,6 +99,37 @@ def ready_target(
     return RecordingTarget(sock, log, name), peer
 
 
+def registered_target(
+    ctx: IDispatchContext, sockets: Sockets, events: Events, **options: Any
+) -> tuple[RecordingTarget, socket.socket]:
+    """A target over a new socket pair (*options* as :class:`RecordingTarget`'s),
+    registered in *ctx* for *events*; and the pair's other socket, its peer."""
+    sock, peer = sockets.pair()
+    target = RecordingTarget(sock, **options)
+    ctx.register(target, events)
+    return target, peer
+
+
+def assert_served(ctx: IDispatchContext, target: RecordingTarget, peer: socket.socket) -> None:
+    """A byte from *peer* makes the next dispatch call *target*'s read handler, and no
+    other handler: *target*'s registration is intact and the context healthy."""
+    peer.send(b"x")
+    with deadline(10):
+        assert ctx.dispatch_once(5.0) == 1
+    assert target.log == [(target.name, "read")]
+
+
+def assert_refused(
+    ctx: IDispatchContext, target: object, events: Events, error: type[_E]
+) -> pytest.ExceptionInfo[_E]:
+    """``register(target, events)`` raises *error* and keeps nothing (rule 1)."""
+    with pytest.raises(error) as info:
+        ctx.register(target, events)  # type: ignore[arg-type]
+    assert target not in ctx
+    assert len(ctx) == 0
+    return info
+
+
 def fill_send_buffer(sock: socket.socket) -> int:
     """Send until the kernel refuses more; return the number of bytes sent."""
     sent = 0
@@ -140,35 +173,27 @@ class UnhashableTarget(RecordingTarget):
         return True
 
 
-class FixedFdTarget:
-    """A target whose fileno() returns a fixed number (never registered successfully)."""
+def bare_target(
+    fileno: Callable[[], object],
+    *,
+    lacking: Collection[str] = (),
+    on_read: Callable[[], object] | None = None,
+) -> Any:
+    """An object with a target's three methods and nothing else (no ``close``), less
+    those named in *lacking*.
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    Its ``fileno()`` returns what *fileno* returns (pass ``sock.fileno``, or
+    ``lambda: -7``); its read handler calls *on_read*.  A handler given nothing to do
+    fails the test if it runs.
+    """
 
-    def fileno(self) -> int:
-        return self.fd
+    def handler(self: object) -> None:
+        raise AssertionError("a handler that the test never expected to run ran")
 
-    def handle_read_event(self) -> None:
-        raise AssertionError("never called")
-
-    def handle_write_event(self) -> None:
-        raise AssertionError("never called")
-
-
-class NoCloseTarget:
-    """A target without a ``close`` method, whose read handler raises."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.reads = 0
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def handle_read_event(self) -> None:
-        self.reads += 1
-        raise RuntimeError("no close here")
-
-    def handle_write_event(self) -> None:
-        pass
+    methods = {
+        "fileno": lambda self: fileno(),
+        "handle_read_event": handler if on_read is None else lambda self: on_read(),
+        "handle_write_event": handler,
+    }
+    namespace = {name: method for name, method in methods.items() if name not in lacking}
+    return type("BareTarget", (), namespace)()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from asycamore.dispatcher import Events, IDispatchContext
@@ -10,6 +12,32 @@ from .kit import NONE, READ, READ_WRITE, WRITE, KitBase, ready_target
 from .support import RecordingTarget, Sockets
 
 __all__ = ["OrderingRules"]
+
+
+def _first_read_changes_the_other(
+    ctx: IDispatchContext,
+    sockets: Sockets,
+    log: list[tuple[str, str]],
+    change: Callable[[RecordingTarget, RecordingTarget], None],
+) -> None:
+    """Two ready READ targets, a and b: whichever read handler runs first drains its
+    socket and calls ``change(itself, the other)``.  One dispatch must then make that
+    one call only: what *change* did to the other drops its pending read."""
+    first: list[RecordingTarget] = []
+
+    def on_read(me: RecordingTarget) -> None:
+        me.drain()
+        if not first:
+            first.append(me)
+            change(me, b if me is a else a)
+
+    a, _ = ready_target(sockets, log, "a")
+    b, _ = ready_target(sockets, log, "b")
+    a.on_read = b.on_read = on_read
+    ctx.register(a, READ)
+    ctx.register(b, READ)
+    assert ctx.dispatch_once(0) == 1
+    assert log == [(first[0].name, "read")]
 
 
 class OrderingRules(KitBase):
@@ -34,15 +62,8 @@ class OrderingRules(KitBase):
     ) -> None:
         """A handler that unregisters (or takes READ from) another ready target drops
         that target's pending read in the same dispatch."""
-        log: list[tuple[str, str]] = []
-        first: list[RecordingTarget] = []
 
-        def on_read(me: RecordingTarget) -> None:
-            me.drain()
-            if first:
-                return
-            first.append(me)
-            other = b if me is a else a
+        def on_first_read(me: RecordingTarget, other: RecordingTarget) -> None:
             if change == "unregister":
                 ctx.unregister(other)
             elif change == "modify-none":
@@ -53,13 +74,7 @@ class OrderingRules(KitBase):
                 ctx.unregister(other)
                 ctx.register(other, READ)
 
-        a, _ = ready_target(sockets, log, "a")
-        b, _ = ready_target(sockets, log, "b")
-        a.on_read = b.on_read = on_read
-        ctx.register(a, READ)
-        ctx.register(b, READ)
-        assert ctx.dispatch_once(0) == 1
-        assert log == [(first[0].name, "read")]
+        _first_read_changes_the_other(ctx, sockets, [], on_first_read)
 
     def test_rule4_stale_event_never_reaches_new_target_on_same_fd(
         self, ctx: IDispatchContext, sockets: Sockets
@@ -68,30 +83,19 @@ class OrderingRules(KitBase):
         target C on a socket with B's old descriptor number: C gets nothing of B's in
         that dispatch, and is served normally in the next one."""
         log: list[tuple[str, str]] = []
-        swapped: list[RecordingTarget] = []
+        newcomers: list[RecordingTarget] = []
 
-        def on_read(me: RecordingTarget) -> None:
-            me.drain()
-            if swapped:
-                return
-            other = b if me is a else a
+        def on_first_read(me: RecordingTarget, other: RecordingTarget) -> None:
             fd = other.fileno()
             ctx.unregister(other)
             other.sock.close()
             new_sock, new_peer = sockets.pair_at(fd)
             new_peer.send(b"c")  # C is readable and writable at once
-            c = RecordingTarget(new_sock, log, "c")
-            ctx.register(c, READ_WRITE)
-            swapped.extend([me, c])
+            newcomers.append(RecordingTarget(new_sock, log, "c"))
+            ctx.register(newcomers[0], READ_WRITE)
 
-        a, _ = ready_target(sockets, log, "a")
-        b, _ = ready_target(sockets, log, "b")
-        a.on_read = b.on_read = on_read
-        ctx.register(a, READ)
-        ctx.register(b, READ)
-        assert ctx.dispatch_once(0) == 1
-        first, c = swapped
-        assert log == [(first.name, "read")]
+        _first_read_changes_the_other(ctx, sockets, log, on_first_read)
+        (c,) = newcomers
         assert c in ctx
         log.clear()
         assert ctx.dispatch_once(0) == 2

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -21,6 +22,7 @@ from .kit import (
     KitBase,
     expects_eviction,
     fill_send_buffer,
+    registered_target,
 )
 from .support import RecordingTarget, Sockets, deadline
 
@@ -37,6 +39,31 @@ def _is_ebadf(exc: BaseException | None) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.EBADF
 
 
+def _writer_learns_of_hang_up(
+    ctx: IDispatchContext, sock: socket.socket, hang_up: Callable[[], object]
+) -> None:
+    """A WRITE-only target on *sock*, whose send buffer is full, gets handle_write_event
+    (and no read call) once ``hang_up()`` ends the connection; its next send fails."""
+    fill_send_buffer(sock)
+    errors: list[OSError] = []
+
+    def on_write(me: RecordingTarget) -> None:
+        try:
+            me.sock.send(b"more")
+        except OSError as exc:
+            errors.append(exc)
+
+    target = RecordingTarget(sock, on_write=on_write)
+    ctx.register(target, WRITE)
+    assert ctx.dispatch_once(0.02) == 0  # not writable yet
+    hang_up()
+    with deadline(10):
+        assert ctx.dispatch_once(5.0) == 1
+    assert target.log == [("target", "write")]
+    assert len(errors) == 1
+    assert isinstance(errors[0], (BrokenPipeError, ConnectionResetError))
+
+
 class ReadinessRules(KitBase):
     """Rule 5 (a hang-up or error is readiness for each interest) and rule 6 (a
     descriptor closed while registered must not break or spin the context)."""
@@ -44,9 +71,7 @@ class ReadinessRules(KitBase):
     def test_rule5_peer_closed_is_readable(self, ctx: IDispatchContext, sockets: Sockets) -> None:
         """A READ target whose peer closed gets handle_read_event (and recv sees EOF), and
         no write call: only the registered interest is reported."""
-        sock, peer = sockets.pair()
-        target = RecordingTarget(sock)
-        ctx.register(target, READ)
+        target, peer = registered_target(ctx, sockets, READ)
         peer.close()
         with deadline(10):
             assert ctx.dispatch_once(5.0) == 1
@@ -57,32 +82,13 @@ class ReadinessRules(KitBase):
         """A WRITE-only target with a full send buffer gets handle_write_event when its
         peer closes, and no read call; its next send reveals the error."""
         sock, peer = sockets.pair()
-        fill_send_buffer(sock)
-        errors: list[OSError] = []
-
-        def on_write(me: RecordingTarget) -> None:
-            try:
-                me.sock.send(b"more")
-            except OSError as exc:
-                errors.append(exc)
-
-        target = RecordingTarget(sock, on_write=on_write)
-        ctx.register(target, WRITE)
-        assert ctx.dispatch_once(0.02) == 0  # not writable yet
-        peer.close()
-        with deadline(10):
-            assert ctx.dispatch_once(5.0) == 1
-        assert target.log == [("target", "write")]
-        assert len(errors) == 1
-        assert isinstance(errors[0], (BrokenPipeError, ConnectionResetError))
+        _writer_learns_of_hang_up(ctx, sock, peer.close)
 
     def test_rule5_peer_closed_both_interests(
         self, ctx: IDispatchContext, sockets: Sockets
     ) -> None:
         """A READ|WRITE target whose peer closed gets both calls, read first."""
-        sock, peer = sockets.pair()
-        target = RecordingTarget(sock)
-        ctx.register(target, READ_WRITE)
+        target, peer = registered_target(ctx, sockets, READ_WRITE)
         peer.close()
         assert ctx.dispatch_once(0) == 2
         assert target.log == [("target", "read"), ("target", "write")]
@@ -111,24 +117,7 @@ class ReadinessRules(KitBase):
     def test_rule5_reset_is_writable(self, ctx: IDispatchContext, sockets: Sockets) -> None:
         """A TCP reset is reported to a WRITE-only target whose send buffer is full."""
         client, server = sockets.tcp_pair(buffer_size=4096)
-        fill_send_buffer(client)
-        errors: list[OSError] = []
-
-        def on_write(me: RecordingTarget) -> None:
-            try:
-                me.sock.send(b"more")
-            except OSError as exc:
-                errors.append(exc)
-
-        target = RecordingTarget(client, on_write=on_write)
-        ctx.register(target, WRITE)
-        assert ctx.dispatch_once(0.02) == 0
-        _reset(server)
-        with deadline(10):
-            assert ctx.dispatch_once(5.0) == 1
-        assert target.log == [("target", "write")]
-        assert len(errors) == 1
-        assert isinstance(errors[0], (BrokenPipeError, ConnectionResetError))
+        _writer_learns_of_hang_up(ctx, client, lambda: _reset(server))
 
     def _closed_while_registered(
         self,

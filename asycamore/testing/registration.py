@@ -8,7 +8,18 @@ import pytest
 
 from asycamore.dispatcher import Events, IDispatchContext
 
-from .kit import NONE, READ, READ_WRITE, WRITE, FixedFdTarget, KitBase, UnhashableTarget
+from .kit import (
+    NONE,
+    READ,
+    READ_WRITE,
+    WRITE,
+    KitBase,
+    UnhashableTarget,
+    assert_refused,
+    assert_served,
+    bare_target,
+    registered_target,
+)
 from .support import RecordingTarget, Sockets, deadline
 
 __all__ = ["RegistrationRules"]
@@ -22,9 +33,7 @@ class RegistrationRules(KitBase):
         self, ctx: IDispatchContext, sockets: Sockets
     ) -> None:
         """Registering the same target twice raises KeyError and changes nothing."""
-        sock, _ = sockets.pair()
-        target = RecordingTarget(sock)
-        ctx.register(target, READ)
+        target, _ = registered_target(ctx, sockets, READ)
         with pytest.raises(KeyError):
             ctx.register(target, READ)
         with pytest.raises(KeyError):
@@ -45,11 +54,7 @@ class RegistrationRules(KitBase):
         assert first in ctx
         assert second not in ctx
         assert len(ctx) == 1
-        # The first registration is intact: it is still served, the other never.
-        peer.send(b"x")
-        with deadline(10):
-            assert ctx.dispatch_once(5.0) == 1
-        assert first.log == [("first", "read")]
+        assert_served(ctx, first, peer)  # intact: still served, and the other never
 
     def test_rule1_modify_or_unregister_unknown_raises_keyerror(
         self, ctx: IDispatchContext, sockets: Sockets
@@ -76,10 +81,7 @@ class RegistrationRules(KitBase):
         """Events outside READ|WRITE raise ValueError at register and nothing is kept."""
         sock, _ = sockets.pair()
         target = RecordingTarget(sock)
-        with pytest.raises(ValueError):
-            ctx.register(target, events)  # type: ignore[arg-type]
-        assert target not in ctx
-        assert len(ctx) == 0
+        assert_refused(ctx, target, events, ValueError)  # type: ignore[arg-type]
         ctx.register(target, READ)  # a failed register left nothing behind
         assert target in ctx
 
@@ -93,15 +95,8 @@ class RegistrationRules(KitBase):
         sock.close()
         target = RecordingTarget(sock)
         assert target.fileno() == -1
-        with pytest.raises(ValueError):
-            ctx.register(target, events)
-        assert target not in ctx
-        assert len(ctx) == 0
-        other = FixedFdTarget(-7)
-        with pytest.raises(ValueError):
-            ctx.register(other, events)
-        assert other not in ctx
-        assert len(ctx) == 0
+        assert_refused(ctx, target, events, ValueError)
+        assert_refused(ctx, bare_target(lambda: -7), events, ValueError)
 
     @pytest.mark.parametrize("events", [READ_WRITE, NONE])
     @pytest.mark.parametrize("fd", [True, False, 2**31, 2**64, 1.0, None])
@@ -111,19 +106,43 @@ class RegistrationRules(KitBase):
         """A fileno() that is no descriptor number -- a bool (not 1 or 0), one beyond a C
         int (which the OS calls would refuse with OverflowError, or not at all for
         Events.NONE), or not an int -- raises ValueError, and nothing is kept."""
-        target = FixedFdTarget(fd)  # type: ignore[arg-type]
-        with pytest.raises(ValueError):
-            ctx.register(target, events)
-        assert target not in ctx
-        assert len(ctx) == 0
+        assert_refused(ctx, bare_target(lambda: fd), events, ValueError)
+
+    @pytest.mark.parametrize("events", [READ, NONE])
+    @pytest.mark.parametrize(
+        "lacking",
+        [
+            ("handle_read_event", "handle_write_event"),
+            ("fileno",),
+            ("handle_write_event",),
+            ("fileno", "handle_read_event", "handle_write_event"),
+        ],
+        ids=["handlers", "fileno", "write-handler", "everything"],
+    )
+    def test_rule1_register_needs_a_dispatch_target(
+        self, ctx: IDispatchContext, sockets: Sockets, events: Events, lacking: tuple[str, ...]
+    ) -> None:
+        """register() of an object without fileno, handle_read_event or
+        handle_write_event raises TypeError at the call, naming the argument (target)
+        and what it lacks, and keeps nothing: its descriptor can then be registered by
+        a real target, which is served."""
+        sock, peer = sockets.pair()
+        incomplete = bare_target(sock.fileno, lacking=lacking)
+        refused = assert_refused(ctx, incomplete, events, TypeError)
+        message = str(refused.value)
+        assert "target" in message, message
+        assert all(name in message for name in lacking), message
+        # The mistake this is for: a socket passed where its dispatcher was meant.
+        assert_refused(ctx, sock, events, TypeError)
+        target = RecordingTarget(sock)
+        ctx.register(target, READ)
+        assert_served(ctx, target, peer)
 
     def test_rule1_events_none_receives_nothing(
         self, ctx: IDispatchContext, sockets: Sockets
     ) -> None:
         """A target registered with Events.NONE gets no calls, not even for a hang-up."""
-        sock, peer = sockets.pair()
-        target = RecordingTarget(sock)
-        ctx.register(target, NONE)
+        target, peer = registered_target(ctx, sockets, NONE)
         assert target in ctx
         assert len(ctx) == 1
         peer.send(b"data")
@@ -143,9 +162,8 @@ class RegistrationRules(KitBase):
 
     def test_rule1_modify_to_none_silences(self, ctx: IDispatchContext, sockets: Sockets) -> None:
         """modify(target, NONE) silences a ready target, including its hang-up."""
-        sock, peer = sockets.pair()
-        target = RecordingTarget(sock, on_read=lambda t: None)  # never drains
-        ctx.register(target, READ_WRITE)
+        # A target that never drains its socket.
+        target, peer = registered_target(ctx, sockets, READ_WRITE, on_read=lambda t: None)
         peer.send(b"x")
         peer.close()
         assert ctx.dispatch_once(0) == 2
@@ -185,21 +203,14 @@ class RegistrationRules(KitBase):
         self, ctx: IDispatchContext, sockets: Sockets, events: Events
     ) -> None:
         """unregister works when the target's descriptor was already closed."""
-        sock, _ = sockets.pair()
-        target = RecordingTarget(sock)
-        ctx.register(target, events)
-        sock.close()
+        target, _ = registered_target(ctx, sockets, events)
+        target.sock.close()
         ctx.unregister(target)
         assert target not in ctx
         assert len(ctx) == 0
         # The context is healthy afterwards, even when the number is reused at once.
-        new_sock, new_peer = sockets.pair()
-        newcomer = RecordingTarget(new_sock, name="new")
-        ctx.register(newcomer, READ)
-        new_peer.send(b"x")
-        with deadline(10):
-            assert ctx.dispatch_once(5.0) == 1
-        assert newcomer.log == [("new", "read")]
+        newcomer, new_peer = registered_target(ctx, sockets, READ, name="new")
+        assert_served(ctx, newcomer, new_peer)
 
     def test_rule2_unregister_after_close_and_fd_reuse(
         self, ctx: IDispatchContext, sockets: Sockets
@@ -215,8 +226,5 @@ class RegistrationRules(KitBase):
         assert len(ctx) == 0
         newcomer = RecordingTarget(new_sock, name="new")
         ctx.register(newcomer, READ)
-        new_peer.send(b"x")
-        with deadline(10):
-            assert ctx.dispatch_once(5.0) == 1
-        assert newcomer.log == [("new", "read")]
+        assert_served(ctx, newcomer, new_peer)
         assert old.log == []
