@@ -43,7 +43,7 @@ def check_port(port: object, name: str = "port") -> int:
         raise TypeError(f"{name} must be an int in 0-65535, not {port!r}")
     if not 0 <= port <= 65535:
         raise ValueError(f"{name} must be in 0-65535, not {port}")
-    return port
+    return int(port)  # an int subclass (an IntEnum) as a plain int: getaddrinfo wants one
 
 
 def check_host(host: object, name: str = "host", *, optional: bool = True) -> None:

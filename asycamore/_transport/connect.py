@@ -381,7 +381,7 @@ def connect_tcp(
     """
     check_factory(protocol_factory)
     check_host(host, optional=False)
-    check_port(port)
+    port = check_port(port)
     check_timeout(timeout, "timeout")
     if server_hostname is not None and not isinstance(server_hostname, str):
         raise TypeError(f"server_hostname must be a str or None, not {server_hostname!r}")

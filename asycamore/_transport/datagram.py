@@ -498,12 +498,12 @@ def create_datagram_socket(
     """
     family = socket_options.pop("family", socket.AF_UNSPEC)
     check_host(host)
-    check_port(port)
+    port = check_port(port)
     target: Any = None
     if remote is not None:
         rhost, rport = remote
         check_host(rhost, optional=False)
-        check_port(rport)
+        rport = check_port(rport)
         try:
             af, type_, proto, _, target = resolve(rhost, rport, family, socket.SOCK_DGRAM)[0]
         except OSError as exc:
@@ -627,7 +627,7 @@ def create_datagram_sockets(
     """
     family = socket_options.pop("family", socket.AF_UNSPEC)
     check_host(host)
-    check_port(port)
+    port = check_port(port)
     infos = _passive(host, port, family)
 
     def setup(sock: socket.socket) -> None:
@@ -701,6 +701,8 @@ def connect_udp(
     :func:`socket.getaddrinfo`; numbers and ``localhost`` never block.
     """
     check_factory(protocol_factory)
+    check_host(local_host, "local_host")
+    local_port = check_port(local_port, "local_port")
     socket_options, flow = _split(keywords)
     options = options.merged(flow)
     sock = create_datagram_socket(local_host, local_port, remote=(host, port), **socket_options)

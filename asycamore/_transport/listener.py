@@ -555,7 +555,7 @@ def _listening_sockets(
     if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("SO_REUSEPORT is not supported on this platform")
     check_host(host)
-    check_port(port)
+    port = check_port(port)
     family = socket_options.get("family", socket.AF_UNSPEC)
     try:
         infos = resolve(host or None, port, family, socket.SOCK_STREAM, socket.AI_PASSIVE)
