@@ -98,6 +98,12 @@ class Protocol:
     """Set to true in a subclass to receive :class:`memoryview` slices of the shared
     receive buffer in :meth:`data_received` (no copy; valid only during the call)."""
 
+    reads_produce_writes: ClassVar[bool] = True
+    """Whether this protocol writes on its own transport in reply to what it reads (the
+    default).  Set it to false in a protocol that writes what it reads somewhere else,
+    a proxy's two sides say: see :class:`~asycamore.tcpsocket.StreamHandler`, and
+    :doc:`/recipes` for the wiring."""
+
     transport: StreamTransport | None
     """The transport (set by :meth:`connection_made`): a
     :class:`~asycamore.tcpsocket.Connection`, or for TLS a

@@ -66,6 +66,7 @@ def test_all_examples_are_tested() -> None:
         "echo_client.py",
         "echo_server.py",
         "many_clients.py",
+        "proxy.py",
         "tls_echo_server.py",
         "udp_echo.py",
     ]
@@ -277,3 +278,28 @@ def test_tls_echo_server_with_a_python_client(tmp_path: Path) -> None:
     ):
         tls.sendall(b"ping\n")
         assert tls.recv(5) == b"ping\n"
+
+
+def test_proxy_self_test() -> None:
+    """8 MiB through the proxy to an echo while the client does not read for a while:
+    byte-exact, and the proxy buffers at most about a high-water mark per side."""
+    result = run(str(EXAMPLES / "proxy.py"), "--self-test", timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert "self-test: relayed" in result.stdout
+
+
+def test_proxy_in_front_of_asycamore_echo() -> None:
+    """The proxy relays to a real upstream (``asycamore echo``) both ways, and passes the
+    client's half-close on: the echo comes back, then EOF."""
+    with (
+        server("-m", "asycamore", "echo") as upstream,
+        server(str(EXAMPLES / "proxy.py"), "--upstream", f"127.0.0.1:{upstream}") as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+    ):
+        lines = b"".join(b"line %d\n" % i for i in range(1000))
+        sock.sendall(lines)
+        sock.shutdown(socket.SHUT_WR)
+        received = bytearray()
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert bytes(received) == lines

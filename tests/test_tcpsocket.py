@@ -870,3 +870,39 @@ def test_activity_tracking(context: IDispatchContext) -> None:
     conn.write(b"y")
     assert conn.last_activity > second
     conn.abort()
+
+
+class Relaying(Recorder):
+    """A proxy side: what it reads goes elsewhere, not to its own connection."""
+
+    reads_produce_writes = False
+
+
+@pytest.mark.parametrize("relaying", [False, True], ids=["echo-like", "relaying"])
+def test_a_full_write_buffer_stops_reading_only_for_handlers_whose_reads_feed_it(
+    context: IDispatchContext, relaying: bool
+) -> None:
+    """With ``reads_produce_writes = False`` a connection over its high-water mark
+    pauses its handler but keeps reading (a proxy's two sides would otherwise deadlock
+    against a busy peer); by default it stops reading until the buffer drains."""
+    handler = Relaying() if relaying else Recorder()
+    conn, theirs = pair(context, handler, high_water=1024, low_water=256)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    big = b"x" * (4 << 20)
+    conn.write(big)  # far more than the socket takes: the peer does not read
+    assert conn.write_buffer_size > 1024
+    assert handler.events[-1] == "pause"
+    assert conn.reading is relaying
+    assert bool(conn.events & Events.READ) is relaying
+    theirs.sendall(b"request")
+    for _ in range(20):
+        context.dispatch_once(0.01)
+    # Echo-like: not delivered, reading is off until the peer reads what is buffered.
+    assert bytes(handler.data) == (b"request" if relaying else b"")
+    received = pump_recv(context, theirs, len(big))
+    assert received == big
+    assert handler.events[-1] == "resume"
+    assert conn.reading
+    pump(context, lambda: bytes(handler.data) == b"request")
+    conn.abort()
+    theirs.close()

@@ -80,6 +80,10 @@ _OFF_FLOW: Final = 2  # the write buffer is above the high-water mark
 _OFF_EOF: Final = 4  # the peer sent EOF
 _OFF_CLOSING: Final = 8  # close() is flushing
 _OFF_CONNECTING: Final = 16  # not connected yet
+# _read_mask: the reasons that do stop reading.  For a handler whose reads do not feed
+# its own writes (a proxy's side), a full write buffer only pauses the handler.
+_ALL_REASONS: Final = -1
+_NOT_FLOW: Final = ~_OFF_FLOW
 
 # _shut_wr: write_eof() progress.
 _SHUT_WR_NONE: Final = 0
@@ -120,7 +124,18 @@ class StreamHandler(Protocol):
         call (copy what you keep; writing it back with :meth:`Connection.write` is safe).
     ``pause_writing()`` / ``resume_writing()``
         Called when the write buffer goes above the high-water mark and back to the
-        low-water mark (the connection also stops reading meanwhile, by itself).
+        low-water mark (the connection also stops reading meanwhile, by itself, unless
+        ``reads_produce_writes`` is false).
+    ``reads_produce_writes`` (attribute, default true)
+        Whether what the handler reads makes it write on this same connection (an echo,
+        a request-response server).  Then a write buffer above the high-water mark also
+        stops reading, which bounds memory with no code, and each read is capped so that
+        an echo crosses the mark by at most a byte.  A handler whose reads go elsewhere
+        -- a proxy's side, which writes what it reads to the *other* connection -- sets
+        it false: reading would otherwise stop on both ends of a busy peer at once
+        (each waiting for the other to read: a deadlock), so the connection only calls
+        ``pause_writing()``, and the handler pauses whatever feeds it (the other side's
+        ``pause_reading()``).
     ``connection_failed(exc)``
         Called instead of :meth:`connection_made` when a client connect fails or times
         out; without it the failure is logged.
@@ -206,6 +221,11 @@ class StreamTransport(Protocol):
         ...
 
 
+def _read_mask(handler: object) -> int:
+    """Which reasons stop reading, for *handler* (see ``reads_produce_writes``)."""
+    return _ALL_REASONS if getattr(handler, "reads_produce_writes", True) else _NOT_FLOW
+
+
 def _as_bytes_view(data: object) -> memoryview:
     """*data* as a byte view; a :class:`str` is refused with a message that says to
     encode it (memoryview's own says only "a bytes-like object is required")."""
@@ -258,6 +278,7 @@ class Connection(Transport):
         "_head_sent",
         "_linger",
         "_note_reads",
+        "_read_mask",
         "_read_off",
         "_read_size",
         "_recv_buffer",
@@ -295,6 +316,7 @@ class Connection(Transport):
         self._note_reads = True
         self._connect_to: Any = None
         self._read_off = 0
+        self._read_mask = _read_mask(handler)
         self._shut_wr = _SHUT_WR_NONE
         # The connect timeout, or a pending connect's work: cancelled on release.
         self._timer: Cancellable | None = None
@@ -352,6 +374,9 @@ class Connection(Transport):
         self._handler = handler
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
         self._deliver = handler.data_received
+        self._read_mask = _read_mask(handler)
+        if self._state == OPEN:
+            self._update_interest()
 
     def _register(self, events: int) -> None:
         self._context.register(self, EVENTS[events])
@@ -433,7 +458,7 @@ class Connection(Transport):
     @property
     def reading(self) -> bool:
         """Whether the connection is currently reading from its socket."""
-        return self._state == OPEN and not self._read_off
+        return self._state == OPEN and not self._read_off & self._read_mask
 
     @property
     def eof_received(self) -> bool:
@@ -461,8 +486,12 @@ class Connection(Transport):
 
         What is left of the budget of `_first_read_size`, plus one byte: an echoing
         handler then crosses the mark by at most one byte, and reading stops.  Reading
-        is on only while ``_buffered <= _high``, so at least one byte is left.
+        is on only while ``_buffered <= _high``, so at least one byte is left.  A
+        handler whose reads do not feed its writes (``reads_produce_writes = False``)
+        reads as much as with nothing buffered.
         """
+        if not self._read_mask & _OFF_FLOW:
+            return self._read_size
         size = max(self._high, _MIN_READ) + 1 - self._buffered
         return 0 if size >= len(self._recv_buffer) else size
 
@@ -628,7 +657,7 @@ class Connection(Transport):
         state = self._state
         if state not in (OPEN, CLOSING):
             return
-        events = (0 if self._read_off else READ) | (WRITE if self._chunks else 0)
+        events = (0 if self._read_off & self._read_mask else READ) | (WRITE if self._chunks else 0)
         if events != self._events:
             self._events = events
             self._context.modify(self, EVENTS[events])

@@ -158,6 +158,7 @@ class _PlainSide:
         "data_received",
         "eof_received",
         "pause_writing",
+        "reads_produce_writes",
         "resume_writing",
         "tls",
     )
@@ -176,6 +177,9 @@ class _PlainSide:
         self.connection_failed = tls._plain_connection_failed
         self.pause_writing = tls._plain_pause_writing
         self.resume_writing = tls._plain_resume_writing
+        # The encrypted reads feed the plain side's writes as the protocol's reads feed
+        # its own (a handshake, a close_notify aside): the same flow control applies.
+        self.reads_produce_writes = bool(getattr(tls.handler, "reads_produce_writes", True))
 
 
 class TLSConnection:
