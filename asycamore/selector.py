@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from typing_extensions import override
 
-from .dispatcher import Events, IDispatchContext, IDispatchTarget
+from .dispatcher import Events, IDispatchContext, IDispatchTarget, given_or_created
 
 __all__ = ["DispatchSelector"]
 
@@ -117,13 +117,7 @@ class DispatchSelector(selectors.BaseSelector):
     def __init__(
         self, backend: str | None = None, *, dispatcher: IDispatchContext | None = None
     ) -> None:
-        if dispatcher is None:
-            from .factory import create_dispatcher
-
-            dispatcher = create_dispatcher(backend)
-            self._owns_dispatcher = True
-        else:
-            self._owns_dispatcher = False
+        dispatcher, self._owns_dispatcher = given_or_created(backend, dispatcher)
         self.dispatcher: IDispatchContext = dispatcher
         """The dispatch context."""
         self._targets: dict[int, _Target] = {}

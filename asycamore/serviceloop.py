@@ -21,7 +21,14 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any, Self
 
-from .dispatcher import Events, IDispatchContext, IDispatchTarget, close_on_error, iterate
+from .dispatcher import (
+    Events,
+    IDispatchContext,
+    IDispatchTarget,
+    close_on_error,
+    given_or_created,
+    iterate,
+)
 from .timers import ReadyQueue, RepeatingTimer, TimerHandle, Timers
 from .wakeup import DEFAULT_SIGNALS, SignalCatcher, Waker
 
@@ -46,13 +53,7 @@ class ServiceLoop:
     ) -> None:
         if backend is not None and not isinstance(backend, str):
             raise TypeError(f"backend must be a str or None, not {backend!r}")
-        if dispatcher is None:
-            from .factory import create_dispatcher
-
-            dispatcher = create_dispatcher(backend)
-            self._owns_dispatcher = True
-        else:
-            self._owns_dispatcher = False
+        dispatcher, self._owns_dispatcher = given_or_created(backend, dispatcher)
         self.dispatcher: IDispatchContext = dispatcher
         """The dispatch context."""
         self.timers = Timers()

@@ -334,7 +334,6 @@ class Service(ServiceLoop):
         self.transports = TransportSet(self.timers)
         """The transports the service has made and not yet seen closed."""
         self._recv_buffer = memoryview(bytearray(recv_buffer_size))
-        self._stop_timer: TimerHandle | None = None
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -412,45 +411,19 @@ class Service(ServiceLoop):
         protocol_factory: Callable[[], StreamHandler],
         sock: socket.socket | Sequence[socket.socket],
         *,
-        max_connections: int | None = None,
-        accept_batch: int = 64,
-        backoff: float = 0.25,
         ssl: SSLContext | None = None,
-        **options: Unpack[ConnectionKeywords],
+        **options: Unpack[ServiceListenKeywords],
     ) -> Listener:
         """Like :meth:`listen_tcp`, on *sock*: a socket, or several (one listener then
         serves them all), already bound and listening -- inherited from a parent
         process, say (see :mod:`asycamore.workers`).
 
-        The listener owns the sockets from then on and closes them when it closes.
+        The listener owns the sockets from then on and closes them when it closes; if
+        this raises, the caller still does.
         """
-        check_factory(protocol_factory)
-        settings = self._stream_options(options)
-        on_connection: Callable[[Any], object] | None
-        on_connection = self.transports.stream_hook(settings["options"].idle_timeout)
-        on_closed: Callable[[Any], object] | None = self.transports.remove_stream
-        handler_factory: Callable[[], StreamHandler] = protocol_factory
-        if ssl is not None:
-            handler_factory = tcpsocket.tls_handler_factory(
-                protocol_factory,
-                ssl,
-                settings["options"],
-                timers=self.timers,
-                on_connection=on_connection,
-                on_connection_closed=on_closed,
-            )
-            on_connection = on_closed = None  # the TLS layer's business now
         return self._listening(
-            Listener(
-                self.dispatcher,
-                sock,
-                handler_factory,
-                max_connections=max_connections,
-                accept_batch=accept_batch,
-                backoff=backoff,
-                on_connection=on_connection,
-                on_connection_closed=on_closed,
-                **settings,
+            tcpsocket.listen_socket(
+                self.dispatcher, protocol_factory, sock, ssl=ssl, **self._listen(options)
             )
         )
 
@@ -478,20 +451,19 @@ class Service(ServiceLoop):
         :class:`~asycamore.tcpsocket.TLSConnection` (the same API); the service's
         timers run its timeouts.  See :doc:`/tls`.
         """
-        settings = self._stream_options(options)
-        conn = tcpsocket.connect_tcp(
-            self.dispatcher,
-            protocol_factory,
-            host,
-            port,
-            timeout=timeout,
-            ssl=ssl,
-            server_hostname=server_hostname,
-            on_close=self.transports.remove_stream,
-            **settings,
+        return self._connecting(
+            options,
+            lambda **settings: tcpsocket.connect_tcp(
+                self.dispatcher,
+                protocol_factory,
+                host,
+                port,
+                timeout=timeout,
+                ssl=ssl,
+                server_hostname=server_hostname,
+                **settings,
+            ),
         )
-        self.transports.add_stream(conn, settings["options"].idle_timeout)  # type: ignore[arg-type]
-        return conn
 
     def connect_unix(
         self,
@@ -502,15 +474,20 @@ class Service(ServiceLoop):
         **options: Unpack[ConnectionKeywords],
     ) -> StreamTransport:
         """Like :meth:`connect_tcp`, to the Unix domain socket at *path*."""
-        settings = self._stream_options(options)
-        conn = tcpsocket.connect_unix(
-            self.dispatcher,
-            protocol_factory,
-            path,
-            timeout=timeout,
-            on_close=self.transports.remove_stream,
-            **settings,
+        return self._connecting(
+            options,
+            lambda **settings: tcpsocket.connect_unix(
+                self.dispatcher, protocol_factory, path, timeout=timeout, **settings
+            ),
         )
+
+    def _connecting(
+        self, keywords: ConnectionKeywords, connect: Callable[..., StreamTransport]
+    ) -> StreamTransport:
+        """``connect(**settings)`` with the service's settings, and track what it
+        returns."""
+        settings = self._stream_options(keywords)
+        conn = connect(on_close=self.transports.remove_stream, **settings)
         self.transports.add_stream(conn, settings["options"].idle_timeout)  # type: ignore[arg-type]
         return conn
 
@@ -716,13 +693,7 @@ class Service(ServiceLoop):
         if self._stopping or self._closed:
             return
         self._stopping = True
-        self.transports.close_listeners()
-        self.transports.wind_down()
-        if self.transports:
-            self._stop_timer = self.timers.call_later(
-                self.stop_timeout if timeout is None else timeout, self._stop_timed_out
-            )
-        else:
+        if not self.transports.stop(self.stop_timeout if timeout is None else timeout):
             self._schedule_now()  # nothing left to wait for: end the loop now
 
     def stop_complete(self) -> bool:
@@ -731,22 +702,11 @@ class Service(ServiceLoop):
 
     def stop_reset(self) -> None:
         """The loop stopped running: the stop timer of an unfinished stop goes."""
-        if self._stop_timer is not None:
-            self._stop_timer.cancel()
-            self._stop_timer = None
+        self.transports.cancel_stop()
 
     def abort_remaining(self, exc: BaseException) -> None:
         """Abort every transport still open (a second SIGINT or SIGTERM)."""
         self.transports.abort_all(exc)
-
-    def _stop_timed_out(self) -> None:
-        self._stop_timer = None
-        if self.transports:
-            _log.warning(
-                "stop timeout: aborting %d transport(s) that did not close",
-                self.transports.stream_count + len(self.transports.endpoints),
-            )
-            self.transports.abort_all(TimeoutError("the service stopped; connection aborted"))
 
     def close(self) -> None:
         """Close everything at once: listeners, transports (aborted), the wake-up

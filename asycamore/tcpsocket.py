@@ -59,6 +59,7 @@ from ._transport.listener import (
     create_listening_socket,
     create_listening_sockets,
     create_unix_listening_socket,
+    listen_socket,
     listen_tcp,
     listen_unix,
 )
@@ -126,6 +127,7 @@ __all__ = [
     "create_listening_sockets",
     "create_unix_listening_socket",
     "default_recv_buffer",
+    "listen_socket",
     "listen_tcp",
     "listen_unix",
     "start_tls",

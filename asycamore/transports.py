@@ -41,6 +41,7 @@ class TransportSet:
         self._streams: dict[Stream, TimerHandle | None] = {}
         self._endpoints: dict[DatagramEndpoint, None] = {}  # ordered, O(1) removal
         self._listeners: list[Listener] = []
+        self._stop_timer: TimerHandle | None = None
 
     # -- what there is -------------------------------------------------------------------
 
@@ -148,6 +149,32 @@ class TransportSet:
         self._streams[stream] = self._timers.call_at(due, self._check_idle, stream, idle_timeout)
 
     # -- the end ---------------------------------------------------------------------------
+
+    def stop(self, timeout: float) -> bool:
+        """The graceful stop: close the listeners, :meth:`wind_down` the rest, and
+        abort what is still open *timeout* seconds later.  Returns whether anything is
+        left to wait for."""
+        self.close_listeners()
+        self.wind_down()
+        if not self:
+            return False
+        self._stop_timer = self._timers.call_later(timeout, self._stop_timed_out)
+        return True
+
+    def cancel_stop(self) -> None:
+        """Forget the timeout of a stop in progress (the loop stopped running)."""
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+            self._stop_timer = None
+
+    def _stop_timed_out(self) -> None:
+        self._stop_timer = None
+        if self:
+            _log.warning(
+                "stop timeout: aborting %d transport(s) that did not close",
+                len(self._streams) + len(self._endpoints),
+            )
+            self.abort_all(TimeoutError("the service stopped; connection aborted"))
 
     def close_listeners(self) -> None:
         """Close every listener: no new connections."""

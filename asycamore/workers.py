@@ -287,9 +287,7 @@ class WorkerPool:
             ),
             port,
         )
-        for slot in self._slots:
-            slot.sockets.extend(per_worker[slot.index])
-        return self._bound(per_worker[0])
+        return self._hand_out(per_worker, lambda slot: slot.sockets)
 
     def bind_udp(
         self, host: str | None, port: int, *, socket_buffer_size: int | None = None
@@ -310,9 +308,7 @@ class WorkerPool:
             ),
             port,
         )
-        for slot in self._slots:
-            slot.datagram_sockets.extend(per_worker[slot.index])
-        return self._bound(per_worker[0])
+        return self._hand_out(per_worker, lambda slot: slot.datagram_sockets)
 
     def _bind_per_worker(
         self, make: Callable[[int, bool], list[socket.socket]], port: int
@@ -335,6 +331,17 @@ class WorkerPool:
         if not self.reuse_port:
             per_worker *= self.workers
         return per_worker
+
+    def _hand_out(
+        self,
+        per_worker: list[list[socket.socket]],
+        kept: Callable[[_Slot], list[socket.socket]],
+    ) -> list[Any]:
+        """Give each slot its sockets (into its ``kept(slot)`` list); return the
+        addresses bound."""
+        for slot in self._slots:
+            kept(slot).extend(per_worker[slot.index])
+        return self._bound(per_worker[0])
 
     def _bound(self, sockets: list[socket.socket]) -> list[Any]:
         addresses = [sock.getsockname() for sock in sockets]

@@ -230,24 +230,30 @@ LAYERS = _layer_table(ARCHITECTURE.read_text())
 def _layer_of(module: str, layers: list[tuple[str, list[str]]]) -> int | None:
     """The index of *module*'s layer, or None if the table does not place it.
 
-    An entry covers the module it names, and what is inside it (``asycamore.testing``
-    covers ``asycamore.testing.kit``; ``asycamore.backends.*`` covers the package and
-    its modules); the longest entry that covers *module* decides.  A package that no
-    entry covers belongs to the layer of its modules' entries, if they share one (the
-    rows of ``_transport.*`` place ``asycamore._transport``).
+    An entry covers the module it names and, unless the table lists modules inside it
+    separately, what is inside it: ``asycamore.testing`` covers ``asycamore.testing.kit``
+    and ``asycamore.backends.*`` the package and its modules, but ``asycamore`` only
+    the package itself.  The longest entry that covers *module* decides.  A package
+    that no entry covers belongs to the layer of its modules' entries, if they share
+    one (the rows of ``_transport.*`` place ``asycamore._transport``).
     """
-    best: tuple[int, int] | None = None  # (length of the entry, layer index)
-    inside: set[int] = set()
-    for index, (_, entries) in enumerate(layers):
-        for entry in entries:
-            prefix = entry.removesuffix(".*")
-            if module == prefix or module.startswith(prefix + "."):
-                if best is None or len(entry) > best[0]:
-                    best = (len(entry), index)
-            elif prefix.startswith(module + "."):
-                inside.add(index)
-    if best is not None:
-        return best[1]
+    rows = [
+        (entry.removesuffix(".*"), entry.endswith(".*"), index)
+        for index, (_, entries) in enumerate(layers)
+        for entry in entries
+    ]
+
+    def covers(name: str, wildcard: bool) -> bool:
+        if module == name:
+            return True
+        if not module.startswith(name + "."):
+            return False
+        return wildcard or not any(other.startswith(name + ".") for other, _, _ in rows)
+
+    covering = [(len(name), index) for name, wildcard, index in rows if covers(name, wildcard)]
+    if covering:
+        return max(covering)[1]
+    inside = {index for name, _, index in rows if name.startswith(module + ".")}
     return inside.pop() if len(inside) == 1 else None
 
 
@@ -347,7 +353,8 @@ def test_a_downward_import_is_caught(tmp_path: Path) -> None:
     table = tmp_path / "architecture.rst"
     table.write_text(
         "The layers\n----------\n\nIn order::\n\n"
-        "    core            asycamore.dispatcher    the protocols,\n"
+        "    core            asycamore               the package\n"
+        "                    asycamore.dispatcher    the protocols,\n"
         "                                            iterate\n"
         "                    asycamore.errors        the exceptions\n"
         "    backends        asycamore.backends.base the base\n"
@@ -359,7 +366,7 @@ def test_a_downward_import_is_caught(tmp_path: Path) -> None:
     )
     layers = _layer_table(table.read_text())
     assert layers == [
-        ("core", ["asycamore.dispatcher", "asycamore.errors"]),
+        ("core", ["asycamore", "asycamore.dispatcher", "asycamore.errors"]),
         ("backends", ["asycamore.backends.base", "asycamore.backends.*"]),
         ("transports", ["asycamore.tcpsocket", "asycamore._transport.stream"]),
         ("service", ["asycamore.servicemodel"]),
@@ -367,7 +374,8 @@ def test_a_downward_import_is_caught(tmp_path: Path) -> None:
     assert _layer_of("asycamore._transport", layers) == 2  # the package of its rows
     assert _layer_of("asycamore.backends", layers) == 1
     assert _layer_of("asycamore.backends.epoll", layers) == 1
-    assert _layer_of("asycamore.unlisted", layers) is None
+    assert _layer_of("asycamore", layers) == 0
+    assert _layer_of("asycamore.unlisted", layers) is None  # not by the package's row
     planted = tmp_path / "planted.py"
     planted.write_text(
         "import os\n"

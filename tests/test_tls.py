@@ -1275,3 +1275,33 @@ def test_cli_bad_tls_files(pki: PKI, tmp_path: Path) -> None:
             assert lines[0].startswith("asycamore: error: "), (name, lines)
             assert "--help" not in lines[0], (name, lines)
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("relaying", [False, True], ids=["echo-like", "relaying"])
+def test_reads_produce_writes_reaches_the_plain_connection(
+    service: Service, pki: PKI, relaying: bool
+) -> None:
+    """A TLS protocol's ``reads_produce_writes`` decides for the plain connection under
+    it, which does the reading: a relaying protocol's full buffer must not stop it."""
+
+    class Relaying(Recorder):
+        reads_produce_writes = not relaying
+
+    protocols: list[Relaying] = []
+    port = service.listen_tcp(lambda: protocols.append(Relaying()) or protocols[-1],
+                              ssl=pki.server_context(), high_water=1024).port  # fmt: skip
+
+    def hold(tls: ssl.SSLSocket) -> bytes:
+        tls.sendall(b"hello")
+        return tls.recv(5)
+
+    thread, _results = python_client(port, pki.client_context(), hold)
+    pump(service, lambda: bool(protocols) and bytes(protocols[0].data) == b"hello")
+    tls = protocols[0].transport
+    assert isinstance(tls, TLSConnection)
+    tls.write(b"x" * (1 << 26))  # more than the sockets hold: the client reads 5 bytes
+    plain = tls.connection
+    assert plain.get_write_buffer_size() > 1024
+    assert plain.reading is relaying
+    tls.abort()
+    pump_while(service, thread)

@@ -58,21 +58,7 @@ from .resolve import is_v4_mapped, resolve
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = [
-    "MAX_DATAGRAM_SIZE",
-    "MAX_PAYLOAD_IPV4",
-    "MAX_PAYLOAD_IPV6",
-    "DatagramEndpoint",
-    "DatagramHandler",
-    "DatagramKeywords",
-    "DatagramSocketKeywords",
-    "DatagramTooLarge",
-    "bind_udp",
-    "bind_udp_all",
-    "connect_udp",
-    "create_datagram_socket",
-    "setup_datagram_socket",
-]
+# The public names are asycamore.udpsocket's list: this module is its implementation.
 
 MAX_PAYLOAD_IPV4: Final = 65507
 """The largest UDP payload over IPv4: 65,535 minus the 20-byte IP and 8-byte UDP

@@ -36,6 +36,7 @@ __all__ = [
     "create_listening_socket",
     "create_listening_sockets",
     "create_unix_listening_socket",
+    "listen_socket",
     "listen_tcp",
     "listen_unix",
     "remove_socket_file",
@@ -640,32 +641,24 @@ def listen_tcp(
     """
     check_factory(protocol_factory)
     socket_options, accept, streams = _split(keywords)
-    options = options.merged(streams)
-    handler_factory = protocol_factory
+    options = options.merged(streams)  # checked before a socket exists
     if ssl is not None:
-        # Imported here: ssl costs a plain-TCP server some 6 MiB and 10 ms at start.
-        from .tls import tls_handler_factory
+        from .tls import check_tls_timers, server_context
 
-        handler_factory = tls_handler_factory(
-            protocol_factory,
-            ssl,
-            options,
-            timers=timers,
-            on_connection=on_connection,
-            on_connection_closed=on_connection_closed,
-        )
-        on_connection = on_connection_closed = None  # the TLS layer's business now
+        server_context(ssl)
+        check_tls_timers(timers, options)
     socks = create_listening_sockets(host, port, **socket_options)
     try:
-        return Listener(
+        return listen_socket(
             context,
+            protocol_factory,
             socks,
-            handler_factory,
-            options,
+            ssl=ssl,
             timers=timers,
             on_connection=on_connection,
             on_connection_closed=on_connection_closed,
             recv_buffer=recv_buffer,
+            options=options,
             **accept,
         )
     except BaseException:
@@ -691,24 +684,74 @@ def listen_unix(
     the listener is closed."""
     check_factory(protocol_factory)
     socket_options, accept, streams = _split(keywords)
-    options = options.merged(streams)
+    options = options.merged(streams)  # checked before a socket exists
     sock = create_unix_listening_socket(
         path, backlog=socket_options.get("backlog", DEFAULT_BACKLOG)
     )
     try:
-        return Listener(
+        return listen_socket(
             context,
-            sock,
             protocol_factory,
-            options,
+            sock,
             timers=timers,
             on_connection=on_connection,
             on_connection_closed=on_connection_closed,
             socket_file=path,
             recv_buffer=recv_buffer,
+            options=options,
             **accept,
         )
     except BaseException:
         sock.close()
         remove_socket_file(path)
         raise
+
+
+def listen_socket(
+    context: IDispatchContext,
+    protocol_factory: Callable[[], StreamHandler],
+    sock: socket.socket | Sequence[socket.socket],
+    *,
+    ssl: SSLContext | None = None,
+    timers: Timers | None = None,
+    on_connection: Callable[[Any], object] | None = None,
+    on_connection_closed: Callable[[Any], object] | None = None,
+    socket_file: str | None = None,
+    recv_buffer: memoryview | None = None,
+    options: TransportOptions = DEFAULT_OPTIONS,
+    **keywords: Unpack[ListenKeywords],
+) -> Listener:
+    """A :class:`Listener` on *sock*: one socket or several, already bound and
+    listening (:func:`listen_tcp` and :func:`listen_unix` make theirs, a parent process
+    may have made them for its workers).  Everything else is as for :func:`listen_tcp`
+    (the socket keywords do not apply).  The listener owns the sockets from then on;
+    if this raises, the caller still does."""
+    check_factory(protocol_factory)
+    _, accept, streams = _split(keywords)
+    options = options.merged(streams)
+    handler_factory = protocol_factory
+    if ssl is not None:
+        # Imported here: ssl costs a plain-TCP server some 6 MiB and 10 ms at start.
+        from .tls import tls_handler_factory
+
+        handler_factory = tls_handler_factory(
+            protocol_factory,
+            ssl,
+            options,
+            timers=timers,
+            on_connection=on_connection,
+            on_connection_closed=on_connection_closed,
+        )
+        on_connection = on_connection_closed = None  # the TLS layer's business now
+    return Listener(
+        context,
+        sock,
+        handler_factory,
+        options,
+        timers=timers,
+        on_connection=on_connection,
+        on_connection_closed=on_connection_closed,
+        socket_file=socket_file,
+        recv_buffer=recv_buffer,
+        **accept,
+    )

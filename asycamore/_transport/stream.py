@@ -26,7 +26,7 @@ reach the context -- a system call on epoll and kqueue -- only when they change.
 
 ``_shut_wr`` is the sending side's EOF: NONE, PENDING (``write_eof()`` was called
 with data still buffered: the ``shutdown(SHUT_WR)`` waits for the buffer to drain)
-and DONE.  The receiving side's EOF is the ``_OFF_EOF`` reason in ``_read_off``.
+and DONE.  The receiving side's EOF is the ``OFF_EOF`` reason in ``_read_off``.
 Once both are in, the connection closes itself: nothing can move either way.
 
 The write buffer, ``_chunks``, is a deque of chunks that is never re-copied: a
@@ -40,20 +40,24 @@ thread, or one per :class:`~asycamore.servicemodel.Service`): an idle connection
 no read buffer at all.  The handler gets a ``bytes`` copy of what arrived, or a
 memoryview of the shared buffer if it asked for one (``receive_memoryview``), valid
 only during the call.
+
+The class is cut in three along those lines, each a base of the next:
+:class:`~.writing.StreamWriter` (:mod:`.writing`) is the sending side -- the write
+buffer, flow control, ``write_eof`` and the interest in the context;
+:class:`~.connecting.ConnectingStream` (:mod:`.connecting`) is the CONNECTING state of a
+client connect; :class:`Connection`, here, is the rest: starting, reading, EOFs and the
+close.  :class:`Connection` alone has an ``__init__``, which sets the fields of all
+three (one call per connection, as for one class).
 """
 
 from __future__ import annotations
 
-import collections
 import errno
-import itertools
-import os
 import socket
 from collections.abc import Callable, Iterable
 from time import monotonic
 from typing import Any, Final, Protocol, runtime_checkable
 
-from ..arguments import address_error, not_text
 from ..dispatcher import IDispatchContext
 from ..timers import Timers
 from .base import (
@@ -63,50 +67,26 @@ from .base import (
     EVENTS,
     OPEN,
     READ,
-    WRITE,
     Transport,
     default_recv_buffer,
-    log,
-    log_connect_failure,
-    set_nodelay,
 )
+from .connecting import Cancellable, ConnectingStream
 from .options import DEFAULT_OPTIONS, TransportOptions
+from .writing import OFF_CLOSING, OFF_EOF, OFF_FLOW, OFF_USER, SHUT_WR_DONE, SHUT_WR_NONE
 
 __all__ = ["Cancellable", "Connection", "StreamHandler", "StreamTransport"]
 
-# _read_off: why reading is off (reading is on only when no bit is set).
-_OFF_USER: Final = 1  # pause_reading()
-_OFF_FLOW: Final = 2  # the write buffer is above the high-water mark
-_OFF_EOF: Final = 4  # the peer sent EOF
-_OFF_CLOSING: Final = 8  # close() is flushing
-_OFF_CONNECTING: Final = 16  # not connected yet
-# _read_mask: the reasons that do stop reading.  For a handler whose reads do not feed
-# its own writes (a proxy's side), a full write buffer only pauses the handler.
+# _read_mask: the reasons (the OFF_ bits of _read_off, see .writing) that do stop
+# reading.  For a handler whose reads do not feed its own writes (a proxy's side), a
+# full write buffer only pauses the handler.
 _ALL_REASONS: Final = -1
-_NOT_FLOW: Final = ~_OFF_FLOW
+_NOT_FLOW: Final = ~OFF_FLOW
 
-# _shut_wr: write_eof() progress.
-_SHUT_WR_NONE: Final = 0
-_SHUT_WR_PENDING: Final = 1  # shutdown(SHUT_WR) once the buffer is flushed
-_SHUT_WR_DONE: Final = 2
-
-_IOV_MAX: Final = 64  # chunks per sendmsg() call
 _MIN_READ: Final = 64 * 1024  # no read is capped below this (see _first_read_size)
 _LINGER_READS: Final = 16  # reads that close() makes at once to discard queued input
 # Where a closing connection's discarded input goes.  Shared by every thread: what lands
 # in it is never read.
 _DISCARD: Final = memoryview(bytearray(64 * 1024))
-_COALESCE_BELOW: Final = 4096  # small writes are copied into a shared tail chunk...
-_COALESCE_LIMIT: Final = 64 * 1024  # ...until it is this big
-
-
-class Cancellable(Protocol):
-    """Anything with a ``cancel()``: a timer, or a connect's pending work
-    (see :meth:`Connection.start_resolving`)."""
-
-    def cancel(self) -> None:
-        """Stop it; harmless twice."""
-        ...
 
 
 class StreamHandler(Protocol):
@@ -226,20 +206,11 @@ def _read_mask(handler: object) -> int:
     return _ALL_REASONS if getattr(handler, "reads_produce_writes", True) else _NOT_FLOW
 
 
-def _as_bytes_view(data: object) -> memoryview:
-    """*data* as a byte view; a :class:`str` is refused with a message that says to
-    encode it (memoryview's own says only "a bytes-like object is required")."""
-    try:
-        return memoryview(data).cast("B")  # type: ignore[arg-type]
-    except TypeError:
-        raise not_text(data, "write()") from None
-
-
 def _no_data(data: bytes) -> None:
     pass
 
 
-class Connection(Transport):
+class Connection(ConnectingStream):
     """A connected stream socket as a dispatch target: the transport of one handler.
 
     *sock* must be connected (or connecting, see :func:`connect_tcp`); it is made
@@ -271,20 +242,14 @@ class Connection(Transport):
     more than ``max(high_water, 64 KiB) + 1`` bytes for a peer that does not read.
     """
 
+    # The sending side's fields are StreamWriter's, the connect's ConnectingStream's.
     __slots__ = (
-        "_chunks",
-        "_connect_to",
         "_deliver",
-        "_head_sent",
         "_linger",
         "_note_reads",
-        "_read_mask",
-        "_read_off",
         "_read_size",
         "_recv_buffer",
-        "_shut_wr",
         "_spoke",
-        "_timer",
         "_timers",
         "_wants_views",
     )
@@ -303,23 +268,26 @@ class Connection(Transport):
         timers: Timers | None = None,
         start: bool = True,
     ) -> None:
-        super().__init__(context, sock, handler, options, on_close)
+        # Not super(): it would look __init__ up through the two bases that have none,
+        # on every connection.
+        Transport.__init__(self, context, sock, handler, options, on_close)
         self._timers = timers
         self._linger = options.linger
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
         self._deliver: Callable[[Any], object] = handler.data_received
         self._recv_buffer = default_recv_buffer() if recv_buffer is None else recv_buffer
         self._read_size = self._first_read_size()
-        self._chunks: collections.deque[bytes | bytearray | memoryview] | None = None
+        self._chunks = None
         self._head_sent = 0
         self._spoke = False
         self._note_reads = True
-        self._connect_to: Any = None
+        self._connect_to = None
         self._read_off = 0
         self._read_mask = _read_mask(handler)
-        self._shut_wr = _SHUT_WR_NONE
-        # The connect timeout, or a pending connect's work: cancelled on release.
-        self._timer: Cancellable | None = None
+        self._shut_wr = SHUT_WR_NONE
+        # The connect timeout, a pending connect's work or the linger: cancelled on
+        # release.
+        self._timer = None
         if start:
             self.start()
 
@@ -378,10 +346,6 @@ class Connection(Transport):
         if self._state == OPEN:
             self._update_interest()
 
-    def _register(self, events: int) -> None:
-        self._context.register(self, EVENTS[events])
-        self._events = events
-
     # -- the dispatch target ---------------------------------------------------------------------
 
     def handle_read_event(self) -> None:
@@ -415,45 +379,12 @@ class Connection(Transport):
         else:
             self._read_eof()
 
-    def handle_write_event(self) -> None:
-        """Send what is buffered (or finish a connect)."""
-        if self._state == CONNECTING:
-            self._finish_connect()
-            return
-        chunks = self._chunks
-        if not chunks:
-            self._update_interest()
-            return
-        try:
-            if len(chunks) == 1:
-                off = self._head_sent
-                n = self._sock.send(memoryview(chunks[0])[off:] if off else chunks[0])
-            else:
-                n = self._sock.sendmsg(self._iov(chunks))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._lose(exc)
-            return
-        if self._track_activity:
-            self.last_activity = monotonic()
-        self._advance(chunks, n)
-        if not chunks:
-            self._drained()
-        elif self._read_off & _OFF_FLOW and self._buffered <= self._low:
-            self._flow_resume()
-
     # -- public API -------------------------------------------------------------------------------
 
     @property
     def handler(self) -> StreamHandler | None:
         """The handler (``None`` once the connection is closed)."""
         return self._handler
-
-    @property
-    def connecting(self) -> bool:
-        """Whether a client connect is still in progress."""
-        return self._state == CONNECTING
 
     @property
     def reading(self) -> bool:
@@ -463,12 +394,7 @@ class Connection(Transport):
     @property
     def eof_received(self) -> bool:
         """Whether the peer has closed its sending side."""
-        return bool(self._read_off & _OFF_EOF)
-
-    @property
-    def eof_written(self) -> bool:
-        """Whether :meth:`write_eof` was called."""
-        return self._shut_wr != _SHUT_WR_NONE
+        return bool(self._read_off & OFF_EOF)
 
     def _first_read_size(self) -> int:
         """How much one read takes when nothing is buffered (0: the whole buffer).
@@ -490,7 +416,7 @@ class Connection(Transport):
         handler whose reads do not feed its writes (``reads_produce_writes = False``)
         reads as much as with nothing buffered.
         """
-        if not self._read_mask & _OFF_FLOW:
+        if not self._read_mask & OFF_FLOW:
             return self._read_size
         size = max(self._high, _MIN_READ) + 1 - self._buffered
         return 0 if size >= len(self._recv_buffer) else size
@@ -503,106 +429,15 @@ class Connection(Transport):
 
     def pause_reading(self) -> None:
         """Stop reading from the socket until :meth:`resume_reading`."""
-        if not self._read_off & _OFF_USER:
-            self._read_off |= _OFF_USER
+        if not self._read_off & OFF_USER:
+            self._read_off |= OFF_USER
             self._update_interest()
 
     def resume_reading(self) -> None:
         """Undo :meth:`pause_reading` (reading may stay off for flow control or EOF)."""
-        if self._read_off & _OFF_USER:
-            self._read_off &= ~_OFF_USER
+        if self._read_off & OFF_USER:
+            self._read_off &= ~OFF_USER
             self._update_interest()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send *data*, buffering whatever the socket does not take at once.
-
-        Never blocks.  *data* is not referenced after the call unless it is
-        :class:`bytes` (what is buffered of any other object is copied), so a
-        memoryview of a reused buffer may be written.  Writes after :meth:`close` or
-        :meth:`abort`, or once the connection is lost, are silently dropped; a write
-        after :meth:`write_eof` raises :class:`RuntimeError`.
-        """
-        if self._chunks or self._state != OPEN or self._shut_wr:
-            self._write_later(data)
-            return
-        # Nothing is buffered: send at once.  This is the echo path, so it is kept to
-        # the fewest operations: bytes and memoryviews (the receive buffer's slices)
-        # are sized without a conversion.
-        kind = type(data)
-        if kind is bytes:
-            size = len(data)
-        elif kind is memoryview:
-            size = data.nbytes  # type: ignore[union-attr]
-        else:
-            data = _as_bytes_view(data)
-            size = data.nbytes
-        if not size:
-            return
-        try:
-            n = self._sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as exc:
-            self._lose(exc)
-            return
-        if n and self._track_activity:
-            self.last_activity = monotonic()
-        if n == size:
-            return
-        # The socket took part (or none): keep the rest, a view if *data* is immutable.
-        if kind is bytes:
-            rest: bytes | bytearray | memoryview = memoryview(data)[n:] if n else data
-        else:
-            rest = bytes(memoryview(data).cast("B")[n:])
-        chunks = self._chunks
-        if chunks is None:
-            chunks = self._chunks = collections.deque()
-        chunks.append(rest)
-        self._buffered = size - n
-        self._check_flow()
-        self._update_interest()
-
-    def _write_later(self, data: bytes | bytearray | memoryview) -> None:
-        """`write` when data is already buffered, or the connection is not open."""
-        if type(data) is not bytes:
-            data = _as_bytes_view(data)  # refused at the call, whatever the state
-        state = self._state
-        if state != OPEN or self._shut_wr:
-            if state <= OPEN and self._shut_wr:
-                raise RuntimeError("write() after write_eof()")
-            if state != CONNECTING:
-                return
-        size = len(data)
-        if not size:
-            return
-        chunks = self._chunks
-        if chunks is None:
-            chunks = self._chunks = collections.deque()
-        self._append(chunks, data, size)
-        self._buffered += size
-        if self._buffered > self._high and not self._read_off & _OFF_FLOW and state == OPEN:
-            self._check_flow()
-            self._update_interest()
-
-    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
-        """Write several chunks, as one :meth:`write` of their concatenation."""
-        self.write(b"".join(chunks))
-
-    def write_eof(self) -> None:
-        """Half-close: shut down the sending side once the buffer is flushed.
-
-        The connection keeps reading.  It closes itself once both sides have sent EOF.
-        """
-        if self._state > OPEN or self._shut_wr:
-            return
-        if self._chunks or self._state == CONNECTING:
-            self._shut_wr = _SHUT_WR_PENDING
-            return
-        self._shutdown_write()
-
-    def can_write_eof(self) -> bool:
-        """Always true: stream sockets support half-close."""
-        return True
 
     def close(self) -> None:
         """Close gracefully: flush the write buffer, send EOF, then close.
@@ -630,7 +465,7 @@ class Connection(Transport):
             self._finish(None)
             return
         self._state = CLOSING
-        self._read_off |= _OFF_CLOSING
+        self._read_off |= OFF_CLOSING
         if self._chunks:
             self._update_interest()  # flush first: _drained() lingers
         else:
@@ -653,98 +488,12 @@ class Connection(Transport):
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _update_interest(self) -> None:
-        state = self._state
-        if state not in (OPEN, CLOSING):
-            return
-        events = (0 if self._read_off & self._read_mask else READ) | (WRITE if self._chunks else 0)
-        if events != self._events:
-            self._events = events
-            self._context.modify(self, EVENTS[events])
-
-    def _check_flow(self) -> None:
-        """Apply the water marks to the current buffer size (may call the handler)."""
-        if self._read_off & _OFF_FLOW:
-            if self._buffered <= self._low:
-                self._flow_resume()
-        elif self._buffered > self._high:
-            self._read_off |= _OFF_FLOW
-            self._pause_handler()
-
-    def _flow_resume(self) -> None:
-        self._read_off &= ~_OFF_FLOW
-        self._update_interest()
-        if self._state == OPEN:
-            self._resume_handler()
-
-    @staticmethod
-    def _append(
-        chunks: collections.deque[bytes | bytearray | memoryview],
-        data: bytes | memoryview,
-        size: int,
-    ) -> None:
-        if size < _COALESCE_BELOW:
-            # Small writes share a tail chunk: fewer iovecs and less per-chunk memory.
-            # The head (len 1) is never extended: a send may hold a view on it.
-            if len(chunks) > 1:
-                tail = chunks[-1]
-                if type(tail) is bytearray and len(tail) + size <= _COALESCE_LIMIT:
-                    tail += data
-                    return
-            chunks.append(bytearray(data))
-        elif type(data) is bytes:
-            chunks.append(data)
-        else:
-            chunks.append(bytes(data))
-
-    def _iov(
-        self, chunks: collections.deque[bytes | bytearray | memoryview]
-    ) -> list[bytes | bytearray | memoryview]:
-        iov = list(itertools.islice(chunks, _IOV_MAX))
-        if self._head_sent:
-            iov[0] = memoryview(iov[0])[self._head_sent :]
-        return iov
-
-    def _advance(self, chunks: collections.deque[bytes | bytearray | memoryview], n: int) -> None:
-        self._buffered -= n
-        n += self._head_sent
-        while chunks:
-            head_len = len(chunks[0])
-            if n < head_len:
-                break
-            chunks.popleft()
-            n -= head_len
-        self._head_sent = n
-
-    def _drained(self) -> None:
-        """The write buffer just became empty."""
-        if self._shut_wr == _SHUT_WR_PENDING:
-            self._shutdown_write()
-            if self._state == CLOSED:
-                return
-        if self._state == CLOSING:
-            self._start_linger()
-            return
-        if self._read_off & _OFF_FLOW:
-            self._flow_resume()
-        self._update_interest()
-
-    def _shutdown_write(self) -> None:
-        self._shut_wr = _SHUT_WR_DONE
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            self._lose(exc)
-            return
-        if self._read_off & _OFF_EOF:
-            self._finish(None)
-
     def _start_linger(self) -> None:
         """`close` has flushed everything: send EOF, then wait for the peer's."""
-        if self._read_off & _OFF_EOF:
+        if self._read_off & OFF_EOF:
             self._finish(None)  # the peer is done too: nothing can arrive any more
             return
-        if self._shut_wr != _SHUT_WR_DONE:
+        if self._shut_wr != SHUT_WR_DONE:
             self._shutdown_write()
             if self._state == CLOSED:
                 return
@@ -789,7 +538,7 @@ class Connection(Transport):
         if self._state == CLOSING:
             self._finish(None)  # lingering (see close): the peer has closed too
             return
-        self._read_off |= _OFF_EOF
+        self._read_off |= OFF_EOF
         handler = self._handler
         keep_open = handler.eof_received() if handler is not None else None
         if self._state != OPEN:
@@ -801,18 +550,10 @@ class Connection(Transport):
                 self._finish(None)
                 return
             self.close()
-        elif self._shut_wr == _SHUT_WR_DONE:
+        elif self._shut_wr == SHUT_WR_DONE:
             self._finish(None)
         else:
             self._update_interest()
-
-    def _lose(self, exc: BaseException) -> None:
-        """The socket failed (reset, broken pipe, connect error...)."""
-        if self._state == CONNECTING:
-            self._fail_connect(exc)
-            return
-        log.debug("%r lost: %s", self, exc)
-        self._finish(exc)
 
     def _release(self) -> StreamHandler | None:
         """Unregister and close the socket; return the handler to notify, if any."""
@@ -837,110 +578,3 @@ class Connection(Transport):
         self._handler = None
         self._deliver = _no_data
         return handler
-
-    # -- client connects ---------------------------------------------------------------
-
-    def start_connect(
-        self, timeout: float | None = None, timers: Timers | None = None, address: Any = None
-    ) -> None:
-        """Wait for the socket's non-blocking connect, begun by the caller, to finish.
-
-        For a connection made with ``start=False`` on a socket whose ``connect_ex``
-        returned ``EINPROGRESS`` (or 0): registers for writability, then calls
-        ``handler.connection_made`` once connected, or ``connection_failed(exc)`` if the
-        connect fails or *timeout* seconds pass first (a timeout needs *timers*).  The
-        error names *address*, the address being connected to, if given.
-        :func:`connect_tcp` is built on it.
-        """
-        if timeout is not None and timers is None:
-            raise ValueError("a connect timeout needs timers")
-        self._connect_to = address
-        self._state = CONNECTING
-        self._read_off |= _OFF_CONNECTING
-        self._register(WRITE)
-        if timeout is not None and timers is not None:
-            self._timer = timers.call_later(timeout, self._connect_timed_out)
-
-    def start_resolving(self, pending: Cancellable) -> None:
-        """Be a client connect whose socket does not exist yet.
-
-        For a connection made with ``sock=None`` and ``start=False``: it is connecting
-        (writes are buffered, :meth:`close` and :meth:`abort` end it with
-        ``connection_failed``) while *pending* -- the caller's name resolution and
-        connection attempts -- runs.  *pending* finishes with :meth:`connect_socket`
-        (success) or :meth:`abort` (failure: ``abort(exc)`` reaches
-        ``connection_failed(exc)``); if the connection is closed first,
-        ``pending.cancel()`` is called.  :func:`connect_tcp` uses it for host names.
-        """
-        self._state = CONNECTING
-        self._read_off |= _OFF_CONNECTING
-        self._timer = pending
-
-    def connect_socket(self, sock: socket.socket) -> None:
-        """Finish a :meth:`start_resolving` connect with *sock*, which has connected.
-
-        The connection registers *sock* in its context and calls
-        ``handler.connection_made``; the pending work is cancelled (it has nothing
-        left to do but close the attempts that lost).  If the context refuses *sock*,
-        the connect fails with that error.
-        """
-        if self._state != CONNECTING or self._fileno >= 0:
-            sock.close()
-            raise RuntimeError("connect_socket() on a connection that is not resolving")
-        sock.setblocking(False)
-        self._sock = sock
-        self._fileno = sock.fileno()
-        try:
-            self._register(WRITE)
-        except (KeyError, ValueError) as exc:
-            self._fail_connect(exc)
-            return
-        self._finish_connect()
-
-    def _connect_timed_out(self) -> None:
-        self._timer = None
-        if self._state == CONNECTING:
-            self._fail_connect(TimeoutError(errno.ETIMEDOUT, "connect timed out"))
-
-    def _finish_connect(self) -> None:
-        try:
-            err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        except OSError as exc:
-            self._fail_connect(exc)
-            return
-        if err:
-            self._fail_connect(OSError(err, os.strerror(err)))
-            return
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            timer.cancel()
-        self._state = OPEN
-        self._read_off &= ~_OFF_CONNECTING
-        set_nodelay(self._sock)
-        self._made()
-        if self._state != OPEN:
-            return
-        if self._chunks:
-            # Written while connecting: the socket is writable now, send it at once.
-            self._check_flow()
-            self._update_interest()
-            self.handle_write_event()
-        elif self._shut_wr == _SHUT_WR_PENDING:
-            self._shutdown_write()
-        self._update_interest()
-
-    def _fail_connect(self, exc: BaseException) -> None:
-        if self._state == CLOSED:
-            return
-        if self._connect_to is not None and isinstance(exc, OSError):
-            exc = address_error(exc, "connect to", self._connect_to)
-        handler = self._release()
-        try:
-            failed = getattr(handler, "connection_failed", None)
-            if failed is not None:
-                failed(exc)
-            else:
-                log_connect_failure(exc)
-        finally:
-            self._closed_hook()

@@ -167,7 +167,7 @@ class _PlainSide:
     # bytes copy of them first.
     receive_memoryview: Final = True
 
-    def __init__(self, tls: TLSConnection) -> None:
+    def __init__(self, tls: _TLSInbound) -> None:
         self.tls = tls
         """The :class:`TLSConnection` this handler belongs to."""
         self.connection_made = tls._plain_connection_made
@@ -179,41 +179,29 @@ class _PlainSide:
         self.resume_writing = tls._plain_resume_writing
         # The encrypted reads feed the plain side's writes as the protocol's reads feed
         # its own (a handshake, a close_notify aside): the same flow control applies.
-        self.reads_produce_writes = bool(getattr(tls.handler, "reads_produce_writes", True))
+        self.reads_produce_writes = bool(getattr(tls._protocol, "reads_produce_writes", True))
 
 
-class TLSConnection:
-    """A TLS session over a plain :class:`~asycamore.tcpsocket.Connection`: the
-    transport of one protocol, with :class:`~asycamore.tcpsocket.Connection`'s API.
+# A TLS connection is one object, its code in three classes, each using only what the
+# classes above it define:
+#
+# - _TLSSession: the state, and everything that goes *out*: encrypting, flushing, the
+#   close_notify exchange, the end of the connection as the protocol is told of it;
+# - _TLSInbound: construction, and everything that comes *in*: the plain connection's
+#   callbacks, the handshake, decrypting and delivering, the EOFs;
+# - TLSConnection: the transport the protocol sees, with every public name (the API
+#   reference lists a class's own members, so none lives in a base).
+#
+# Bases rather than objects that call each other, so that the hot path (an echo:
+# _plain_data_received, _read, the protocol, write, _flush) stays on one object's slots
+# with no call forwarded from one part to another.
 
-    Usually made for you: by :func:`~asycamore.tcpsocket.listen_tcp` and
-    :func:`~asycamore.tcpsocket.connect_tcp` with ``ssl=``, by
-    :func:`~asycamore.tcpsocket.start_tls`, or the :class:`~asycamore.servicemodel.Service`
-    methods of the same names.  Constructing one takes *connection* over (its handler
-    becomes :attr:`plain_handler`) and starts the handshake once the connection is
-    connected.
 
-    *protocol* hears ``connection_made(tls_connection)`` when the handshake completes
-    (not at the TCP connect), then the usual callbacks with the decrypted data.  If the
-    handshake fails or times out, a client's protocol hears ``connection_failed(exc)``
-    (logged as a warning without one), a server's ``handshake_failed(exc)`` if it has
-    one (logged at debug level without one: hostile and confused peers are routine for a
-    server); with *upgrade* (STARTTLS, where the protocol already has the connection) it
-    hears ``connection_lost(exc)``.  A certificate that does not verify is an
-    :class:`ssl.SSLCertVerificationError`, a handshake timeout a :class:`TimeoutError`.
+class _TLSSession:
+    """The state of a :class:`TLSConnection`, and its way out to the plain connection.
 
-    *timers* run the ``handshake_timeout`` of *options* (a
-    :class:`~asycamore.tcpsocket.TransportOptions`; from the TCP connect to the end of
-    the handshake, default :data:`DEFAULT_HANDSHAKE_TIMEOUT`) and its
-    ``shutdown_timeout`` (default :data:`DEFAULT_SHUTDOWN_TIMEOUT`); both may be
-    ``None`` (no limit), and timers are required unless both are.  With ``strict_eof``,
-    a peer that closes the TCP connection without a close_notify is an error
-    (:class:`ssl.SSLEOFError` to ``connection_lost``) instead of an ordinary EOF.
-    *on_close*, if given, is called with the TLS connection once the plain connection
-    under it has closed (the owner's bookkeeping).  *received* is encrypted data the
-    connection already read (STARTTLS: bytes that followed the command).
-
-    Everything here is single-threaded, like the connection under it.
+    Only ever a base of :class:`TLSConnection`: ``self`` is the transport the protocol
+    and the owner's ``on_close`` are handed.
     """
 
     __slots__ = (
@@ -246,6 +234,252 @@ class TLSConnection:
         "_wants_views",
     )
 
+    # The session: the plain connection it runs on, the SSLObject over its two BIOs.
+    _conn: Connection
+    _sslcontext: ssl.SSLContext
+    _sslobj: ssl.SSLObject
+    _incoming: ssl.MemoryBIO
+    _outgoing: ssl.MemoryBIO
+    _server_side: bool
+    _server_hostname: str | None
+    # The protocol, and how data reaches it (_deliver: its data_received, or _no_data).
+    _protocol: StreamHandler | None
+    _deliver: Callable[[Any], object]
+    _wants_views: bool
+    _told: bool  # the protocol has been told connection_made (STARTTLS: before us)
+    # The plain connection's handler; on_close is the owner's bookkeeping.
+    _side: _PlainSide | None
+    _on_close: Callable[[TLSConnection], object] | None
+    # The timeouts, and the one timer running (handshake or shutdown).
+    _timers: Timers | None
+    _handshake_timeout: float | None
+    _shutdown_timeout: float | None
+    _strict_eof: bool
+    _timer: TimerHandle | None
+    _resume_handle: TimerHandle | None  # resume_reading's deferred read
+    # The state machine (module note), and what the protocol asked for.
+    _state: int
+    _pending: list[bytes]  # plaintext written before the session could take it
+    _pending_size: int
+    _paused: bool  # the protocol paused reading
+    _plain_paused: bool  # the plain connection paused our writing
+    _app_paused: bool  # ... and the protocol has been told pause_writing
+    _delivering: bool  # inside the protocol's data_received: flush after it returns
+    _eof: bool  # the peer has finished sending
+
+    # -- encrypting ------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        outgoing = self._outgoing
+        if outgoing.pending:
+            self._conn.write(outgoing.read())
+
+    def _keep(self, data: bytes | bytearray | memoryview) -> None:
+        chunk = bytes(data)
+        if chunk:
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
+
+    def _write_later(self, data: bytes | bytearray | memoryview) -> None:
+        if isinstance(data, str):
+            raise not_text(data, "write()")  # refused at the call, whatever the state
+        state = self._state
+        if state == _HANDSHAKE:
+            self._keep(data)
+        elif state == _OPEN:
+            # Behind earlier writes that a renegotiation held up: keep the order.
+            self._keep(data)
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        pending = self._pending
+        self._pending = []
+        self._pending_size = 0
+        write = self._sslobj.write
+        for i, data in enumerate(pending):
+            try:
+                write(data)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                # A renegotiation is under way: retry on the next incoming data.
+                rest = pending[i:]
+                self._pending = rest
+                self._pending_size = sum(map(len, rest))
+                break
+            except ssl.SSLError as exc:
+                self._fatal(exc)
+                return
+        self._flush()
+
+    def _fatal(self, exc: BaseException) -> None:
+        """A TLS error on an open connection: send the alert (if any), abort."""
+        self._flush()
+        self._conn.abort(exc)
+
+    # -- the close_notify exchange ---------------------------------------------------------
+
+    def _close(self) -> None:
+        """What :meth:`TLSConnection.close` does; also how the peer's close_notify ends
+        the session when the protocol does not keep it open (``_tls_eof``)."""
+        state = self._state
+        if state == _HANDSHAKE:
+            if self._conn.connecting:
+                self._conn.close()  # the plain connect fails: _plain_connection_failed
+            else:
+                self._fail(
+                    ConnectionAbortedError(errno.ECONNABORTED, "closed during the handshake"),
+                    abort=True,
+                )
+            return
+        if state != _OPEN:
+            return
+        self._state = _SHUTDOWN
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
+        # The peer's close_notify must be read even if the protocol paused reading.
+        self._conn.resume_reading()
+        self._arm(self._shutdown_timeout, self._shutdown_timed_out)
+        self._shutdown_step()
+
+    def _shutdown_step(self) -> None:
+        sslobj = self._sslobj
+        # Application data the peer sent after our close() is read and dropped (into
+        # a fresh buffer: the protocol may still hold a view of the shared one), else
+        # unwrap() would fail on it.
+        # Bounded: each read consumes at least one record, of six bytes or more.
+        for _ in range(self._incoming.pending // 6 + 2):
+            try:
+                if not sslobj.read(_DECRYPT_BUFFER_SIZE):
+                    break
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError):
+                break
+            except ssl.SSLError:
+                self._conn.abort()
+                return
+        conn = self._conn
+        try:
+            sslobj.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            # Our close_notify is queued; half-close the TCP connection behind it so
+            # that peers which wait for an EOF rather than a close_notify finish too.
+            self._flush()
+            if not conn.eof_written and not conn.is_closing():
+                conn.write_eof()
+            return
+        except ssl.SSLError:
+            # A peer that garbles its goodbye: we were closing anyway.
+            self._flush()
+            conn.abort()
+            return
+        self._flush()
+        conn.close()
+
+    def _shutdown_timed_out(self) -> None:
+        self._timer = None
+        conn = self._conn
+        if conn.closed:
+            return
+        unsent = conn.write_buffer_size
+        log.debug("%r: TLS shutdown timed out (%d bytes unsent)", self, unsent)
+        conn.abort(
+            TimeoutError(errno.ETIMEDOUT, f"TLS shutdown timed out with {unsent} bytes unsent")
+            if unsent
+            else None
+        )
+
+    # -- the ends: telling the protocol, once -----------------------------------------------
+
+    def _fail(self, exc: BaseException, abort: bool = False) -> None:
+        """The handshake failed: close the plain connection, report *exc*."""
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        self._cancel_timer()
+        self._pending.clear()
+        self._pending_size = 0
+        conn = self._conn
+        if abort:
+            conn.abort()
+        else:
+            # Graceful, so the alert queued above reaches the peer; bounded, in case
+            # the peer does not read it.
+            conn.close()
+            if not conn.closed:
+                self._arm(self._shutdown_timeout, self._shutdown_timed_out)
+        self._report_failure(exc)
+
+    def _report_failure(self, exc: BaseException) -> None:
+        protocol = self._protocol
+        self._protocol = None
+        self._deliver = _no_data
+        if protocol is None:
+            return
+        if self._told:
+            protocol.connection_lost(exc)
+        elif self._server_side:
+            hook = getattr(protocol, "handshake_failed", None)
+            if hook is not None:
+                hook(exc)
+            else:
+                log.debug("TLS handshake failed on %r: %s", self._conn, exc)
+        else:
+            failed = getattr(protocol, "connection_failed", None)
+            if failed is not None:
+                failed(exc)
+            else:
+                log_connect_failure(exc)
+
+    def _lost(self, exc: BaseException | None) -> None:
+        self._cancel_timer()
+        # Break the cycle with the plain side's bound methods, so that a closed TLS
+        # connection is freed by reference counting, not left to the garbage collector.
+        self._side = None
+        state = self._state
+        self._state = _CLOSED
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
+        if state == _CLOSED:
+            return
+        if state == _HANDSHAKE:
+            self._report_failure(
+                exc or ConnectionAbortedError(errno.ECONNABORTED, "closed during the handshake")
+            )
+            return
+        protocol = self._protocol
+        self._protocol = None
+        self._deliver = _no_data
+        if protocol is not None:
+            protocol.connection_lost(exc)
+
+    def _closed_hook(self) -> None:
+        on_close = self._on_close
+        if on_close is not None:
+            self._on_close = None
+            on_close(self)  # type: ignore[arg-type]  # a TLSConnection: see the class note
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def _arm(self, delay: float | None, callback: Callable[[], object]) -> None:
+        self._cancel_timer()
+        timers = self._timers
+        if delay is not None and timers is not None:
+            self._timer = timers.call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+
+
+class _TLSInbound(_TLSSession):
+    """What comes in: construction (see :class:`TLSConnection` for the arguments), the
+    plain connection's callbacks (:class:`_PlainSide` holds them as bound methods), the
+    handshake, decrypting and delivering to the protocol, and the EOFs."""
+
+    __slots__ = ()
+
     def __init__(
         self,
         connection: Connection,
@@ -276,9 +510,9 @@ class TLSConnection:
         )
         self._sslcontext = sslcontext
         self._conn = connection
-        self._protocol: StreamHandler | None = protocol
+        self._protocol = protocol
         self._wants_views = bool(getattr(protocol, "receive_memoryview", False))
-        self._deliver: Callable[[Any], object] = protocol.data_received
+        self._deliver = protocol.data_received
         self._server_side = server_side
         self._server_hostname = server_hostname
         self._timers = timers
@@ -288,31 +522,23 @@ class TLSConnection:
         self._on_close = on_close
         self._told = upgrade
         self._state = _HANDSHAKE
-        self._pending: list[bytes] = []
+        self._pending = []
         self._pending_size = 0
         self._paused = False
         self._plain_paused = False
         self._app_paused = False
         self._delivering = False
         self._eof = False
-        self._timer: TimerHandle | None = None
-        self._resume_handle: TimerHandle | None = None
+        self._timer = None
+        self._resume_handle = None
         if received:
             self._incoming.write(received)
-        self._side: _PlainSide | None = _PlainSide(self)
+        self._side = _PlainSide(self)
         connection.set_handler(self._side)
         if not connection.connecting:
             self._start()
 
     # -- the plain connection's callbacks (the plain_handler forwards them) -------------------
-
-    @property
-    def plain_handler(self) -> StreamHandler | None:
-        """The handler installed on the plain :attr:`connection` (``None`` once it is
-        closed); its ``tls`` attribute leads back here (handy from
-        :attr:`Service.connections <asycamore.servicemodel.Service.connections>`, which
-        lists plain connections)."""
-        return self._side
 
     def _plain_connection_made(self, connection: Connection) -> None:
         """Plain side: the TCP connect completed; start the handshake."""
@@ -383,35 +609,6 @@ class TLSConnection:
         finally:
             self._closed_hook()
 
-    def _closed_hook(self) -> None:
-        on_close = self._on_close
-        if on_close is not None:
-            self._on_close = None
-            on_close(self)
-
-    def _lost(self, exc: BaseException | None) -> None:
-        self._cancel_timer()
-        # Break the cycle with the plain side's bound methods, so that a closed TLS
-        # connection is freed by reference counting, not left to the garbage collector.
-        self._side = None
-        state = self._state
-        self._state = _CLOSED
-        if self._resume_handle is not None:
-            self._resume_handle.cancel()
-            self._resume_handle = None
-        if state == _CLOSED:
-            return
-        if state == _HANDSHAKE:
-            self._report_failure(
-                exc or ConnectionAbortedError(errno.ECONNABORTED, "closed during the handshake")
-            )
-            return
-        protocol = self._protocol
-        self._protocol = None
-        self._deliver = _no_data
-        if protocol is not None:
-            protocol.connection_lost(exc)
-
     def _plain_pause_writing(self) -> None:
         """Plain side: the encrypted output went above the high-water mark."""
         self._plain_paused = True
@@ -481,46 +678,6 @@ class TLSConnection:
         if self._state == _HANDSHAKE:
             self._fail(TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out"), abort=True)
 
-    def _fail(self, exc: BaseException, abort: bool = False) -> None:
-        """The handshake failed: close the plain connection, report *exc*."""
-        if self._state == _CLOSED:
-            return
-        self._state = _CLOSED
-        self._cancel_timer()
-        self._pending.clear()
-        self._pending_size = 0
-        conn = self._conn
-        if abort:
-            conn.abort()
-        else:
-            # Graceful, so the alert queued above reaches the peer; bounded, in case
-            # the peer does not read it.
-            conn.close()
-            if not conn.closed:
-                self._arm(self._shutdown_timeout, self._shutdown_timed_out)
-        self._report_failure(exc)
-
-    def _report_failure(self, exc: BaseException) -> None:
-        protocol = self._protocol
-        self._protocol = None
-        self._deliver = _no_data
-        if protocol is None:
-            return
-        if self._told:
-            protocol.connection_lost(exc)
-        elif self._server_side:
-            hook = getattr(protocol, "handshake_failed", None)
-            if hook is not None:
-                hook(exc)
-            else:
-                log.debug("TLS handshake failed on %r: %s", self._conn, exc)
-        else:
-            failed = getattr(protocol, "connection_failed", None)
-            if failed is not None:
-                failed(exc)
-            else:
-                log_connect_failure(exc)
-
     # -- reading ---------------------------------------------------------------------------
 
     def _read(self) -> None:
@@ -584,45 +741,57 @@ class TLSConnection:
         protocol = self._protocol
         keep_open = protocol.eof_received() if protocol is not None else None
         if self._state == _OPEN and not keep_open:
-            self.close()
+            self._close()
 
     def _resume_read(self) -> None:
         self._resume_handle = None
         if self._state == _OPEN and not self._paused and not self._eof:
             self._read()
 
-    def _fatal(self, exc: BaseException) -> None:
-        """A TLS error on an open connection: send the alert (if any), abort."""
-        self._flush()
-        self._conn.abort(exc)
 
-    # -- writing ---------------------------------------------------------------------------
+class TLSConnection(_TLSInbound):
+    """A TLS session over a plain :class:`~asycamore.tcpsocket.Connection`: the
+    transport of one protocol, with :class:`~asycamore.tcpsocket.Connection`'s API.
 
-    def _flush(self) -> None:
-        outgoing = self._outgoing
-        if outgoing.pending:
-            self._conn.write(outgoing.read())
+    Usually made for you: by :func:`~asycamore.tcpsocket.listen_tcp` and
+    :func:`~asycamore.tcpsocket.connect_tcp` with ``ssl=``, by
+    :func:`~asycamore.tcpsocket.start_tls`, or the :class:`~asycamore.servicemodel.Service`
+    methods of the same names.  Constructing one takes *connection* over (its handler
+    becomes :attr:`plain_handler`) and starts the handshake once the connection is
+    connected.
 
-    def _write_pending(self) -> None:
-        pending = self._pending
-        self._pending = []
-        self._pending_size = 0
-        write = self._sslobj.write
-        for i, data in enumerate(pending):
-            try:
-                write(data)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                # A renegotiation is under way: retry on the next incoming data.
-                rest = pending[i:]
-                self._pending = rest
-                self._pending_size = sum(map(len, rest))
-                break
-            except ssl.SSLError as exc:
-                self._fatal(exc)
-                return
-        self._flush()
+    *protocol* hears ``connection_made(tls_connection)`` when the handshake completes
+    (not at the TCP connect), then the usual callbacks with the decrypted data.  If the
+    handshake fails or times out, a client's protocol hears ``connection_failed(exc)``
+    (logged as a warning without one), a server's ``handshake_failed(exc)`` if it has
+    one (logged at debug level without one: hostile and confused peers are routine for a
+    server); with *upgrade* (STARTTLS, where the protocol already has the connection) it
+    hears ``connection_lost(exc)``.  A certificate that does not verify is an
+    :class:`ssl.SSLCertVerificationError`, a handshake timeout a :class:`TimeoutError`.
 
-    # -- public API ------------------------------------------------------------------------
+    *timers* run the ``handshake_timeout`` of *options* (a
+    :class:`~asycamore.tcpsocket.TransportOptions`; from the TCP connect to the end of
+    the handshake, default :data:`DEFAULT_HANDSHAKE_TIMEOUT`) and its
+    ``shutdown_timeout`` (default :data:`DEFAULT_SHUTDOWN_TIMEOUT`); both may be
+    ``None`` (no limit), and timers are required unless both are.  With ``strict_eof``,
+    a peer that closes the TCP connection without a close_notify is an error
+    (:class:`ssl.SSLEOFError` to ``connection_lost``) instead of an ordinary EOF.
+    *on_close*, if given, is called with the TLS connection once the plain connection
+    under it has closed (the owner's bookkeeping).  *received* is encrypted data the
+    connection already read (STARTTLS: bytes that followed the command).
+
+    Everything here is single-threaded, like the connection under it.
+    """
+
+    __slots__ = ()
+
+    @property
+    def plain_handler(self) -> StreamHandler | None:
+        """The handler installed on the plain :attr:`connection` (``None`` once it is
+        closed); its ``tls`` attribute leads back here (handy from
+        :attr:`Service.connections <asycamore.servicemodel.Service.connections>`, which
+        lists plain connections)."""
+        return self._side
 
     @property
     def connection(self) -> Connection:
@@ -667,6 +836,8 @@ class TLSConnection:
     def eof_written(self) -> bool:
         """Always false: TLS connections do not half-close (see :meth:`write_eof`)."""
         return False
+
+    # -- the session -----------------------------------------------------------------------
 
     @property
     def server_side(self) -> bool:
@@ -757,6 +928,8 @@ class TLSConnection:
         """The plain connection's :attr:`~asycamore.tcpsocket.Connection.last_activity`."""
         return self._conn.last_activity
 
+    # -- flow control ----------------------------------------------------------------------
+
     @property
     def write_buffer_size(self) -> int:
         """Bytes written and not yet sent: encrypted ones in the plain connection's
@@ -812,6 +985,8 @@ class TLSConnection:
         elif self._resume_handle is None:
             self._resume_handle = timers.call_later(0, self._resume_read)
 
+    # -- writing and closing ---------------------------------------------------------------
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send *data*; never blocks.
 
@@ -835,23 +1010,6 @@ class TLSConnection:
             raise not_text(data, "write()") from None
         if not self._delivering:
             self._flush()
-
-    def _write_later(self, data: bytes | bytearray | memoryview) -> None:
-        if isinstance(data, str):
-            raise not_text(data, "write()")  # refused at the call, whatever the state
-        state = self._state
-        if state == _HANDSHAKE:
-            self._keep(data)
-        elif state == _OPEN:
-            # Behind earlier writes that a renegotiation held up: keep the order.
-            self._keep(data)
-            self._write_pending()
-
-    def _keep(self, data: bytes | bytearray | memoryview) -> None:
-        chunk = bytes(data)
-        if chunk:
-            self._pending.append(chunk)
-            self._pending_size += len(chunk)
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         """Write several chunks, as one :meth:`write` of their concatenation."""
@@ -880,72 +1038,7 @@ class TLSConnection:
         completes, :meth:`close` aborts the connection (as closing a plain connection
         that is still connecting does) and the protocol hears the failure.  Idempotent.
         """
-        state = self._state
-        if state == _HANDSHAKE:
-            if self._conn.connecting:
-                self._conn.close()  # the plain connect fails: _plain_connection_failed
-            else:
-                self._fail(
-                    ConnectionAbortedError(errno.ECONNABORTED, "closed during the handshake"),
-                    abort=True,
-                )
-            return
-        if state != _OPEN:
-            return
-        self._state = _SHUTDOWN
-        if self._resume_handle is not None:
-            self._resume_handle.cancel()
-            self._resume_handle = None
-        # The peer's close_notify must be read even if the protocol paused reading.
-        self._conn.resume_reading()
-        self._arm(self._shutdown_timeout, self._shutdown_timed_out)
-        self._shutdown_step()
-
-    def _shutdown_step(self) -> None:
-        sslobj = self._sslobj
-        # Application data the peer sent after our close() is read and dropped (into
-        # a fresh buffer: the protocol may still hold a view of the shared one), else
-        # unwrap() would fail on it.
-        # Bounded: each read consumes at least one record, of six bytes or more.
-        for _ in range(self._incoming.pending // 6 + 2):
-            try:
-                if not sslobj.read(_DECRYPT_BUFFER_SIZE):
-                    break
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError):
-                break
-            except ssl.SSLError:
-                self._conn.abort()
-                return
-        conn = self._conn
-        try:
-            sslobj.unwrap()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            # Our close_notify is queued; half-close the TCP connection behind it so
-            # that peers which wait for an EOF rather than a close_notify finish too.
-            self._flush()
-            if not conn.eof_written and not conn.is_closing():
-                conn.write_eof()
-            return
-        except ssl.SSLError:
-            # A peer that garbles its goodbye: we were closing anyway.
-            self._flush()
-            conn.abort()
-            return
-        self._flush()
-        conn.close()
-
-    def _shutdown_timed_out(self) -> None:
-        self._timer = None
-        conn = self._conn
-        if conn.closed:
-            return
-        unsent = conn.write_buffer_size
-        log.debug("%r: TLS shutdown timed out (%d bytes unsent)", self, unsent)
-        conn.abort(
-            TimeoutError(errno.ETIMEDOUT, f"TLS shutdown timed out with {unsent} bytes unsent")
-            if unsent
-            else None
-        )
+        self._close()
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Close at once, discarding buffered data, with no close_notify;
@@ -957,20 +1050,6 @@ class TLSConnection:
     def __repr__(self) -> str:
         state = ("handshake", "open", "shutdown", "closed")[self._state]
         return f"<TLSConnection {state} on {self._conn!r}>"
-
-    # -- internals -------------------------------------------------------------------------
-
-    def _arm(self, delay: float | None, callback: Callable[[], object]) -> None:
-        self._cancel_timer()
-        timers = self._timers
-        if delay is not None and timers is not None:
-            self._timer = timers.call_later(delay, callback)
-
-    def _cancel_timer(self) -> None:
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            timer.cancel()
 
 
 def _no_data(data: object) -> None:
