@@ -9,10 +9,11 @@ points and loads no backend.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .dispatcher import Events, IDispatchContext, IDispatchTarget, iterate
 from .errors import BackendError, BackendLoadError, BackendNotFound, BackendUnavailable
+from .lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .factory import BackendInfo, best_backend, create_dispatcher, list_backends
@@ -40,17 +41,6 @@ _LAZY_FACTORY_NAMES = frozenset(
 )
 
 
-def __getattr__(name: str) -> Any:
-    # The factory reads the installed distributions' metadata on first discovery: keep
-    # it off the import path of programs that never ask for a backend by discovery.
-    if name in _LAZY_FACTORY_NAMES:
-        from . import factory
-
-        value = getattr(factory, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY_FACTORY_NAMES)
+# The factory reads the installed distributions' metadata on first discovery: keep it
+# off the import path of programs that never ask for a backend by discovery.
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY_FACTORY_NAMES, "asycamore.factory")

@@ -38,7 +38,7 @@ runs its dispatch context.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._transport.base import (
     DEFAULT_BACKLOG,
@@ -71,6 +71,7 @@ from ._transport.options import (
     TransportOptions,
 )
 from ._transport.stream import Connection, StreamHandler, StreamTransport
+from .lazy import lazy_attributes
 from .timers import TimerHandle, Timers
 
 if TYPE_CHECKING:
@@ -81,18 +82,7 @@ if TYPE_CHECKING:
 _TLS_NAMES = frozenset({"TLSConnection", "client_context", "start_tls", "tls_handler_factory"})
 
 
-def __getattr__(name: str) -> Any:
-    if name in _TLS_NAMES:
-        from ._transport import tls
-
-        value = getattr(tls, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _TLS_NAMES)
+__getattr__, __dir__ = lazy_attributes(globals(), _TLS_NAMES, "asycamore._transport.tls")
 
 
 __all__ = [

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "EVENTS",
     "NO_SOCKET",
+    "OFF_USER",
     "OPEN",
     "READ",
     "WRITE",
@@ -80,6 +81,10 @@ CONNECTING: Final = 0  # a client connect is in progress
 OPEN: Final = 1
 CLOSING: Final = 2  # close() was called: flushing what is buffered
 CLOSED: Final = 3  # the socket is closed, the handler told
+
+# Transport._read_off: a set of reasons not to read (reading is on when none is set);
+# subclasses add their own bits above this one.
+OFF_USER: Final = 1  # pause_reading()
 
 
 NO_SOCKET: Final = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -158,6 +163,7 @@ class Transport:
         "_high",
         "_low",
         "_on_close",
+        "_read_off",
         "_sock",
         "_state",
         "_track_activity",
@@ -184,6 +190,7 @@ class Transport:
         self._events = 0
         self._buffered = 0
         self._state = OPEN
+        self._read_off = 0
         self._high, self._low = options.marks
         self._on_close = on_close
         self._track_activity = options.idle_timeout is not None
@@ -221,6 +228,11 @@ class Transport:
     def events(self) -> Events:
         """The interest currently registered in the context."""
         return EVENTS[self._events]
+
+    @property
+    def handler(self) -> Any:
+        """The handler (``None`` once the transport is closed)."""
+        return self._handler
 
     @property
     def closed(self) -> bool:
@@ -284,6 +296,23 @@ class Transport:
 
     def _limits_changed(self) -> None:
         """Apply new water marks to the current buffer (subclasses)."""
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket until :meth:`resume_reading`."""
+        if not self._read_off & OFF_USER:
+            self._read_off |= OFF_USER
+            self._update_interest()
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading` (reading may stay off for other reasons: flow
+        control, an EOF)."""
+        if self._read_off & OFF_USER:
+            self._read_off &= ~OFF_USER
+            self._update_interest()
+
+    def _update_interest(self) -> None:
+        """Register the interest the state calls for, if it changed (subclasses)."""
+        raise NotImplementedError
 
     # -- flow control towards the handler --------------------------------------------------
 

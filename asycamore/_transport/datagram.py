@@ -71,7 +71,6 @@ header (the IPv6 header is not counted in its payload length)."""
 MAX_DATAGRAM_SIZE: Final = 65536
 """The smallest receive buffer an endpoint accepts: more than any datagram."""
 
-_OFF_USER: Final = 1  # pause_reading()
 _OFF_FLOW: Final = 2  # the queue is above the high-water mark
 _OFF_CLOSING: Final = 4  # close() is flushing
 
@@ -172,7 +171,6 @@ class DatagramEndpoint(Transport):
         "_max_payload",
         "_queue",
         "_read_batch",
-        "_read_off",
         "_recv_buffer",
         "_remote",
         "_wants_views",
@@ -206,7 +204,6 @@ class DatagramEndpoint(Transport):
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
         self._deliver: Callable[[Any, Any], object] = handler.datagram_received
         self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
-        self._read_off = 0
         self._max_payload = _max_payload(sock)
         try:
             self._remote: Any = sock.getpeername()
@@ -288,11 +285,6 @@ class DatagramEndpoint(Transport):
     # -- public API -------------------------------------------------------------------------
 
     @property
-    def handler(self) -> DatagramHandler | None:
-        """The handler (``None`` once the endpoint is closed)."""
-        return self._handler
-
-    @property
     def remote_address(self) -> Any:
         """The peer of a connected endpoint (``getpeername()``), ``None`` if unconnected."""
         return self._remote
@@ -318,18 +310,6 @@ class DatagramEndpoint(Transport):
     def reading(self) -> bool:
         """Whether the endpoint is currently reading from its socket."""
         return self._state == OPEN and not self._read_off
-
-    def pause_reading(self) -> None:
-        """Stop reading until :meth:`resume_reading` (the kernel queues, then drops)."""
-        if not self._read_off & _OFF_USER:
-            self._read_off |= _OFF_USER
-            self._update_interest()
-
-    def resume_reading(self) -> None:
-        """Undo :meth:`pause_reading` (reading may stay off for flow control)."""
-        if self._read_off & _OFF_USER:
-            self._read_off &= ~_OFF_USER
-            self._update_interest()
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         """Send one datagram, *data*, to *addr* (a numeric address tuple).

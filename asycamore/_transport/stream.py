@@ -72,7 +72,7 @@ from .base import (
 )
 from .connecting import Cancellable, ConnectingStream
 from .options import DEFAULT_OPTIONS, TransportOptions
-from .writing import OFF_CLOSING, OFF_EOF, OFF_FLOW, OFF_USER, SHUT_WR_DONE, SHUT_WR_NONE
+from .writing import OFF_CLOSING, OFF_EOF, OFF_FLOW, SHUT_WR_DONE, SHUT_WR_NONE
 
 __all__ = ["Cancellable", "Connection", "StreamHandler", "StreamTransport"]
 
@@ -282,7 +282,6 @@ class Connection(ConnectingStream):
         self._spoke = False
         self._note_reads = True
         self._connect_to = None
-        self._read_off = 0
         self._read_mask = _read_mask(handler)
         self._shut_wr = SHUT_WR_NONE
         # The connect timeout, a pending connect's work or the linger: cancelled on
@@ -382,11 +381,6 @@ class Connection(ConnectingStream):
     # -- public API -------------------------------------------------------------------------------
 
     @property
-    def handler(self) -> StreamHandler | None:
-        """The handler (``None`` once the connection is closed)."""
-        return self._handler
-
-    @property
     def reading(self) -> bool:
         """Whether the connection is currently reading from its socket."""
         return self._state == OPEN and not self._read_off & self._read_mask
@@ -425,18 +419,6 @@ class Connection(ConnectingStream):
         self._read_size = self._first_read_size()
         if self._state == OPEN:
             self._check_flow()
-            self._update_interest()
-
-    def pause_reading(self) -> None:
-        """Stop reading from the socket until :meth:`resume_reading`."""
-        if not self._read_off & OFF_USER:
-            self._read_off |= OFF_USER
-            self._update_interest()
-
-    def resume_reading(self) -> None:
-        """Undo :meth:`pause_reading` (reading may stay off for flow control or EOF)."""
-        if self._read_off & OFF_USER:
-            self._read_off &= ~OFF_USER
             self._update_interest()
 
     def close(self) -> None:

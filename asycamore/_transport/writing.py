@@ -26,15 +26,14 @@ __all__ = [
     "OFF_CONNECTING",
     "OFF_EOF",
     "OFF_FLOW",
-    "OFF_USER",
     "SHUT_WR_DONE",
     "SHUT_WR_NONE",
     "SHUT_WR_PENDING",
     "StreamWriter",
 ]
 
-# _read_off: why reading is off (reading is on only when no bit is set).
-OFF_USER: Final = 1  # pause_reading()
+# _read_off: why reading is off (reading is on only when no bit is set; base.OFF_USER
+# is pause_reading()).
 OFF_FLOW: Final = 2  # the write buffer is above the high-water mark
 OFF_EOF: Final = 4  # the peer sent EOF
 OFF_CLOSING: Final = 8  # close() is flushing
@@ -67,7 +66,7 @@ class StreamWriter(Transport):
     flushed (:meth:`_start_linger`).
     """
 
-    __slots__ = ("_chunks", "_head_sent", "_read_mask", "_read_off", "_shut_wr")
+    __slots__ = ("_chunks", "_head_sent", "_read_mask", "_shut_wr")
 
     _chunks: collections.deque[bytes | bytearray | memoryview] | None
     _head_sent: int
