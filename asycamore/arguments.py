@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "check_timeout",
     "check_water_marks",
     "format_address",
+    "join_chunks",
     "not_text",
 ]
 
@@ -98,6 +100,17 @@ def not_text(data: object, call: str) -> TypeError:
     if isinstance(data, str):
         return TypeError(f"{call} takes bytes, not str: encode it first (data.encode())")
     return TypeError(f"{call} takes a bytes-like object, not {type(data).__name__}")
+
+
+def join_chunks(chunks: Iterable[Any]) -> bytes:
+    """``b"".join(chunks)`` for ``writelines()``, refusing a :class:`str` chunk with the
+    message of :func:`not_text` (``join``'s own does not say what to do)."""
+    chunks = list(chunks)
+    try:
+        return b"".join(chunks)
+    except TypeError:
+        bad = next((chunk for chunk in chunks if isinstance(chunk, str)), chunks)
+        raise not_text(bad, "writelines()") from None
 
 
 def format_address(address: Any) -> str:

@@ -906,3 +906,14 @@ def test_a_full_write_buffer_stops_reading_only_for_handlers_whose_reads_feed_it
     pump(context, lambda: bytes(handler.data) == b"request")
     conn.abort()
     theirs.close()
+
+
+def test_writelines_of_a_str_says_to_encode_and_sends_nothing(context: IDispatchContext) -> None:
+    handler = Recorder()
+    conn, theirs = pair(context, handler)
+    with pytest.raises(TypeError, match=r"writelines\(\) takes bytes, not str: encode"):
+        conn.writelines([b"ok", "bad"])  # type: ignore[list-item]
+    conn.writelines([b"o", bytearray(b"k"), memoryview(b"!")])
+    assert recv_exactly(theirs, 3) == b"ok!"
+    conn.abort()
+    theirs.close()

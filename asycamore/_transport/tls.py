@@ -50,7 +50,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from ..arguments import not_text
+from ..arguments import join_chunks, not_text
 from ..timers import TimerHandle, Timers
 from .base import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, log, log_connect_failure
 from .options import DEFAULT_OPTIONS, StreamKeywords, TransportOptions
@@ -1013,7 +1013,7 @@ class TLSConnection(_TLSInbound):
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         """Write several chunks, as one :meth:`write` of their concatenation."""
-        self.write(b"".join(chunks))
+        self.write(join_chunks(chunks))
 
     def can_write_eof(self) -> bool:
         """Always false: see :meth:`write_eof`."""

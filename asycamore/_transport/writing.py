@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from time import monotonic
 from typing import Final
 
-from ..arguments import not_text
+from ..arguments import join_chunks, not_text
 from .base import CLOSED, CLOSING, CONNECTING, EVENTS, OPEN, READ, WRITE, Transport, log
 
 __all__ = [
@@ -184,7 +184,7 @@ class StreamWriter(Transport):
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         """Write several chunks, as one :meth:`write` of their concatenation."""
-        self.write(b"".join(chunks))
+        self.write(join_chunks(chunks))
 
     def write_eof(self) -> None:
         """Half-close: shut down the sending side once the buffer is flushed.
