@@ -125,11 +125,11 @@ class IDispatchContext(Protocol):
         ...
 
 
-def close_on_error(context: IDispatchContext, target: IDispatchTarget, exc: Exception) -> None:
+def close_on_error(dispatcher: IDispatchContext, target: IDispatchTarget, exc: Exception) -> None:
     """The default error policy of rule 7, for a *target* whose handler raised *exc*.
 
     Logs the traceback on logger ``"asycamore"``, unregisters the target if it is still
-    registered in *context* and calls its ``close()`` if it has one (an error there is
+    registered in *dispatcher* and calls its ``close()`` if it has one (an error there is
     logged too).  Backends apply it when ``dispatch_once`` gets no ``error_in_handler``;
     an ``error_in_handler`` of one's own can fall back on it.
     """
@@ -138,8 +138,8 @@ def close_on_error(context: IDispatchContext, target: IDispatchTarget, exc: Exce
 
     _log = logging.getLogger("asycamore")
     _log.error("unhandled error in a handler of %r", target, exc_info=exc)
-    if target in context:
-        context.unregister(target)
+    if target in dispatcher:
+        dispatcher.unregister(target)
     close = getattr(target, "close", None)
     if close is not None:
         try:

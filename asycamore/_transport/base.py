@@ -3,7 +3,7 @@
 A transport is a dispatch target that moves data between a socket and a *handler*
 (the protocol object).  The stream :class:`~asycamore.tcpsocket.Connection` is one;
 a datagram endpoint is another.  They share the bookkeeping here -- the socket and its
-descriptor, the handler, the interest registered in the context, the write-buffer
+descriptor, the handler, the interest registered in the dispatcher, the write-buffer
 water marks and the ``pause_writing``/``resume_writing`` calls -- so flow control
 means the same thing on every transport and is written once.
 """
@@ -71,7 +71,7 @@ for the buffered data to be sent) before it is aborted."""
 DEFAULT_BACKLOG: Final = 4096
 """Default ``listen()`` backlog (the kernel caps it at ``net.core.somaxconn``)."""
 
-# Interest bits as plain ints on the hot paths, and the Events the context is given.
+# Interest bits as plain ints on the hot paths, and the Events the dispatcher is given.
 READ: Final = int(Events.READ)
 WRITE: Final = int(Events.WRITE)
 EVENTS: Final = (Events.NONE, Events.READ, Events.WRITE, Events.READ | Events.WRITE)
@@ -148,7 +148,7 @@ class Transport:
     Subclasses own their hot paths; this base holds what they must agree on: the
     lifecycle (``_state`` only moves forward, and the handler hears
     ``connection_lost`` exactly once, from :meth:`_finish`, after which the owner's
-    ``on_close`` is called), the interest registered in the context (``_events``,
+    ``on_close`` is called), the interest registered in the dispatcher (``_events``,
     READ/WRITE bits, so that a subclass calls
     :meth:`~asycamore.IDispatchContext.modify` only when it changes) and the water
     marks, which apply to ``_buffered``, the number of bytes waiting to be sent.
@@ -172,13 +172,13 @@ class Transport:
 
     def __init__(
         self,
-        context: IDispatchContext,
+        dispatcher: IDispatchContext,
         sock: socket.socket | None,
         handler: Any,
         options: TransportOptions,
         on_close: Callable[[Any], object] | None,
     ) -> None:
-        self._context = context
+        self._context = dispatcher
         if sock is None:
             self._sock = NO_SOCKET
             self._fileno = -1
@@ -220,13 +220,13 @@ class Transport:
         return self._sock
 
     @property
-    def context(self) -> IDispatchContext:
+    def dispatcher(self) -> IDispatchContext:
         """The dispatch context the transport is registered in."""
         return self._context
 
     @property
     def events(self) -> Events:
-        """The interest currently registered in the context."""
+        """The interest currently registered in the dispatcher."""
         return EVENTS[self._events]
 
     @property
@@ -345,7 +345,7 @@ class Transport:
             self._closed_hook()
 
     def _unregister(self) -> None:
-        """Leave the context, which may have dropped us already (a handler error)."""
+        """Leave the dispatcher, which may have dropped us already (a handler error)."""
         try:  # noqa: SIM105 - cheaper than contextlib.suppress on this path
             self._context.unregister(self)
         except (KeyError, ValueError):

@@ -126,14 +126,14 @@ class _Eyeballs:
 
     def __init__(
         self,
-        context: IDispatchContext,
+        dispatcher: IDispatchContext,
         conn: Connection,
         host: str,
         port: int,
         timeout: float | None,
         timers: Timers | None,
     ) -> None:
-        self._context = context
+        self._context = dispatcher
         self._conn: Connection | None = conn
         self._host = host
         self._port = port
@@ -198,7 +198,7 @@ class _Eyeballs:
                     raise OSError(err, os.strerror(err))
                 attempt = _Attempt(self, sock, address)
                 self._context.register(attempt, Events.WRITE)
-            except (OSError, ValueError, KeyError) as exc:  # the context may refuse the fd
+            except (OSError, ValueError, KeyError) as exc:  # the dispatcher may refuse the fd
                 sock.close()
                 self._errors.append((address, exc))
                 continue
@@ -309,7 +309,7 @@ class _Eyeballs:
 
 
 def _connect(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     sock: socket.socket,
     address: Any,
     handler: StreamHandler,
@@ -322,7 +322,7 @@ def _connect(
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             raise address_error(OSError(err, os.strerror(err)), "connect to", address)
-        conn = make(context, sock, handler)
+        conn = make(dispatcher, sock, handler)
         conn.start_connect(timeout, timers, address)
     except BaseException:
         sock.close()
@@ -331,7 +331,7 @@ def _connect(
 
 
 def connect_tcp(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     protocol_factory: Callable[[], StreamHandler],
     host: str,
     port: int,
@@ -357,7 +357,7 @@ def connect_tcp(
 
     A numeric *host* is connected at once; errors the OS reports at once raise
     :class:`OSError` here.  A host name never blocks the loop: it is resolved in a
-    worker thread, the result is delivered through the context, and the addresses are
+    worker thread, the result is delivered through the dispatcher, and the addresses are
     tried with Happy Eyeballs (RFC 8305): families alternated, a new attempt every 250
     ms (:data:`CONNECTION_ATTEMPT_DELAY`) or as soon as the previous one fails, the
     first to connect wins and the others are closed.  Without *timers* there is no
@@ -407,7 +407,7 @@ def connect_tcp(
         timers=timers,
         start=False,
     )
-    conn = _connect_tcp(context, protocol, host, port, timeout, timers, make)
+    conn = _connect_tcp(dispatcher, protocol, host, port, timeout, timers, make)
     if sslcontext is None:
         return conn
     try:
@@ -427,7 +427,7 @@ def connect_tcp(
 
 
 def _connect_tcp(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     handler: StreamHandler,
     host: str,
     port: int,
@@ -440,9 +440,9 @@ def _connect_tcp(
     if infos is not None and len(infos) == 1:
         family, type_, proto, _, address = infos[0]
         sock = socket.socket(family, type_, proto)
-        return _connect(context, sock, address, handler, timeout, timers, make)
-    conn = make(context, None, handler)
-    eyeballs = _Eyeballs(context, conn, host, port, timeout, timers)
+        return _connect(dispatcher, sock, address, handler, timeout, timers, make)
+    conn = make(dispatcher, None, handler)
+    eyeballs = _Eyeballs(dispatcher, conn, host, port, timeout, timers)
     conn.start_resolving(eyeballs)
     if infos is None:
         try:
@@ -462,7 +462,7 @@ def _connect_tcp(
 
 
 def connect_unix(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     protocol_factory: Callable[[], StreamHandler],
     path: str,
     *,
@@ -490,4 +490,4 @@ def connect_unix(
         start=False,
     )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    return _connect(context, sock, path, protocol_factory(), timeout, timers, make)
+    return _connect(dispatcher, sock, path, protocol_factory(), timeout, timers, make)

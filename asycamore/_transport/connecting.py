@@ -88,9 +88,9 @@ class ConnectingStream(StreamWriter):
     def connect_socket(self, sock: socket.socket) -> None:
         """Finish a :meth:`start_resolving` connect with *sock*, which has connected.
 
-        The connection registers *sock* in its context and calls
+        The connection registers *sock* in its dispatcher and calls
         ``handler.connection_made``; the pending work is cancelled (it has nothing
-        left to do but close the attempts that lost).  If the context refuses *sock*,
+        left to do but close the attempts that lost).  If the dispatcher refuses *sock*,
         the connect fails with that error.
         """
         if self._state != CONNECTING or self._fileno >= 0:

@@ -155,7 +155,7 @@ class DatagramEndpoint(Transport):
 
     *sock* is a datagram socket, bound or connected (see :func:`create_datagram_socket`);
     it is made non-blocking.  With ``start=True`` (the default) the endpoint
-    registers itself in *context* for reading and calls
+    registers itself in *dispatcher* for reading and calls
     ``handler.connection_made(self)``.  The module docstring explains reading
     (*read_batch* datagrams per readable event into *recv_buffer*, default
     :func:`~asycamore.tcpsocket.default_recv_buffer`), the send queue and its water
@@ -180,7 +180,7 @@ class DatagramEndpoint(Transport):
 
     def __init__(
         self,
-        context: IDispatchContext,
+        dispatcher: IDispatchContext,
         sock: socket.socket,
         handler: DatagramHandler,
         options: TransportOptions = DEFAULT_OPTIONS,
@@ -198,7 +198,7 @@ class DatagramEndpoint(Transport):
             raise ValueError(f"recv_buffer must hold at least {MAX_DATAGRAM_SIZE} bytes")
         if read_batch < 1:
             raise ValueError("read_batch must be at least 1")
-        super().__init__(context, sock, handler, options, on_close)
+        super().__init__(dispatcher, sock, handler, options, on_close)
         self._recv_buffer = recv_buffer
         self._read_batch = read_batch
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
@@ -215,8 +215,8 @@ class DatagramEndpoint(Transport):
     def start(self) -> None:
         """Register for reading and call ``handler.connection_made(self)``.
 
-        If the context refuses the descriptor, the socket is closed, the handler is
-        never told, and the context's error propagates.
+        If the dispatcher refuses the descriptor, the socket is closed, the handler is
+        never told, and the dispatcher's error propagates.
         """
         if self._state == OPEN and not self._events:
             try:
@@ -534,7 +534,7 @@ def setup_datagram_socket(
 
 
 def bind_udp(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     protocol_factory: Callable[[], DatagramHandler],
     host: str | None = "127.0.0.1",
     port: int = 0,
@@ -556,11 +556,11 @@ def bind_udp(
     socket_options, flow = _split(keywords)
     options = options.merged(flow)
     sock = create_datagram_socket(host, port, **socket_options)
-    return _endpoint(context, sock, protocol_factory, options, recv_buffer, on_close)
+    return _endpoint(dispatcher, sock, protocol_factory, options, recv_buffer, on_close)
 
 
 def _endpoint(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     sock: socket.socket,
     protocol_factory: Callable[[], DatagramHandler],
     options: TransportOptions,
@@ -570,7 +570,12 @@ def _endpoint(
     """A started endpoint on *sock*, which it owns even if this raises."""
     try:
         return DatagramEndpoint(
-            context, sock, protocol_factory(), options, recv_buffer=recv_buffer, on_close=on_close
+            dispatcher,
+            sock,
+            protocol_factory(),
+            options,
+            recv_buffer=recv_buffer,
+            on_close=on_close,
         )
     except BaseException:
         sock.close()  # harmless twice: a refused start() has closed it already
@@ -607,7 +612,7 @@ def create_datagram_sockets(
 
 
 def bind_udp_all(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     protocol_factory: Callable[[], DatagramHandler],
     host: str | None = "127.0.0.1",
     port: int = 0,
@@ -633,7 +638,7 @@ def bind_udp_all(
     try:
         for sock in socks:
             endpoints.append(
-                _endpoint(context, sock, protocol_factory, options, recv_buffer, on_close)
+                _endpoint(dispatcher, sock, protocol_factory, options, recv_buffer, on_close)
             )
     except BaseException:
         for endpoint in endpoints:
@@ -645,7 +650,7 @@ def bind_udp_all(
 
 
 def connect_udp(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     protocol_factory: Callable[[], DatagramHandler],
     host: str,
     port: int,
@@ -672,4 +677,4 @@ def connect_udp(
     socket_options, flow = _split(keywords)
     options = options.merged(flow)
     sock = create_datagram_socket(local_host, local_port, remote=(host, port), **socket_options)
-    return _endpoint(context, sock, protocol_factory, options, recv_buffer, on_close)
+    return _endpoint(dispatcher, sock, protocol_factory, options, recv_buffer, on_close)

@@ -157,7 +157,7 @@ class Listener:
       ``"asycamore"`` (once per episode, at most every 30 s), then tries again.  The
       resume needs *timers*; it also happens early when one of the listener's own
       connections closes.
-    - A connection the context refuses (the ``select`` backend refuses descriptors at or
+    - A connection the dispatcher refuses (the ``select`` backend refuses descriptors at or
       above ``FD_SETSIZE``) is closed and logged; the listener goes on.
     - With *max_connections*, the listener stops accepting while that many of its
       connections are open.
@@ -170,7 +170,7 @@ class Listener:
 
     def __init__(
         self,
-        context: IDispatchContext,
+        dispatcher: IDispatchContext,
         sock: socket.socket | Sequence[socket.socket],
         handler_factory: Callable[[], StreamHandler],
         options: TransportOptions = DEFAULT_OPTIONS,
@@ -193,7 +193,7 @@ class Listener:
         if not socks:
             raise ValueError("a listener needs at least one socket")
         sock = socks[0]
-        self._context = context
+        self._context = dispatcher
         self._sock = sock
         sock.setblocking(False)
         self._fileno = sock.fileno()
@@ -216,7 +216,7 @@ class Listener:
         self._new_connection: Callable[[socket.socket, StreamHandler], Connection]
         self._new_connection = functools.partial(
             Connection,
-            context,
+            dispatcher,
             options=options,
             recv_buffer=recv_buffer,
             on_close=self._connection_closed,
@@ -238,16 +238,16 @@ class Listener:
         self.accepted = 0
         """How many connections were accepted and started."""
         self.refused = 0
-        """How many accepted connections the context refused (FD_SETSIZE)."""
-        context.register(self, Events.READ)
+        """How many accepted connections the dispatcher refused (FD_SETSIZE)."""
+        dispatcher.register(self, Events.READ)
         try:
             for acceptor in self._more:
-                context.register(acceptor, Events.READ)
+                dispatcher.register(acceptor, Events.READ)
         except BaseException:
             for acceptor in self._more:
                 with contextlib.suppress(KeyError, ValueError):
-                    context.unregister(acceptor)
-            context.unregister(self)
+                    dispatcher.unregister(acceptor)
+            dispatcher.unregister(self)
             raise
         self._events = READ
 
@@ -605,7 +605,7 @@ def create_unix_listening_socket(path: str, *, backlog: int = DEFAULT_BACKLOG) -
 
 
 def listen_tcp(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     protocol_factory: Callable[[], StreamHandler],
     host: str | None = "127.0.0.1",
     port: int = 0,
@@ -619,7 +619,7 @@ def listen_tcp(
     **keywords: Unpack[ListenKeywords],
 ) -> Listener:
     """Listen on every address of *host*:*port*; return the :class:`Listener`,
-    already registered in *context*.
+    already registered in *dispatcher*.
 
     ``localhost`` listens on ``127.0.0.1`` and ``::1``, ``None`` or ``""`` on every
     interface of both families, a name on each address it resolves to -- all on one
@@ -650,7 +650,7 @@ def listen_tcp(
     socks = create_listening_sockets(host, port, **socket_options)
     try:
         return listen_socket(
-            context,
+            dispatcher,
             protocol_factory,
             socks,
             ssl=ssl,
@@ -668,7 +668,7 @@ def listen_tcp(
 
 
 def listen_unix(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     protocol_factory: Callable[[], StreamHandler],
     path: str,
     *,
@@ -690,7 +690,7 @@ def listen_unix(
     )
     try:
         return listen_socket(
-            context,
+            dispatcher,
             protocol_factory,
             sock,
             timers=timers,
@@ -708,7 +708,7 @@ def listen_unix(
 
 
 def listen_socket(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     protocol_factory: Callable[[], StreamHandler],
     sock: socket.socket | Sequence[socket.socket],
     *,
@@ -744,7 +744,7 @@ def listen_socket(
         )
         on_connection = on_connection_closed = None  # the TLS layer's business now
     return Listener(
-        context,
+        dispatcher,
         sock,
         handler_factory,
         options,

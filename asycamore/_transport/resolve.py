@@ -15,7 +15,7 @@ Three things live here:
 - :func:`resolve_later`, which runs :func:`resolve` in a worker thread (as asyncio and
   libuv do: ``getaddrinfo`` has no non-blocking form) and delivers the result on the
   loop's thread.  The delivery is a one-shot dispatch target registered in the
-  caller's context: the worker writes one byte into a socket pair, the loop sees the
+  caller's dispatcher: the worker writes one byte into a socket pair, the loop sees the
   read end readable and calls the callback from its handler.  The workers are a small
   pool of daemon threads (at most :data:`MAX_WORKERS`, started on demand), so a burst
   of connects does not start a thread each and a resolution that hangs in the system
@@ -274,10 +274,10 @@ class Resolution:
 
     def __init__(
         self,
-        context: IDispatchContext,
+        dispatcher: IDispatchContext,
         callback: Callable[[list[AddrInfo] | None, BaseException | None], object],
     ) -> None:
-        self._context = context
+        self._context = dispatcher
         self._callback: Callable[[list[AddrInfo] | None, BaseException | None], object] | None = (
             callback
         )
@@ -287,7 +287,7 @@ class Resolution:
         self._reader = reader
         self._fileno = reader.fileno()
         try:
-            context.register(self, Events.READ)
+            dispatcher.register(self, Events.READ)
         except BaseException:
             reader.close()
             writer.close()
@@ -347,7 +347,7 @@ class Resolution:
 
 
 def resolve_later(
-    context: IDispatchContext,
+    dispatcher: IDispatchContext,
     host: str,
     port: int,
     callback: Callable[[list[AddrInfo] | None, BaseException | None], object],
@@ -358,12 +358,12 @@ def resolve_later(
 ) -> Resolution:
     """Resolve *host*:*port* in a worker thread; ``callback(infos, exc)`` on the loop.
 
-    *callback* is called from a handler of *context* (so on the thread that runs its
+    *callback* is called from a handler of *dispatcher* (so on the thread that runs its
     dispatch) with the addresses, or with ``None`` and the error
     (:class:`socket.gaierror`).  It costs a socket pair while it runs.
     """
     check_port(port)
-    resolution = Resolution(context, callback)
+    resolution = Resolution(dispatcher, callback)
     try:
         _submit(functools.partial(resolution.run, host, port, family, type_, flags))
     except BaseException:

@@ -20,9 +20,9 @@ flow control (the write buffer is above the high-water mark, so reading more wou
 only buffer more: the peer is not keeping up), the peer's EOF, a closing flush, an
 unfinished connect.  Reading is on exactly when the set is empty, so every reason is
 added and removed independently and none can undo another.  The interest registered
-in the context is derived from it and from the write buffer (``_update_interest``):
+in the dispatcher is derived from it and from the write buffer (``_update_interest``):
 READ when ``_read_off`` is empty, WRITE when something is buffered.  Interest changes
-reach the context -- a system call on epoll and kqueue -- only when they change.
+reach the dispatcher -- a system call on epoll and kqueue -- only when they change.
 
 ``_shut_wr`` is the sending side's EOF: NONE, PENDING (``write_eof()`` was called
 with data still buffered: the ``shutdown(SHUT_WR)`` waits for the buffer to drain)
@@ -43,7 +43,7 @@ only during the call.
 
 The class is cut in three along those lines, each a base of the next:
 :class:`~.writing.StreamWriter` (:mod:`.writing`) is the sending side -- the write
-buffer, flow control, ``write_eof`` and the interest in the context;
+buffer, flow control, ``write_eof`` and the interest in the dispatcher;
 :class:`~.connecting.ConnectingStream` (:mod:`.connecting`) is the CONNECTING state of a
 client connect; :class:`Connection`, here, is the rest: starting, reading, EOFs and the
 close.  :class:`Connection` alone has an ``__init__``, which sets the fields of all
@@ -216,7 +216,7 @@ class Connection(ConnectingStream):
     *sock* must be connected (or connecting, see :func:`connect_tcp`); it is made
     non-blocking.  ``None`` makes a connection without a socket yet, for a client
     connect that must resolve a name first (see :meth:`start_resolving`).  With
-    ``start=True`` (the default) the connection registers itself in *context* for
+    ``start=True`` (the default) the connection registers itself in *dispatcher* for
     reading and calls ``handler.connection_made(self)``.
 
     Reading: each readable event makes one ``recv_into`` the shared receive buffer
@@ -258,7 +258,7 @@ class Connection(ConnectingStream):
 
     def __init__(
         self,
-        context: IDispatchContext,
+        dispatcher: IDispatchContext,
         sock: socket.socket | None,
         handler: StreamHandler,
         options: TransportOptions = DEFAULT_OPTIONS,
@@ -270,7 +270,7 @@ class Connection(ConnectingStream):
     ) -> None:
         # Not super(): it would look __init__ up through the two bases that have none,
         # on every connection.
-        Transport.__init__(self, context, sock, handler, options, on_close)
+        Transport.__init__(self, dispatcher, sock, handler, options, on_close)
         self._timers = timers
         self._linger = options.linger
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
@@ -293,12 +293,12 @@ class Connection(ConnectingStream):
     # -- starting -------------------------------------------------------------------------
 
     def attach(self) -> None:
-        """Register for reading in the context, without telling the handler yet.
+        """Register for reading in the dispatcher, without telling the handler yet.
 
         For a connection made with ``start=False`` whose owner has bookkeeping to do
-        between the two steps (a listener counts it first).  If the context refuses the
+        between the two steps (a listener counts it first).  If the dispatcher refuses the
         descriptor (the ``select`` backend refuses those at or above ``FD_SETSIZE``),
-        the socket is closed, the handler is never told, and the context's error
+        the socket is closed, the handler is never told, and the dispatcher's error
         propagates.
         """
         try:
@@ -443,7 +443,7 @@ class Connection(ConnectingStream):
             self._lose(ConnectionAbortedError(errno.ECONNABORTED, "closed while connecting"))
             return
         if self not in self._context:
-            # The context dropped us (a handler error under the default policy).
+            # The dispatcher dropped us (a handler error under the default policy).
             self._finish(None)
             return
         self._state = CLOSING
@@ -547,7 +547,7 @@ class Connection(ConnectingStream):
         try:  # noqa: SIM105 - cheaper than contextlib.suppress on this hot path
             self._context.unregister(self)
         except (KeyError, ValueError):
-            pass  # never registered, or dropped by the context's error policy
+            pass  # never registered, or dropped by the dispatcher's error policy
         self._events = 0
         self._sock.close()
         self._fileno = -1

@@ -6,7 +6,7 @@ the ``_read_off`` reasons, ``_shut_wr``) and the chunk buffer, and
 :class:`~.stream.Connection` sets every field declared here in its ``__init__`` (this
 class has none: one call fewer per connection).  What is here is the write buffer,
 the flow control it drives, the half-close (``write_eof``) and the interest in the
-context, which is derived from the reasons not to read and from the buffer.
+dispatcher, which is derived from the reasons not to read and from the buffer.
 """
 
 from __future__ import annotations
