@@ -19,6 +19,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
+from .arguments import format_address
 from .errors import UsageError
 from .servicemodel import DatagramProtocol, Protocol, Service
 from .tcpsocket import StreamTransport
@@ -109,12 +110,6 @@ def parse_host(text: str) -> str:
     except (OSError, ValueError):
         raise UsageError(f"bad address {text!r}: brackets hold an IPv6 address") from None
     return inner
-
-
-def format_address(address: Any) -> str:
-    """``HOST:PORT`` for a socket address, ``[HOST]:PORT`` for IPv6."""
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _EncryptedKey(Exception):
