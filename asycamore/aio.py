@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
-from collections.abc import Coroutine, Iterator, MutableMapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, MutableMapping
 from typing import Any, TypeVar
 
 from .dispatcher import (
@@ -40,11 +41,20 @@ from .dispatcher import (
     end_round,
     prepare_dispatchvars,
 )
+from .factory import list_backends
 from .nesting import Readiness, probe_intervals, round_deadline, service_dispatchvars
 from .selector import DispatchSelector
 from .servicemodel import Service
 
-__all__ = ["EventLoopPolicy", "iterate", "new_event_loop", "run", "serve"]
+__all__ = [
+    "EventLoopPolicy",
+    "iterate",
+    "limit_loop_factories",
+    "loop_factories",
+    "new_event_loop",
+    "run",
+    "serve",
+]
 
 _T = TypeVar("_T")
 
@@ -271,6 +281,37 @@ def new_event_loop(backend: str | None = None) -> asyncio.AbstractEventLoop:
     ``$ASYCAMORE_BACKEND`` or the best backend here).  Closing the loop closes the
     context."""
     return asyncio.SelectorEventLoop(DispatchSelector(backend))
+
+
+# The backends loop_factories() offers when the pytest plugin's --asycamore-backend
+# narrowed them (None: every available one).
+_factory_backends: tuple[str, ...] | None = None
+
+
+def loop_factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """One asyncio loop factory per available backend, keyed by the backend's name:
+    ``factory()`` is :func:`new_event_loop` of that backend.
+
+    What pytest-asyncio's ``pytest_asyncio_loop_factories`` hook returns, and what
+    anyio's ``loop_factory`` option takes, to run asyncio tests on every asycamore
+    backend (see :doc:`/testing`).  Narrowed by :func:`limit_loop_factories`, which the
+    pytest plugin's ``--asycamore-backend`` calls.
+    """
+    names = _factory_backends
+    if names is None:
+        names = tuple(info.name for info in list_backends() if info.available)
+    return {name: functools.partial(new_event_loop, name) for name in names}
+
+
+def limit_loop_factories(names: Iterable[str] | None) -> None:
+    """Make :func:`loop_factories` offer only the available backends among *names*
+    (``None``: every available backend again)."""
+    global _factory_backends
+    if names is None:
+        _factory_backends = None
+        return
+    available = {info.name for info in list_backends() if info.available}
+    _factory_backends = tuple(dict.fromkeys(name for name in names if name in available))
 
 
 def run(

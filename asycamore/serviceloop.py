@@ -18,8 +18,9 @@ import logging
 import math
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from typing import Any, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 from .dispatcher import (
     Events,
@@ -32,9 +33,29 @@ from .dispatcher import (
 from .timers import ReadyQueue, RepeatingTimer, TimerHandle, Timers
 from .wakeup import DEFAULT_SIGNALS, SignalCatcher, Waker
 
-__all__ = ["ServiceLoop"]
+__all__ = ["PacingClock", "ServiceLoop"]
 
 _log = logging.getLogger("asycamore")
+
+
+@runtime_checkable
+class PacingClock(Protocol):
+    """A clock that is not real time, and so also decides how long a loop blocks.
+
+    A loop on such a clock (:class:`~asycamore.testing.MockClock` is one) asks it before
+    each dispatch how long to wait in real seconds.
+    """
+
+    def __call__(self) -> float:
+        """The current time on this clock, in seconds."""
+        ...
+
+    def real_timeout(self, timeout: float | None, activity: int | None) -> float | None:
+        """How many real seconds a dispatch may block when the next timer is due in
+        *timeout* seconds of this clock (``None``: no timer).  *activity* is a count
+        that has grown whenever a handler ran (``None`` if the context cannot tell):
+        an unchanged count between two calls means the loop was idle."""
+        ...
 
 
 class ServiceLoop:
@@ -46,17 +67,31 @@ class ServiceLoop:
     given; :meth:`close` closes it only if it was created here.  Every method must be
     called from the thread that runs the loop, except :meth:`call_soon_threadsafe`,
     :meth:`wakeup` and :meth:`stop`.
+
+    *clock* (a zero-argument callable returning seconds; default
+    :func:`time.monotonic`) is what the timers follow.  A :class:`PacingClock`, such as
+    :class:`asycamore.testing.MockClock`, also decides how long each dispatch may block
+    in real time, so a test's timers can run in no real time.
     """
 
     def __init__(
-        self, backend: str | None = None, *, dispatcher: IDispatchContext | None = None
+        self,
+        backend: str | None = None,
+        *,
+        dispatcher: IDispatchContext | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if backend is not None and not isinstance(backend, str):
             raise TypeError(f"backend must be a str or None, not {backend!r}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a zero-argument callable or None, not {clock!r}")
         dispatcher, self._owns_dispatcher = given_or_created(backend, dispatcher)
         self.dispatcher: IDispatchContext = dispatcher
         """The dispatch context."""
-        self.timers = Timers()
+        self.timers = Timers(time.monotonic if clock is None else clock)
+        # A clock that is not real time (asycamore.testing.MockClock) also says how long
+        # a dispatch may block in real time, and may jump once the loop is idle.
+        self._paced_by: PacingClock | None = clock if isinstance(clock, PacingClock) else None
         """The :class:`~asycamore.timers.Timers` that run scheduled calls."""
         self.dispatchvars: dict[str, Any] = {}
         """The ``dispatchvars`` of :meth:`serve_forever`'s :func:`~asycamore.iterate`."""
@@ -77,8 +112,13 @@ class ServiceLoop:
     # -- scheduling ------------------------------------------------------------------------
 
     def time(self) -> float:
-        """The loop's clock (:func:`time.monotonic`)."""
+        """The loop's clock: :func:`time.monotonic`, or the *clock* given."""
         return self.timers.clock()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock everything the loop times follows (see :meth:`time`)."""
+        return self.timers.clock
 
     def call_soon(self, callback: Callable[..., object], *args: Any) -> TimerHandle:
         """Call ``callback(*args)`` before the next dispatch (in order of calls)."""
@@ -171,7 +211,16 @@ class ServiceLoop:
             # A close() from a callback or handler also ends the loop, before it would
             # dispatch on the closed context.
             raise StopIteration
-        dispatchvars["timeout"] = 0 if queued else timeout
+        if queued:
+            timeout = 0
+        if self._paced_by is not None:
+            timeout = self._paced_by.real_timeout(timeout, self._activity())
+        dispatchvars["timeout"] = timeout
+
+    def _activity(self) -> int | None:
+        """A count that grows whenever a handler runs, if the context can tell."""
+        statistics = getattr(self.dispatcher, "statistics", None)
+        return None if statistics is None else int(statistics().handler_calls)
 
     def error_in_handler(self, target: IDispatchTarget, exc: Exception) -> None:
         """The loop's error policy for handlers that raise: the default one (rule 7)."""

@@ -303,7 +303,10 @@ class Service(ServiceLoop):
     transport keywords given here (*high_water*, *low_water*, *idle_timeout* in
     seconds, the TLS timeouts, *strict_eof*) are the defaults of every transport the
     service makes; a method's own keywords override them.  *stop_timeout* is how long
-    :meth:`stop` waits for connections to close before aborting them.
+    :meth:`stop` waits for connections to close before aborting them.  Everything the
+    service times -- timers, :meth:`call_every`, idle, TLS and stop timeouts -- follows
+    *clock* (default :func:`time.monotonic`; a test passes an
+    :class:`asycamore.testing.MockClock`).
 
     Every method must be called from the thread that runs the service, except
     :meth:`call_soon_threadsafe` and :meth:`stop`, which may be called from any thread.
@@ -314,6 +317,7 @@ class Service(ServiceLoop):
         backend: str | None = None,
         *,
         dispatcher: IDispatchContext | None = None,
+        clock: Callable[[], float] | None = None,
         recv_buffer_size: int = DEFAULT_RECV_BUFFER_SIZE,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         **options: Unpack[ConnectionKeywords],
@@ -325,7 +329,7 @@ class Service(ServiceLoop):
             raise TypeError(f"recv_buffer_size must be an int, not {recv_buffer_size!r}")
         if recv_buffer_size < 1:
             raise ValueError(f"recv_buffer_size must be positive, not {recv_buffer_size}")
-        super().__init__(backend, dispatcher=dispatcher)
+        super().__init__(backend, dispatcher=dispatcher, clock=clock)
         self.options = defaults
         """The :class:`~asycamore.tcpsocket.TransportOptions` every transport starts
         from (the keyword arguments given here)."""

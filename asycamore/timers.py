@@ -156,6 +156,10 @@ class Timers:
         """The number of scheduled calls that are not cancelled."""
         return len(self._heap) - self._cancelled
 
+    def scheduled(self) -> list[TimerHandle]:
+        """The scheduled calls that are not cancelled, soonest first (a snapshot)."""
+        return [handle for _, _, handle in sorted(self._heap) if not handle.cancelled]
+
     def _cancelled_one(self) -> None:
         self._cancelled += 1
         heap = self._heap

@@ -94,6 +94,7 @@ class TransportSet:
             return
         timer = None
         if idle_timeout is not None:
+            stream.set_clock(self._timers.clock)
             timer = self._timers.call_at(
                 stream.last_activity + idle_timeout, self._check_idle, stream, idle_timeout
             )

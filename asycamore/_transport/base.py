@@ -156,6 +156,7 @@ class Transport:
 
     __slots__ = (
         "_buffered",
+        "_clock",
         "_context",
         "_events",
         "_fileno",
@@ -194,9 +195,11 @@ class Transport:
         self._high, self._low = options.marks
         self._on_close = on_close
         self._track_activity = options.idle_timeout is not None
+        self._clock: Callable[[], float] = time.monotonic
         self.last_activity = time.monotonic()
-        """The :func:`time.monotonic` time of the last read or write (with an idle
-        timeout; else the time the transport was created)."""
+        """The time of the last read or write (with an idle timeout; else the time the
+        transport was created), on :func:`time.monotonic` or the clock given to
+        :meth:`set_clock`."""
 
     # -- the dispatch target ---------------------------------------------------------------
 
@@ -242,6 +245,16 @@ class Transport:
     def is_closing(self) -> bool:
         """Whether :meth:`close` or :meth:`abort` was called or the transport is lost."""
         return self._state >= CLOSING
+
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Keep :attr:`last_activity` on *clock* from now on, starting at its now.
+
+        A :class:`~asycamore.servicemodel.Service` whose timers follow a clock of
+        their own (``Service(clock=...)``) calls this as it starts checking the
+        transport's idle timeout, so activity and deadlines are read from one clock.
+        """
+        self._clock = clock
+        self.last_activity = clock()
 
     @property
     def write_buffer_size(self) -> int:

@@ -55,7 +55,6 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable, Iterable
-from time import monotonic
 from typing import Any, Final, Protocol, runtime_checkable
 
 from ..dispatcher import IDispatchContext
@@ -368,7 +367,7 @@ class Connection(ConnectingStream):
                 # this is the one test a read pays.
                 self._spoke = True
                 if self._track_activity:
-                    self.last_activity = monotonic()
+                    self.last_activity = self._clock()
                 else:
                     self._note_reads = False
             if self._wants_views:

@@ -928,6 +928,10 @@ class TLSConnection(_TLSInbound):
         """The plain connection's :attr:`~asycamore.tcpsocket.Connection.last_activity`."""
         return self._conn.last_activity
 
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """The plain connection's :meth:`~asycamore.tcpsocket.Connection.set_clock`."""
+        self._conn.set_clock(clock)
+
     # -- flow control ----------------------------------------------------------------------
 
     @property

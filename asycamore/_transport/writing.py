@@ -15,7 +15,6 @@ import collections
 import itertools
 import socket
 from collections.abc import Iterable
-from time import monotonic
 from typing import Final
 
 from ..arguments import join_chunks, not_text
@@ -97,7 +96,7 @@ class StreamWriter(Transport):
             self._lose(exc)
             return
         if self._track_activity:
-            self.last_activity = monotonic()
+            self.last_activity = self._clock()
         self._advance(chunks, n)
         if not chunks:
             self._drained()
@@ -144,7 +143,7 @@ class StreamWriter(Transport):
             self._lose(exc)
             return
         if n and self._track_activity:
-            self.last_activity = monotonic()
+            self.last_activity = self._clock()
         if n == size:
             return
         # The socket took part (or none): keep the rest, a view if *data* is immutable.

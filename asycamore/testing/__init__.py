@@ -22,7 +22,9 @@ skipped without it.  It expects level-triggered readiness, as every rule is writ
 Tests that wait are bounded: a dispatch that should have returned but still blocks is
 interrupted by a watchdog after a few seconds (on the main thread of a POSIX system).
 
-This package imports pytest: import it only from tests, never from library code.
+The kit imports pytest, so it is loaded only when one of its names is first used:
+importing this package (for :class:`MockClock`, or as the pytest plugin's parent) costs
+next to nothing.
 
 The kit is a package of rule groups, one module each (``registration``, ``timeouts``,
 ``ordering``, ``readiness``, ``handler_errors``, ``lifecycle``, ``forking``, ``model``), which
@@ -32,13 +34,23 @@ everything from ``asycamore.testing`` itself.
 
 from __future__ import annotations
 
-from .conformance import BackendConformance
-from .support import DispatchHung, RecordingTarget, Sockets, deadline
+from typing import TYPE_CHECKING
+
+from asycamore.lazy import lazy_attributes
+
+from .clock import MockClock
+
+if TYPE_CHECKING:
+    from .conformance import BackendConformance, DispatchHung, RecordingTarget, Sockets, deadline
 
 __all__ = [
     "BackendConformance",
     "DispatchHung",
+    "MockClock",
     "RecordingTarget",
     "Sockets",
     "deadline",
 ]
+
+_KIT_NAMES = frozenset(__all__) - {"MockClock"}
+__getattr__, __dir__ = lazy_attributes(globals(), _KIT_NAMES, "asycamore.testing.conformance")

@@ -9,9 +9,12 @@ from .model import ModelRules
 from .ordering import OrderingRules
 from .readiness import ReadinessRules
 from .registration import RegistrationRules
+from .support import DispatchHung, RecordingTarget, Sockets, deadline
 from .timeouts import TimeoutRules
 
-__all__ = ["BackendConformance"]
+# The kit's building blocks are offered here too: asycamore.testing loads them all from
+# this one module, on first use.
+__all__ = ["BackendConformance", "DispatchHung", "RecordingTarget", "Sockets", "deadline"]
 
 
 class BackendConformance(
