@@ -212,10 +212,11 @@ class ServiceLoop:
             # dispatch on the closed context.
             raise StopIteration
         if queued:
-            timeout = 0
-        if self._paced_by is not None:
-            timeout = self._paced_by.real_timeout(timeout, self._activity())
-        dispatchvars["timeout"] = timeout
+            dispatchvars["timeout"] = 0
+        elif timeout is None or self._paced_by is None:
+            dispatchvars["timeout"] = timeout
+        else:
+            dispatchvars["timeout"] = self._paced_by.real_timeout(timeout, self._activity())
 
     def _activity(self) -> int | None:
         """A count that grows whenever a handler runs, if the context can tell."""

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# pytester: tests/test_pytest_plugin.py runs user test files through the plugin.
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 def fresh_factory() -> Iterator[None]:

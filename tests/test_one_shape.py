@@ -28,7 +28,6 @@ import contextlib
 import enum
 import errno
 import gc
-import itertools
 import logging
 import math
 import os
@@ -36,7 +35,6 @@ import re
 import shutil
 import socket
 import ssl
-import statistics
 import sys
 import tempfile
 import threading
@@ -54,6 +52,7 @@ import asycamore
 from asycamore import tcpsocket, udpsocket
 from asycamore.servicemodel import DatagramProtocol, LineProtocol, Protocol, Service
 from asycamore.tcpsocket import Connection, Listener, Timers
+from asycamore.testing import MockClock
 from asycamore.udpsocket import DatagramEndpoint
 
 BACKENDS = [info.name for info in asycamore.list_backends() if info.available]
@@ -2221,169 +2220,132 @@ def test_service_serve_udp_socket_endpoint_address(make_env: Callable[..., Env])
 # =============================================================================================
 
 
-@pytest.fixture
-def service() -> Iterator[Service]:
-    with Service() as svc:
-        yield svc
+# On the pytest plugin's fixtures: ``service`` runs on ``mock_clock`` when a test asks for
+# both, so the schedule is checked exactly, in no real time (a test's advance() is the
+# only thing that moves time; a callback's "work" is an advance too).
 
 
-def test_call_every_first_call_is_one_interval_from_now(service: Service) -> None:
-    interval = 0.15
+def run_at(service: Service, clock: MockClock, when: float) -> None:
+    """Move the clock to *when* and let the service run what came due."""
+    clock.advance(when - clock())
+    service.run_once(0)
+
+
+def test_call_every_first_call_is_one_interval_from_now(
+    service: Service, mock_clock: MockClock
+) -> None:
     calls: list[float] = []
-    start = service.time()
-    handle = service.call_every(interval, lambda: calls.append(service.time()))
+    handle = service.call_every(0.15, lambda: calls.append(service.time()))
     for _ in range(3):
         service.run_once(0)
     assert calls == [], "call_every called at once"
-    pump_service(service, lambda: bool(calls), timeout=5)
+    run_at(service, mock_clock, 0.1499)
+    assert calls == []
+    run_at(service, mock_clock, 0.15)
+    assert calls == [0.15]
     handle.cancel()
-    assert calls[0] >= start + interval - 1e-3, calls[0] - start
-    assert calls[0] < start + interval + 0.12, f"first call {calls[0] - start:.3f} s after"
 
 
-def test_call_every_passes_its_arguments(service: Service) -> None:
-    calls: list[tuple[Any, ...]] = []
-    handle = service.call_every(0.01, lambda *args: calls.append(args), 1, "two")
-    pump_service(service, lambda: len(calls) >= 2, timeout=5)
-    handle.cancel()
+def test_call_every_on_the_real_clock_passes_its_arguments(asycamore_backend: str) -> None:
+    with Service(asycamore_backend) as service:
+        calls: list[tuple[Any, ...]] = []
+        handle = service.call_every(0.01, lambda *args: calls.append(args), 1, "two")
+        pump_service(service, lambda: len(calls) >= 2, timeout=5)
+        handle.cancel()
     assert calls[:2] == [(1, "two"), (1, "two")]
 
 
-def _measure(
-    service: Service, interval: float, count: int, work: float
-) -> tuple[float, list[float]]:
+def test_call_every_is_fixed_rate_without_drift(service: Service, mock_clock: MockClock) -> None:
+    """The k-th call is due at start + k * interval: the callback's own work (here 0.3
+    of an interval) and a loop that runs late do not push the schedule."""
+    mock_clock.advance(1000)
     times: list[float] = []
 
     def tick() -> None:
         times.append(service.time())
-        time.sleep(work)  # some work in the callback: must not push the schedule
+        mock_clock.advance(0.6)  # work
 
-    start = service.time()
-    handle = service.call_every(interval, tick)
-    try:
-        pump_service(service, lambda: len(times) >= count, timeout=count * interval * 4 + 3)
-    finally:
-        handle.cancel()
-    return start, times[:count]
-
-
-def test_call_every_is_fixed_rate_without_drift(service: Service) -> None:
-    """The k-th call is due at start + k * interval: never early, and its lateness does
-    not accumulate (the callback's own work included).  A stall of this shared machine
-    may make the schedule skip a tick; such a run is measured again."""
-    interval, count, work = 0.02, 30, 0.004
-    for _attempt in range(3):
-        start, times = _measure(service, interval, count, work)
-        for k, t in enumerate(times, 1):
-            # Never early: the k-th call is at or after the k-th tick (skips only delay).
-            assert t >= start + k * interval - 1e-3, (
-                f"call {k} early by {start + k * interval - t:.4f} s"
-            )
-        ticks = [math.floor((t - start) / interval + 0.05) for t in times]
-        assert all(b > a for a, b in itertools.pairwise(ticks)), f"two calls for one tick: {ticks}"
-        if ticks != list(range(1, count + 1)):
-            continue  # a tick was skipped (a stall, or drift): measure again
-        lateness = [t - (start + k * interval) for k, t in enumerate(times, 1)]
-        median = statistics.median(lateness)
-        assert median < 0.2 * interval, (
-            f"the calls drift: median lateness {median * 1000:.1f} ms, "
-            f"last {lateness[-1] * 1000:.1f} ms"
-        )
-        mean_period = (times[-1] - times[0]) / (len(times) - 1)
-        assert abs(mean_period - interval) < 0.1 * interval, mean_period
-        return
-    pytest.fail(f"in 3 runs the calls never kept to the schedule's ticks: last run {ticks}")
+    handle = service.call_every(2, tick)
+    for k in range(1, 31):
+        run_at(service, mock_clock, 1000 + 2 * k + (0.5 if k % 3 else 0))  # sometimes late
+    handle.cancel()
+    assert times == [1000 + 2 * k + (0.5 if k % 3 else 0) for k in range(1, 31)]
+    # ...and each late call was still followed by the next tick of the schedule:
+    assert all(t - (1000 + 2 * k) in (0, 0.5) for k, t in enumerate(times, 1))
 
 
-def test_call_every_after_a_stall_makes_at_most_one_late_call(service: Service) -> None:
-    interval = 0.05
+def test_call_every_after_a_stall_makes_at_most_one_late_call(
+    service: Service, mock_clock: MockClock
+) -> None:
     times: list[float] = []
-    stall: dict[str, float] = {}
 
     def tick() -> None:
         times.append(service.time())
         if len(times) == 3:
-            # Misses ticks 4-8 and ends half-way to tick 9.
-            time.sleep(max(0.0, start + 8.5 * interval - service.time()))
-            stall["end"] = service.time()
+            mock_clock.advance(5.5)  # the callback stalls: misses ticks 4-8, ends at 8.5
 
-    start = service.time()
-    handle = service.call_every(interval, tick)
-    try:
-        pump_service(service, lambda: "end" in stall and times[-1] > stall["end"] + 4.2 * interval,
-                     timeout=5)  # fmt: skip
-    finally:
-        handle.cancel()
-    end = stall["end"]
-    assert end - start < 8.9 * interval, "the stall overran: cannot judge"
-    after = [t for t in times if t >= end]
-    # Before the schedule's next tick (9) only the one late call may be made.
-    burst = [t for t in after if t < start + 9 * interval]
-    assert len(burst) <= 1, f"{len(burst)} calls right after the stall: a catch-up burst"
-    window = [t for t in after if t < end + 3 * interval]
-    assert len(window) <= 4, f"{len(window)} calls within 3 intervals after the stall"
-    on_schedule = after[len(burst) :]
-    assert len(on_schedule) >= 3, "the calls did not resume after the stall"
-    phases = [((t - start) / interval) % 1.0 for t in on_schedule[:5]]
-    late = [p for p in phases if p >= 0.4]
-    assert len(late) <= 1, f"back off the schedule after the stall: phases {phases}"
+    handle = service.call_every(1, tick)
+    for when in (1, 2, 3):
+        run_at(service, mock_clock, when)
+    assert service.time() == 8.5
+    for _ in range(3):
+        service.run_once(0)
+    assert times == [1, 2, 3], "a catch-up burst after the stall"
+    for when in (9, 10, 11):
+        run_at(service, mock_clock, when)
+    handle.cancel()
+    assert times == [1, 2, 3, 9, 10, 11]
 
 
-def test_call_every_after_a_blocked_loop_makes_at_most_one_late_call(service: Service) -> None:
-    """The stall is the loop's (nothing dispatched for 5.5 intervals), not the callback's."""
-    interval = 0.05
+def test_call_every_after_a_blocked_loop_makes_at_most_one_late_call(
+    service: Service, mock_clock: MockClock
+) -> None:
+    """The stall is the loop's (nothing ran for 5.5 intervals), not the callback's."""
     times: list[float] = []
-    start = service.time()
-    handle = service.call_every(interval, lambda: times.append(service.time()))
-    try:
-        pump_service(service, lambda: len(times) >= 2, timeout=5)
-        # The loop is blocked: ticks 3-7 pass unserved; it ends half-way to tick 8.
-        time.sleep(max(0.0, start + 7.5 * interval - service.time()))
-        end = service.time()
-        pump_service(service, lambda: times[-1] > end + 4.2 * interval, timeout=5)
-    finally:
-        handle.cancel()
-    assert len([t for t in times if t < end]) == 2, "the loop ran during the stall?"
-    assert end - start < 7.9 * interval, "the stall overran: cannot judge"
-    after = [t for t in times if t >= end]
-    burst = [t for t in after if t < start + 8 * interval]
-    assert len(burst) <= 1, f"{len(burst)} calls right after the stall: a catch-up burst"
-    assert len([t for t in after if t < end + 3 * interval]) <= 4
-    on_schedule = after[len(burst) :]
-    assert len(on_schedule) >= 3, "the calls did not resume after the stall"
-    phases = [((t - start) / interval) % 1.0 for t in on_schedule[:5]]
-    assert len([p for p in phases if p >= 0.4]) <= 1, f"off the schedule: phases {phases}"
+    handle = service.call_every(1, lambda: times.append(service.time()))
+    run_at(service, mock_clock, 1)
+    run_at(service, mock_clock, 2)
+    run_at(service, mock_clock, 7.5)  # ticks 3-7 passed unserved
+    for _ in range(3):
+        service.run_once(0)
+    assert times == [1, 2, 7.5], "not exactly one late call"
+    run_at(service, mock_clock, 7.99)
+    run_at(service, mock_clock, 8)
+    handle.cancel()
+    assert times == [1, 2, 7.5, 8], "not back on the schedule"
 
 
-def test_call_every_cancel_stops_it(service: Service) -> None:
+def test_call_every_cancel_stops_it(service: Service, mock_clock: MockClock) -> None:
     calls: list[float] = []
     handle = service.call_every(0.01, lambda: calls.append(service.time()))
-    pump_service(service, lambda: len(calls) >= 3, timeout=5)
+    for k in range(1, 4):
+        run_at(service, mock_clock, 0.01 * k)
     handle.cancel()
-    seen = len(calls)
-    run_for(service, 0.1)
-    assert len(calls) == seen
+    run_at(service, mock_clock, 1)
+    assert len(calls) == 3
 
 
-def test_call_every_cancel_twice_is_harmless(service: Service) -> None:
+def test_call_every_cancel_twice_is_harmless(service: Service, mock_clock: MockClock) -> None:
     calls: list[float] = []
     handle = service.call_every(0.01, lambda: calls.append(service.time()))
-    pump_service(service, lambda: bool(calls), timeout=5)
+    run_at(service, mock_clock, 0.01)
     handle.cancel()
     handle.cancel()
-    run_for(service, 0.05)
-    assert len(calls) == 1
+    run_at(service, mock_clock, 1)
+    assert calls == [0.01]
 
 
-def test_call_every_cancel_before_the_first_call(service: Service) -> None:
+def test_call_every_cancel_before_the_first_call(service: Service, mock_clock: MockClock) -> None:
     calls: list[float] = []
     handle = service.call_every(0.01, lambda: calls.append(service.time()))
     handle.cancel()
-    run_for(service, 0.08)
+    run_at(service, mock_clock, 1)
     assert calls == []
 
 
-def test_call_every_cancel_from_inside_the_callback(service: Service) -> None:
+def test_call_every_cancel_from_inside_the_callback(
+    service: Service, mock_clock: MockClock
+) -> None:
     calls: list[float] = []
     holder: dict[str, Any] = {}
 
@@ -2393,9 +2355,9 @@ def test_call_every_cancel_from_inside_the_callback(service: Service) -> None:
             holder["handle"].cancel()
 
     holder["handle"] = service.call_every(0.01, tick)
-    pump_service(service, lambda: len(calls) >= 2, timeout=5)
-    run_for(service, 0.1)
-    assert len(calls) == 2
+    for k in range(1, 11):
+        run_at(service, mock_clock, 0.01 * k)
+    assert calls == [0.01, 0.02]
 
 
 @pytest.mark.parametrize("interval", [0, 0.0, -0.0, -1, -0.5, NAN, math.inf, -math.inf], ids=repr)

@@ -17,14 +17,10 @@ import pytest
 import asycamore
 from asycamore.servicemodel import Connection, LineProtocol, Protocol, Service
 from asycamore.tcpsocket import TransportOptions
+from asycamore.testing import MockClock
 
-BACKENDS = [info.name for info in asycamore.list_backends() if info.available]
-
-
-@pytest.fixture(params=BACKENDS)
-def service(request: pytest.FixtureRequest) -> Iterator[Service]:
-    with Service(request.param) as svc:
-        yield svc
+# ``service`` is the asycamore pytest plugin's: a Service on each backend in turn, that
+# fails the test on whatever the test leaves open.
 
 
 class Echo(Protocol):
@@ -123,6 +119,7 @@ def test_client_connections(service: Service) -> None:
     conn.close()
     run_until(service, lambda: service.connection_count == 0)
     assert client.events == ["made", ("lost", None)]
+    listener.close()
 
 
 def test_failed_connect_is_reported(service: Service) -> None:
@@ -145,7 +142,7 @@ def test_failed_connect_is_reported(service: Service) -> None:
 
 def test_unix_socket_service(service: Service, tmp_path: Any) -> None:
     path = str(tmp_path / "s.sock")
-    service.listen_unix(Echo, path)
+    listener = service.listen_unix(Echo, path)
     client = Recorder()
     service.connect_unix(lambda: client, path)
     assert client.transport is None
@@ -153,6 +150,9 @@ def test_unix_socket_service(service: Service, tmp_path: Any) -> None:
     assert client.transport is not None
     client.transport.write(b"unix")
     run_until(service, lambda: client.data == b"unix")
+    client.transport.close()
+    listener.close()
+    run_until(service, lambda: service.connection_count == 0)
 
 
 def test_protocol_error_aborts_only_that_connection(
@@ -209,16 +209,22 @@ def test_line_protocol() -> None:
 # -- scheduling -------------------------------------------------------------------------------
 
 
-def test_timers_and_call_soon_order(service: Service) -> None:
+def test_timers_and_call_soon_order(service: Service, mock_clock: MockClock) -> None:
     calls: list[str] = []
-    service.call_later(0.05, calls.append, "later")
-    cancelled = service.call_later(0.01, calls.append, "cancelled")
-    service.call_at(service.time() + 0.02, calls.append, "at")
+    service.call_later(5, calls.append, "later")
+    cancelled = service.call_later(1, calls.append, "cancelled")
+    service.call_at(2, calls.append, "at")
     service.call_soon(calls.append, "soon 1")
     service.call_soon(calls.append, "soon 2").cancel()
     service.call_soon(calls.append, "soon 3")
     cancelled.cancel()
-    run_until(service, lambda: "later" in calls)
+    service.run_once(0)
+    assert calls == ["soon 1", "soon 3"]
+    mock_clock.advance(2)
+    service.run_once(0)
+    assert calls == ["soon 1", "soon 3", "at"]
+    mock_clock.advance(3)
+    service.run_once(0)
     assert calls == ["soon 1", "soon 3", "at", "later"]
 
 
@@ -253,43 +259,67 @@ def test_call_soon_threadsafe_wakes_a_blocked_service(service: Service) -> None:
     assert woken and woken[0] < 0.5
 
 
-def test_idle_timeout_closes_quiet_connections_only(service: Service) -> None:
-    listener = service.listen_tcp(Echo, "127.0.0.1", 0, idle_timeout=0.3)
-    with Background(service):
-        quiet = socket.create_connection(listener.address, timeout=5)
-        chatty = socket.create_connection(listener.address, timeout=5)
-        started = time.monotonic()
-        for _ in range(10):
+def read_now(service: Service, sock: socket.socket, size: int = 1) -> bytes:
+    """What *sock* receives while the service runs (b"" for EOF)."""
+    sock.setblocking(False)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        service.run_once(0.01)
+        with contextlib.suppress(BlockingIOError):
+            return sock.recv(size)
+    pytest.fail("nothing received in time")
+
+
+def test_idle_timeout_closes_quiet_connections_only(
+    service: Service, mock_clock: MockClock
+) -> None:
+    listener = service.listen_tcp(Echo, "127.0.0.1", 0, idle_timeout=30)
+    with (
+        socket.create_connection(listener.address, timeout=5) as quiet,
+        socket.create_connection(listener.address, timeout=5) as chatty,
+    ):
+        run_until(service, lambda: service.connection_count == 2)
+        for _ in range(10):  # 60 s of the clock: the quiet one is idle from 30 s on
+            mock_clock.advance(6)
             chatty.sendall(b".")
-            assert chatty.recv(1) == b"."
-            time.sleep(0.06)
-        assert quiet.recv(1) == b""  # closed for being idle
-        assert 0.25 < time.monotonic() - started < 2
+            assert read_now(service, chatty) == b"."
+        assert read_now(service, quiet) == b""  # closed for being idle, at 30 s
+        assert service.connection_count == 1
         chatty.sendall(b"!")
-        assert chatty.recv(1) == b"!"  # the active one is still open
-        assert chatty.recv(1) == b""  # ...until it is quiet too
-        quiet.close()
-        chatty.close()
+        assert read_now(service, chatty) == b"!"  # the active one is still open
+        mock_clock.advance(29.9)
+        service.run_once(0)
+        assert service.connection_count == 1
+        mock_clock.advance(0.1)
+        assert read_now(service, chatty) == b""  # ...until it is quiet too
+    run_until(service, lambda: service.connection_count == 0)
+    listener.close()
 
 
-def test_idle_connection_that_cannot_flush_is_aborted(service: Service) -> None:
+def test_idle_connection_that_cannot_flush_is_aborted(
+    service: Service, mock_clock: MockClock
+) -> None:
     class Flood(Protocol):
         def connection_made(self, transport: Connection) -> None:
             super().connection_made(transport)
             transport.write(b"z" * (8 << 20))
 
-    listener = service.listen_tcp(Flood, "127.0.0.1", 0, idle_timeout=0.2)
-    with Background(service):
-        sock = socket.socket()
+    listener = service.listen_tcp(Flood, "127.0.0.1", 0, idle_timeout=20)
+    with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(listener.address)
-        deadline = time.monotonic() + 5
-        while service.connection_count == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        while service.connection_count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert service.connection_count == 0  # closed, then aborted: nothing flushes
-        sock.close()
+        run_until(service, lambda: service.connection_count == 1)
+        (stream,) = service.transports.streams
+        run_until(service, lambda: stream.write_buffer_size < 8 << 20)  # the socket is full
+        mock_clock.advance(20)  # idle: closed, but nothing flushes...
+        service.run_once(0)
+        assert stream.is_closing() and service.connection_count == 1
+        mock_clock.advance(19.9)
+        service.run_once(0)
+        assert service.connection_count == 1
+        mock_clock.advance(0.1)  # ...so one idle timeout later it is aborted
+        run_until(service, lambda: service.connection_count == 0)
+    listener.close()
 
 
 # -- stopping ----------------------------------------------------------------------------------
@@ -472,7 +502,9 @@ def test_service_options_are_one_value_and_a_method_overrides_them() -> None:
         assert service.options.low_water is None  # the service's own are unchanged
 
 
-def test_idle_timeout_aborts_a_connect_that_does_not_finish(service: Service) -> None:
+def test_idle_timeout_aborts_a_connect_that_does_not_finish(
+    service: Service, mock_clock: MockClock
+) -> None:
     # A listener whose accept queue is full drops SYNs: the connect hangs.
     full = socket.socket()
     full.bind(("127.0.0.1", 0))
@@ -487,14 +519,19 @@ def test_idle_timeout_aborts_a_connect_that_does_not_finish(service: Service) ->
                 filler.connect_ex(full.getsockname())
         time.sleep(0.1)
         client = Recorder()
-        started = time.monotonic()
-        service.connect_tcp(lambda: client, *full.getsockname(), idle_timeout=0.3)
-        run_until(service, lambda: bool(client.events))
+        service.connect_tcp(lambda: client, *full.getsockname(), idle_timeout=30)
+        for _ in range(5):
+            service.run_once(0.01)
         if client.events == ["made"]:
             pytest.skip("this kernel completed the connect despite the full backlog")
+        assert client.events == []
+        mock_clock.advance(29.9)
+        service.run_once(0)
+        assert client.events == []
+        mock_clock.advance(0.1)
+        run_until(service, lambda: bool(client.events))
         ((what, exc),) = client.events
         assert what == "failed" and isinstance(exc, TimeoutError)
-        assert 0.25 < time.monotonic() - started < 3
         assert service.connection_count == 0
     finally:
         for filler in fillers:

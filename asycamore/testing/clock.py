@@ -76,7 +76,7 @@ class MockClock:
         the timer and the answer is ``0``, so the next round runs it.
         """
         if timeout is None or timeout <= 0 or self._threshold == math.inf:
-            self._idle = None
+            self._idle = None  # blocked for readiness, or a timer is due: not idle
             return None if timeout is None or timeout > 0 else timeout
         now = time.monotonic()
         state = (activity, self._now)
