@@ -30,6 +30,10 @@ MIN_BENCH_SECONDS = 0.01
 MAX_BENCH_SECONDS = 600.0
 """The longest ``asycamore bench --seconds``: each backend is measured several times, so
 a longer one is a mistake (``inf`` would never end)."""
+MIN_STATS_INTERVAL = 0.01
+"""The shortest ``asycamore echo --stats-interval``."""
+MAX_STATS_INTERVAL = 3600.0
+"""The longest ``asycamore echo --stats-interval`` (an hour)."""
 
 
 class _ParseError(UsageError):
@@ -143,6 +147,21 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"serve from N processes (1-{MAX_WORKERS}) under a supervisor "
         "(default: none, serve in this process)",
     )
+    echo.add_argument(
+        "--stats-interval",
+        type=_stats_interval,
+        metavar="SECONDS",
+        help="print a line of name=value service statistics to stderr every SECONDS, "
+        f"{MIN_STATS_INTERVAL:g} to {MAX_STATS_INTERVAL:g}; with --workers, each worker "
+        "prints its own, with its pid (default: none)",
+    )
+    echo.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics over HTTP on this port of --host (0: any free "
+        "port); needs asycamore[metrics], not with --workers (default: none)",
+    )
     echo.set_defaults(run=_cmd_echo)
 
     bench = commands.add_parser(
@@ -171,6 +190,8 @@ def _check_echo(args: argparse.Namespace) -> str | None:
         return "--tls-cert and --tls-key go together: give both or neither"
     if args.udp and args.tls_cert is not None:
         return "--udp cannot be combined with --tls-cert/--tls-key"
+    if args.metrics_port is not None and args.workers is not None:
+        return "--metrics-port cannot be combined with --workers (yet)"
     return None
 
 
@@ -194,17 +215,24 @@ def _workers(text: str) -> int:
     return count
 
 
-def _seconds(text: str) -> float:
+def _seconds_in(text: str, low: float, high: float) -> float:
     # Plain decimal notation only: float() would also take " 1", "1_0" and "nan".  One
     # message whatever the fault: the user needs the accepted range, not our taxonomy.
     if _DECIMAL.fullmatch(text):
         value = float(text)
-        if MIN_BENCH_SECONDS <= value <= MAX_BENCH_SECONDS:
+        if low <= value <= high:
             return value
     raise argparse.ArgumentTypeError(
-        f"expected a decimal number of seconds from {MIN_BENCH_SECONDS:g} to "
-        f"{MAX_BENCH_SECONDS:g}, not {text!r}"
+        f"expected a decimal number of seconds from {low:g} to {high:g}, not {text!r}"
     )
+
+
+def _seconds(text: str) -> float:
+    return _seconds_in(text, MIN_BENCH_SECONDS, MAX_BENCH_SECONDS)
+
+
+def _stats_interval(text: str) -> float:
+    return _seconds_in(text, MIN_STATS_INTERVAL, MAX_STATS_INTERVAL)
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
@@ -263,6 +291,8 @@ def _cmd_echo(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         workers=args.workers,
+        stats_interval=args.stats_interval,
+        metrics_port=args.metrics_port,
     )
 
 

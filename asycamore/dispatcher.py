@@ -305,10 +305,11 @@ def _check_count(count: object) -> None:
 
 
 def given_or_created(
-    backend: str | None, dispatcher: IDispatchContext | None
+    backend: str | None, dispatcher: IDispatchContext | None, debug: bool | None = None
 ) -> tuple[IDispatchContext, bool]:
     """``(context, owned)``: *dispatcher* if given (the caller's, not ours to close),
-    else a new one from :func:`~asycamore.create_dispatcher` for *backend* (ours).
+    else a new one from :func:`~asycamore.create_dispatcher` for *backend* (ours), in
+    debug mode if *debug* says so (``None``: as the environment says).
 
     For the classes that take ``backend=`` or ``dispatcher=``; the factory, with its
     metadata scan, is imported only when a context must be made.
@@ -317,4 +318,6 @@ def given_or_created(
         return dispatcher, False
     from .factory import create_dispatcher
 
-    return create_dispatcher(backend), True
+    if debug is None:
+        return create_dispatcher(backend), True
+    return create_dispatcher(backend, debug=debug), True

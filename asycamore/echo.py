@@ -13,15 +13,18 @@ may be written in brackets (``[::1]``), and is printed that way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .arguments import format_address
 from .errors import UsageError
-from .servicemodel import DatagramProtocol, Protocol, Service
+from .servicemodel import DatagramProtocol, Protocol, Service, ServiceStatistics
 from .tcpsocket import StreamTransport
 from .udpsocket import DatagramEndpoint
 
@@ -34,6 +37,7 @@ __all__ = [
     "format_address",
     "parse_host",
     "serve_echo",
+    "statistics_line",
     "tls_server_context",
 ]
 
@@ -161,6 +165,58 @@ def tls_server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
+def _fields(stats: object, prefix: str = "") -> Iterator[str]:
+    for field in dataclasses.fields(stats):  # type: ignore[arg-type]
+        value = getattr(stats, field.name)
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, f"{field.name}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{field.name}={value:.6f}"
+        elif isinstance(value, int):
+            yield f"{prefix}{field.name}={value}"
+        # (None and tuples -- no dispatch statistics, no slowest handler yet -- are left out.)
+
+
+def statistics_line(stats: ServiceStatistics) -> str:
+    """*stats* as the one line ``--stats-interval`` prints: ``name=value`` pairs, the
+    fields of :class:`~asycamore.servicemodel.ServiceStatistics` in order, then those of
+    its ``dispatch`` as ``dispatch.NAME`` (seconds with six decimals)."""
+    return " ".join(_fields(stats))
+
+
+def _print_statistics(service: Service, prefix: str) -> None:
+    print(f"{prefix}{statistics_line(service.statistics())}", file=sys.stderr, flush=True)
+
+
+def _serve_metrics(service: Service, host: str, port: int) -> Any:
+    """Start prometheus_client's HTTP server for *service* on *host*:*port*; return
+    the server (a UsageError if the extra is missing or the port cannot be bound)."""
+    from .metrics import MetricsUnavailable, ServiceCollector
+
+    try:
+        collector = ServiceCollector(service)
+    except MetricsUnavailable as exc:
+        raise UsageError(f"--metrics-port: {exc}") from None
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    # A registry of our own: only the service's metrics, not the process's defaults.
+    registry = CollectorRegistry()
+    registry.register(collector)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except (OSError, OverflowError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(
+            f"cannot serve metrics on {format_address((host, port))}: {reason}"
+        ) from None
+    print(
+        f"asycamore echo: metrics on http://{format_address(server.server_address)}/metrics",
+        file=sys.stderr,
+        flush=True,
+    )
+    return server
+
+
 def _log_to_stderr() -> logging.Handler | None:
     logger = logging.getLogger("asycamore")
     if logger.handlers:
@@ -192,6 +248,8 @@ def serve_echo(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     workers: int | None = None,
+    stats_interval: float | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     """Serve echo on *host*:*port* until a :data:`STOP_SIGNALS` signal; return the exit
     status.
@@ -209,7 +267,15 @@ def serve_echo(
 
     With *workers*, that many forked processes serve the port under a supervising
     parent (:mod:`asycamore.workers`); the line is printed once all of them serve.
+
+    With *stats_interval*, a :func:`statistics_line` goes to stderr every that many
+    seconds (with *workers*, each worker prints its own, after ``pid=PID``: a worker's
+    statistics are its own).  With *metrics_port* (not with *workers*, for now),
+    ``prometheus_client``'s HTTP server serves :mod:`asycamore.metrics` on *host* and
+    that port (0: any free one), and a line on stderr says where.
     """
+    if metrics_port is not None and workers is not None:
+        raise UsageError("--metrics-port cannot be combined with --workers (yet)")
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together: give both or neither")
     if udp and tls_cert is not None:
@@ -221,7 +287,7 @@ def serve_echo(
     host = parse_host(host)
     try:
         if workers is not None:
-            return _serve_workers(backend, host, port, workers, sslcontext, udp)
+            return _serve_workers(backend, host, port, workers, sslcontext, udp, stats_interval)
         try:
             service = Service(backend, stop_timeout=STOP_TIMEOUT)
         except OSError as exc:  # EMFILE, for one: no descriptor for the context or waker
@@ -238,12 +304,20 @@ def serve_echo(
                     address = listener.address
             except (OSError, OverflowError) as exc:
                 raise _bind_error(exc, host, port) from None
+            metrics = None if metrics_port is None else _serve_metrics(service, host, metrics_port)
+            if stats_interval is not None:
+                service.call_every(stats_interval, _print_statistics, service, "")
             # Handlers first: a SIGTERM right after the line below must stop us cleanly.
             # They stay (ignoring) until the process has exited: a second signal while
             # it exits must not turn its status 0 into a death by signal.
             with service.signal_handling(STOP_SIGNALS, ignore_afterwards=True):
                 print(f"listening on {format_address(address)}", flush=True)
-                service.serve_forever()
+                try:
+                    service.serve_forever()
+                finally:
+                    if metrics is not None:
+                        metrics.shutdown()
+                        metrics.server_close()
     finally:
         if handler is not None:
             logging.getLogger("asycamore").removeHandler(handler)
@@ -257,6 +331,7 @@ def _serve_workers(
     workers: int,
     sslcontext: ssl.SSLContext | None,
     udp: bool,
+    stats_interval: float | None,
 ) -> int:
     from .workers import Worker, WorkerPool, WorkerStartError
 
@@ -276,6 +351,8 @@ def _serve_workers(
             worker.serve_udp(service, DatagramEchoProtocol)
         else:
             worker.listen(service, EchoProtocol, ssl=sslcontext)
+        if stats_interval is not None:
+            service.call_every(stats_interval, _print_statistics, service, f"pid={os.getpid()} ")
 
     def on_ready() -> None:
         print(f"listening on {format_address(addresses[0])}", flush=True)

@@ -276,17 +276,48 @@ def _first_usable(names: list[str]) -> str:
     raise BackendUnavailable(message)
 
 
-def create_dispatcher(name: str | None = None, **options: Any) -> IDispatchContext:
+def create_dispatcher(
+    name: str | None = None, *, debug: bool | None = None, **options: Any
+) -> IDispatchContext:
     """Create a dispatch context from backend *name*, or from the best one here.
 
     With no name, ``$ASYCAMORE_BACKEND`` (a comma-separated preference list; the first
     available wins) is honoured, then the highest-priority available backend is used.
     *options* are passed to the backend's constructor.
 
+    *debug* turns the context's debug mode on or off (see :doc:`observing`); it is
+    passed on only when given, so that ``None`` leaves the decision to the backend
+    (every backend on :class:`~asycamore.backends.base.DispatcherBase` follows
+    ``ASYCAMORE_DEBUG`` and ``python -X dev``, see
+    :func:`asycamore.debug.debug_enabled`).  A backend whose constructor takes no
+    ``debug`` raises :class:`TypeError` when *debug* is given, and is created without
+    it otherwise: the environment variable cannot make a plugin fail.
+
     Raises :class:`~asycamore.BackendNotFound`, :class:`~asycamore.BackendUnavailable` or
     :class:`~asycamore.BackendLoadError`, all subclasses of :class:`~asycamore.BackendError`.
     """
-    return backend_class(name)(**options)
+    cls = backend_class(name)
+    if debug is not None:
+        if not _accepts_debug(cls):
+            raise TypeError(
+                f"backend {cls.__module__}.{cls.__qualname__} does not accept debug: "
+                "its constructor has no debug parameter"
+            )
+        options["debug"] = debug
+    return cls(**options)
+
+
+def _accepts_debug(cls: type[IDispatchContext]) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a C class): try it
+        return True
+    return any(
+        (p.name == "debug" and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
 
 
 def backend_class(name: str | None = None) -> type[IDispatchContext]:

@@ -30,6 +30,7 @@ from .dispatcher import (
     given_or_created,
     iterate,
 )
+from .debug import debug_enabled, warn_unclosed
 from .timers import ReadyQueue, RepeatingTimer, TimerHandle, Timers
 from .wakeup import DEFAULT_SIGNALS, SignalCatcher, Waker
 
@@ -72,6 +73,11 @@ class ServiceLoop:
     :func:`time.monotonic`) is what the timers follow.  A :class:`PacingClock`, such as
     :class:`asycamore.testing.MockClock`, also decides how long each dispatch may block
     in real time, so a test's timers can run in no real time.
+
+    *debug* (default: ``$ASYCAMORE_DEBUG`` or ``python -X dev``) turns on debug mode for
+    the loop and the context it creates (see :doc:`/observing`): a loop garbage-collected
+    without :meth:`close` then emits a :class:`ResourceWarning` saying where it was
+    made.
     """
 
     def __init__(
@@ -80,12 +86,21 @@ class ServiceLoop:
         *,
         dispatcher: IDispatchContext | None = None,
         clock: Callable[[], float] | None = None,
+        debug: bool | None = None,
     ) -> None:
         if backend is not None and not isinstance(backend, str):
             raise TypeError(f"backend must be a str or None, not {backend!r}")
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a zero-argument callable or None, not {clock!r}")
-        dispatcher, self._owns_dispatcher = given_or_created(backend, dispatcher)
+        if debug is not None and not isinstance(debug, bool):
+            raise TypeError(f"debug must be a bool or None, not {debug!r}")
+        dispatcher, self._owns_dispatcher = given_or_created(backend, dispatcher, debug)
+        self.debug = debug_enabled(debug)
+        """Whether debug mode is on (see :doc:`/observing`)."""
+        # Debug mode: a loop dropped without close() says where it was made.
+        self._disarm_unclosed = (
+            warn_unclosed(self, f"{type(self).__name__}") if self.debug else None
+        )
         self.dispatcher: IDispatchContext = dispatcher
         """The dispatch context."""
         self.timers = Timers(time.monotonic if clock is None else clock)
@@ -350,6 +365,8 @@ class ServiceLoop:
         if self._closed:
             return
         self._closed = True
+        if self._disarm_unclosed is not None:
+            self._disarm_unclosed()
         with contextlib.suppress(KeyError, ValueError):
             self.dispatcher.unregister(self._waker)
         # Closed from inside serve_forever, the signal handlers are still ours: the

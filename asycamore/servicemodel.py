@@ -31,14 +31,16 @@ defaults::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import tcpsocket, udpsocket
+from . import processes, tcpsocket, udpsocket
 from .arguments import check_factory, check_timeout, not_text
 from .dispatcher import IDispatchContext, IDispatchTarget
+from .processes import PIPE, Process, ProcessHandler, ReadPipeTransport, WritePipeTransport
 from .serviceloop import ServiceLoop
 from .tcpsocket import (
     DEFAULT_RECV_BUFFER_SIZE,
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
+    from .statistics import DispatchStatistics
     from .tcpsocket import TLSConnection
 
 __all__ = [
@@ -70,9 +73,12 @@ __all__ = [
     "DatagramProtocol",
     "LineProtocol",
     "Listener",
+    "Process",
+    "ProcessProtocol",
     "Protocol",
     "Service",
     "ServiceLoop",
+    "ServiceStatistics",
     "StreamTransport",
     "TimerHandle",
     "Timers",
@@ -235,6 +241,47 @@ class DatagramProtocol:
             transport.close()
 
 
+class ProcessProtocol:
+    """Base class of a child process's protocol (:meth:`Service.spawn`), with
+    do-nothing defaults: asyncio's ``SubprocessProtocol`` names.
+
+    A protocol that overrides :meth:`connection_made` should call
+    ``super().connection_made(process)`` (or set :attr:`process` itself).
+    """
+
+    __slots__ = ("process",)
+
+    process: Process | None
+    """The :class:`~asycamore.processes.Process` (set by :meth:`connection_made`)."""
+
+    def __init__(self) -> None:
+        self.process = None
+
+    def connection_made(self, process: Process) -> None:
+        """The child has started (called before any other callback): remember
+        *process*.  Write to its stdin with ``process.get_pipe_transport(0)``."""
+        self.process = process
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        """The child wrote *data* to its stdout (*fd* 1) or stderr (2).  The default
+        ignores it."""
+
+    def pipe_connection_lost(self, fd: int, exc: BaseException | None) -> None:
+        """The pipe of the child's *fd* closed: ``None`` at its EOF, else why (a
+        :class:`BrokenPipeError` writing to stdin, *fd* 0, of a child that has gone)."""
+
+    def process_exited(self) -> None:
+        """The child has exited and been reaped; ``self.process.returncode`` is set.
+        Called exactly once; stdout and stderr may still have data to deliver."""
+
+    def pause_writing(self) -> None:
+        """The child's stdin buffers more than its high-water mark: stop writing to it
+        until :meth:`resume_writing` (its stdout and stderr are still read)."""
+
+    def resume_writing(self) -> None:
+        """The child's stdin drained to its low-water mark."""
+
+
 class LineProtocol(Protocol):
     """A protocol for line-based exchanges: override :meth:`line_received`.
 
@@ -289,6 +336,51 @@ class LineProtocol(Protocol):
             transport.write(line + self.delimiter)
 
 
+@dataclasses.dataclass(frozen=True)
+class ServiceStatistics:
+    """A snapshot of what a :class:`Service` has done, from :meth:`Service.statistics`.
+
+    The counts are totals since the service was made; ``connections_open`` and
+    ``processes_running`` are how many there are now.  Bytes are those the service's
+    sockets moved (streams and datagrams; for TLS, the encrypted records, handshakes
+    included).  Every accepted or client connection ends up counted once in
+    ``connections_closed`` or ``connections_failed``.
+    """
+
+    connections_open: int
+    """Stream connections open now, accepted and client (connecting ones included)."""
+    connections_accepted: int
+    """Connections the service's listeners accepted."""
+    connections_closed: int
+    """Connections closed after they were accepted or connected (a TLS connection
+    whose handshake failed included)."""
+    connections_failed: int
+    """Client connects that did not connect: refused, unreachable, timed out, or
+    cancelled by a close or a stop."""
+    bytes_received: int
+    """Bytes read from the service's stream and datagram sockets."""
+    bytes_sent: int
+    """Bytes the service's stream and datagram sockets took to send."""
+    datagrams_received: int
+    """Datagrams received."""
+    datagrams_sent: int
+    """Datagrams sent (taken by the socket)."""
+    tls_handshakes: int
+    """TLS handshakes completed, server and client side."""
+    tls_handshakes_failed: int
+    """TLS handshakes that failed, timed out or were cut short by a close."""
+    processes_running: int
+    """Child processes spawned by the service and not yet reaped."""
+    processes_exited: int
+    """Child processes spawned by the service that have exited and been reaped."""
+    timers_fired: int
+    """Scheduled calls made by the service's timers (a repeating call's, each time;
+    the service's own idle, TLS and linger timeouts included)."""
+    dispatch: DispatchStatistics | None
+    """The dispatch context's :class:`~asycamore.DispatchStatistics`, or ``None`` for
+    a context without ``statistics()``."""
+
+
 class Service(ServiceLoop):
     """Runs listeners, connections, UDP endpoints and timers on one dispatch context.
 
@@ -306,7 +398,8 @@ class Service(ServiceLoop):
     :meth:`stop` waits for connections to close before aborting them.  Everything the
     service times -- timers, :meth:`call_every`, idle, TLS and stop timeouts -- follows
     *clock* (default :func:`time.monotonic`; a test passes an
-    :class:`asycamore.testing.MockClock`).
+    :class:`asycamore.testing.MockClock`).  *debug* turns on debug mode for the service
+    and its context (see :doc:`/observing`).
 
     Every method must be called from the thread that runs the service, except
     :meth:`call_soon_threadsafe` and :meth:`stop`, which may be called from any thread.
@@ -318,6 +411,7 @@ class Service(ServiceLoop):
         *,
         dispatcher: IDispatchContext | None = None,
         clock: Callable[[], float] | None = None,
+        debug: bool | None = None,
         recv_buffer_size: int = DEFAULT_RECV_BUFFER_SIZE,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         **options: Unpack[ConnectionKeywords],
@@ -329,14 +423,15 @@ class Service(ServiceLoop):
             raise TypeError(f"recv_buffer_size must be an int, not {recv_buffer_size!r}")
         if recv_buffer_size < 1:
             raise ValueError(f"recv_buffer_size must be positive, not {recv_buffer_size}")
-        super().__init__(backend, dispatcher=dispatcher, clock=clock)
-        self.options = defaults
-        """The :class:`~asycamore.tcpsocket.TransportOptions` every transport starts
-        from (the keyword arguments given here)."""
+        super().__init__(backend, dispatcher=dispatcher, clock=clock, debug=debug)
         self.stop_timeout = stop_timeout
         """Seconds :meth:`stop` waits before aborting the connections left."""
         self.transports = TransportSet(self.timers)
         """The transports the service has made and not yet seen closed."""
+        self.options = dataclasses.replace(defaults, counters=self.transports.counters)
+        """The :class:`~asycamore.tcpsocket.TransportOptions` every transport starts
+        from: the keyword arguments given here, and the service's counters (what
+        :meth:`statistics` reports)."""
         self._recv_buffer = memoryview(bytearray(recv_buffer_size))
 
     # -- streams ---------------------------------------------------------------------------
@@ -530,6 +625,92 @@ class Service(ServiceLoop):
         self.transports.replace_stream(connection, tls, merged.idle_timeout)
         return tls
 
+    # -- processes and pipes -------------------------------------------------------------
+
+    def spawn(
+        self,
+        protocol_factory: Callable[[], ProcessHandler],
+        args: Any,
+        *,
+        stdin: Any = PIPE,
+        stdout: Any = PIPE,
+        stderr: Any = PIPE,
+        cwd: Any = None,
+        env: Any = None,
+        **popen_options: Any,
+    ) -> Process:
+        """Start a child as :class:`subprocess.Popen` would, served by a protocol from
+        *protocol_factory* (a :class:`ProcessProtocol`, say); return its
+        :class:`~asycamore.processes.Process`.
+
+        See :func:`asycamore.processes.spawn`: the pipes have the service's water marks,
+        and the service tracks the child until it has been reaped.  :meth:`stop` sends
+        it SIGTERM, then SIGKILL after the stop timeout, and :meth:`serve_forever`
+        returns only once it has been reaped; :meth:`close` kills and reaps it.
+        """
+        check_factory(protocol_factory)
+        self._check_open()
+        process = processes.spawn(
+            self.dispatcher,
+            protocol_factory,
+            args,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd,
+            env=env,
+            options=self.options,
+            recv_buffer=self._recv_buffer,
+            on_exit=self.transports.remove_process,
+            **popen_options,
+        )
+        self.transports.add_process(process)
+        return process
+
+    def connect_read_pipe(
+        self, protocol_factory: Callable[[], StreamHandler], pipe: Any
+    ) -> ReadPipeTransport:
+        """Read the existing *pipe* (a file object or a descriptor: a pipe, FIFO, tty or
+        socket, ``sys.stdin`` say) with a protocol from *protocol_factory*; return the
+        transport, which owns *pipe* and closes it when it closes.
+
+        See :func:`asycamore.processes.connect_read_pipe`: a regular file is refused
+        with :class:`ValueError`, and so is what the backend cannot watch, both leaving
+        *pipe* open.  The service tracks the transport as a stream.
+        """
+        check_factory(protocol_factory)
+        self._check_open()
+        return processes.connect_read_pipe(
+            self.dispatcher,
+            protocol_factory,
+            pipe,
+            options=self.options,
+            recv_buffer=self._recv_buffer,
+            on_close=self.transports.remove_stream,
+            on_attached=self._track_pipe,
+        )
+
+    def connect_write_pipe(
+        self, protocol_factory: Callable[[], StreamHandler], pipe: Any
+    ) -> WritePipeTransport:
+        """Write to the existing *pipe* (``sys.stdout``, say) for a protocol from
+        *protocol_factory*; return the transport (with the service's water marks),
+        which owns *pipe*.  As :meth:`connect_read_pipe`, and see
+        :func:`asycamore.processes.connect_write_pipe`."""
+        check_factory(protocol_factory)
+        self._check_open()
+        return processes.connect_write_pipe(
+            self.dispatcher,
+            protocol_factory,
+            pipe,
+            options=self.options,
+            on_close=self.transports.remove_stream,
+            on_attached=self._track_pipe,
+        )
+
+    def _track_pipe(self, transport: Connection) -> None:
+        self.transports.add_stream(transport, None)
+
     # -- datagram endpoints ------------------------------------------------------------
 
     def _datagram_options(self, keywords: DatagramKeywords) -> dict[str, Any]:
@@ -642,6 +823,31 @@ class Service(ServiceLoop):
 
     # -- what there is ---------------------------------------------------------------------
 
+    def statistics(self) -> ServiceStatistics:
+        """A :class:`ServiceStatistics` snapshot of what the service has done.
+
+        Cheap (a few attribute reads), so it may be called as often as wanted, from
+        any thread: the counts are plain integers, each read whole.
+        """
+        counters = self.transports.counters
+        dispatch_statistics = getattr(self.dispatcher, "statistics", None)
+        return ServiceStatistics(
+            connections_open=self.transports.stream_count,
+            connections_accepted=counters.connections_accepted,
+            connections_closed=counters.connections_closed,
+            connections_failed=counters.connections_failed,
+            bytes_received=counters.bytes_received,
+            bytes_sent=counters.bytes_sent,
+            datagrams_received=counters.datagrams_received,
+            datagrams_sent=counters.datagrams_sent,
+            tls_handshakes=counters.tls_handshakes,
+            tls_handshakes_failed=counters.tls_handshakes_failed,
+            processes_running=self.transports.process_count,
+            processes_exited=self.transports.processes_exited,
+            timers_fired=self.timers.fired,
+            dispatch=None if dispatch_statistics is None else dispatch_statistics(),
+        )
+
     @property
     def connections(self) -> list[StreamTransport]:
         """A snapshot of the open stream transports (accepted and client), each as its
@@ -665,6 +871,16 @@ class Service(ServiceLoop):
 
     # -- errors, stopping and closing ------------------------------------------------------
 
+    def before_dispatch(
+        self, dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
+    ) -> None:
+        """:class:`~asycamore.serviceloop.ServiceLoop`'s round step, after folding the
+        byte tallies that have grown long (:meth:`TransportCounters.fold
+        <asycamore.tcpsocket.TransportCounters.fold>`): once a round, in the loop's
+        thread, keeps them short whatever the traffic."""
+        self.transports.counters.fold()
+        ServiceLoop.before_dispatch(self, dispatcher, dispatchvars)
+
     def error_in_handler(self, target: IDispatchTarget, exc: Exception) -> None:
         """The service's error policy for handlers that raise (see rule 7).
 
@@ -687,8 +903,9 @@ class Service(ServiceLoop):
         Closes every listener, calls each transport's protocol's
         ``service_stopping()`` (or closes the transport if it has none; a connect still
         in progress is cancelled, quietly), and aborts the transports still open after
-        *timeout* seconds (default :attr:`stop_timeout`).  :meth:`serve_forever`
-        returns once none is left.  May be called from any thread.
+        *timeout* seconds (default :attr:`stop_timeout`).  Child processes get SIGTERM,
+        then SIGKILL at the timeout.  :meth:`serve_forever` returns once no transport is
+        left and every child has been reaped.  May be called from any thread.
         """
         check_timeout(timeout, "timeout")
         if self._running and not self._in_loop_thread():
@@ -713,8 +930,10 @@ class Service(ServiceLoop):
         self.transports.abort_all(exc)
 
     def close(self) -> None:
-        """Close everything at once: listeners, transports (aborted), the wake-up
-        socket and the dispatch context if the service created it.  Idempotent.
+        """Close everything at once: listeners, transports (aborted), child processes
+        (their pipes closed, killed and reaped before this returns: ``process_exited``
+        is still called), the wake-up socket and the dispatch context if the service
+        created it.  Idempotent.
 
         Called from a callback or handler while :meth:`serve_forever` runs, it also
         ends the loop: ``serve_forever`` returns normally after the current round.
@@ -723,6 +942,7 @@ class Service(ServiceLoop):
             return
         self.transports.close_listeners()
         self.transports.abort_all(ConnectionAbortedError("the service was closed"))
+        self.transports.close_processes()
         super().close()
 
     def __repr__(self) -> str:

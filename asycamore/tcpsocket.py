@@ -24,7 +24,8 @@ themselves, calling :meth:`~asycamore.IDispatchContext.modify` only when it chan
   (STARTTLS).  Both satisfy :class:`StreamTransport`, the transport API a protocol
   uses; see :doc:`/tls`.
 - :class:`TransportOptions` is the settings of a transport (water marks, TLS timeouts)
-  as one checked value; the functions take them as keyword arguments too.
+  as one checked value; the functions take them as keyword arguments too.  Its
+  ``counters``, a :class:`TransportCounters`, is where a service's transports count.
 - :class:`~asycamore.timers.Timers` (from :mod:`asycamore.timers`, also importable
   from here) is the timer heap that the listener's back-off and the connect timeout
   use; :class:`asycamore.servicemodel.Service` runs one for you.
@@ -47,6 +48,7 @@ from ._transport.base import (
     DEFAULT_LINGER,
     DEFAULT_RECV_BUFFER_SIZE,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    TransportCounters,
     default_recv_buffer,
 )
 from ._transport.connect import CONNECTION_ATTEMPT_DELAY, ConnectError, connect_tcp, connect_unix
@@ -109,6 +111,7 @@ __all__ = [
     "TLSConnection",
     "TimerHandle",
     "Timers",
+    "TransportCounters",
     "TransportOptions",
     "client_context",
     "connect_tcp",

@@ -118,6 +118,8 @@ class Timers:
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._cancelled = 0
+        self.fired = 0
+        """How many scheduled calls have been made (a repeating timer's, each time)."""
         self.on_schedule: Callable[[float], object] | None = None
         """Called with the due time of every new call, if set: a foreign main loop that
         waits with a deadline of its own learns to wait less (see
@@ -208,12 +210,17 @@ class Timers:
                 continue
             handle._timers = None
             due.append(handle)
+        ran = 0
         for handle in due:
+            if handle.cancelled:  # by a call before it in this batch
+                continue
+            ran += 1
             try:
                 handle._run()
             except Exception:
                 _log.exception("error in timer callback %r", handle)
-        return len(due)
+        self.fired += ran
+        return ran
 
     def advance(self) -> float | None:
         """:meth:`run_due`, then return :meth:`timeout`: a loop's timer step in one call.

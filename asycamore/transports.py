@@ -1,8 +1,8 @@
 """Which transports a service owns, and their idle timeouts: :class:`TransportSet`.
 
 A :class:`~asycamore.servicemodel.Service` keeps every listener, stream transport and
-datagram endpoint it made here, so that a stop can wind them all down and a close can
-abort them.  A stream is tracked as the transport its protocol sees -- the
+datagram endpoint it made here, and every child process it spawned, so that a stop
+can wind them all down and a close can abort them.  A stream is tracked as the transport its protocol sees -- the
 :class:`~asycamore.tcpsocket.TLSConnection` of a TLS connection, not the plain
 connection under it -- so the idle timeout and the stop talk to the protocol through
 the same object the protocol talks through.
@@ -14,7 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .tcpsocket import Connection, Listener
+from .processes import Process
+from .tcpsocket import Connection, Listener, TransportCounters
 from .timers import TimerHandle, Timers
 from .udpsocket import DatagramEndpoint
 
@@ -29,7 +30,7 @@ _log = logging.getLogger("asycamore")
 
 
 class TransportSet:
-    """The listeners, streams and datagram endpoints of one service.
+    """The listeners, streams, datagram endpoints and child processes of one service.
 
     A stream added with an idle timeout is checked by *timers*: once nothing was read
     or written for that long, its protocol's ``connection_idle()`` is called (or the
@@ -38,9 +39,15 @@ class TransportSet:
 
     def __init__(self, timers: Timers) -> None:
         self._timers = timers
+        self.counters = TransportCounters()
+        """What the transports made with the service's options have done (their
+        :class:`~asycamore.tcpsocket.TransportOptions` carry it)."""
         self._streams: dict[Stream, TimerHandle | None] = {}
         self._endpoints: dict[DatagramEndpoint, None] = {}  # ordered, O(1) removal
         self._listeners: list[Listener] = []
+        self._processes: dict[Process, None] = {}  # not yet reaped
+        self.processes_exited = 0
+        """Child processes reaped since the service was made."""
         self._stop_timer: TimerHandle | None = None
 
     # -- what there is -------------------------------------------------------------------
@@ -65,9 +72,20 @@ class TransportSet:
         """The listeners that have not been closed."""
         return [listener for listener in self._listeners if not listener.closed]
 
+    @property
+    def processes(self) -> list[Process]:
+        """A snapshot of the child processes not yet reaped."""
+        return list(self._processes)
+
+    @property
+    def process_count(self) -> int:
+        """How many child processes have not been reaped yet."""
+        return len(self._processes)
+
     def __bool__(self) -> bool:
-        """Whether a stream or an endpoint is still open (listeners do not count)."""
-        return bool(self._streams or self._endpoints)
+        """Whether a stream or an endpoint is still open, or a child not yet reaped
+        (listeners do not count)."""
+        return bool(self._streams or self._endpoints or self._processes)
 
     # -- adding and removing --------------------------------------------------------------
 
@@ -125,6 +143,16 @@ class TransportSet:
         """Track *listener*."""
         self._listeners.append(listener)
 
+    def add_process(self, process: Process) -> None:
+        """Track *process* until it has been reaped (unless it has been already)."""
+        if not process.exited:
+            self._processes[process] = None
+
+    def remove_process(self, process: Process) -> None:
+        """Forget *process*, reaped: its ``on_exit`` hook."""
+        if self._processes.pop(process, 0) is None:
+            self.processes_exited += 1
+
     # -- idle timeouts --------------------------------------------------------------------
 
     def _check_idle(self, stream: Stream, idle_timeout: float) -> None:
@@ -173,7 +201,7 @@ class TransportSet:
         if self:
             _log.warning(
                 "stop timeout: aborting %d transport(s) that did not close",
-                len(self._streams) + len(self._endpoints),
+                len(self._streams) + len(self._endpoints) + len(self._processes),
             )
             self.abort_all(TimeoutError("the service stopped; connection aborted"))
 
@@ -186,7 +214,10 @@ class TransportSet:
     def wind_down(self) -> None:
         """Ask every stream and endpoint to finish: its protocol's
         ``service_stopping()`` (or a graceful close without one); a connect still
-        in progress is cancelled."""
+        in progress is cancelled.  Every child process gets SIGTERM (the child
+        itself, not its process group)."""
+        for process in list(self._processes):
+            process.terminate()
         for transport in [*self._streams, *self._endpoints]:
             hook = getattr(transport.handler, "service_stopping", None)
             try:
@@ -204,9 +235,23 @@ class TransportSet:
                 transport.abort(exc)
 
     def abort_all(self, exc: BaseException) -> None:
-        """Abort every stream and endpoint with *exc*."""
+        """Abort every stream and endpoint with *exc*; SIGKILL every child process
+        (each is reaped, and removed, as the loop runs on)."""
+        for process in list(self._processes):
+            process.kill()
         for transport in [*self._streams, *self._endpoints]:
             try:
                 transport.abort(exc)
             except Exception:
                 _log.exception("error aborting %r", transport)
+
+    def close_processes(self) -> None:
+        """Close every child process (its pipes closed, the child killed), and reap it
+        now, blocking: its protocol's ``process_exited()`` is called before this
+        returns, and no zombie is left."""
+        for process in list(self._processes):
+            try:
+                process.close()
+                process.wait()
+            except Exception:
+                _log.exception("error closing %r", process)

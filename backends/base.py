@@ -32,6 +32,9 @@ wrong.  ``events`` in the hooks are plain ints made of `READ` and `WRITE`;
 The base keeps the hot path as short as a hand-written loop: ``dispatch_once`` is one
 state test, the hook ``kernel_poll``, and a loop over its result; the hooks read the live
 `DispatcherBase.registrations` mapping directly (no view object in between).
+
+Every backend on the base also gets `DispatcherBase.statistics` and debug mode (the
+``debug`` constructor argument; see :doc:`observing`) without a line of its own.
 """
 
 from __future__ import annotations
@@ -40,11 +43,15 @@ import contextlib
 import errno
 import math
 import os
+import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, Self, TypeVar
 
+from asycamore.debug import debug_enabled, warn_unclosed
 from asycamore.dispatcher import ErrorHandler, Events, IDispatchTarget, close_on_error
+from asycamore.statistics import DispatchStatistics
 
 __all__ = [
     "CLOSED",
@@ -168,6 +175,23 @@ def ceil_timeout(timeout: float | None, resolution: float) -> float | None:
     return math.ceil(timeout / resolution)
 
 
+def _thread_checked(
+    context: weakref.ref[DispatcherBase], name: str, method: Callable[..., Any]
+) -> Callable[..., Any]:
+    """Debug mode's *name* on a context: its thread check, then *method* (a function
+    of the class), holding the context weakly."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        self = context()
+        assert self is not None  # reachable only through the context itself
+        self._check_thread(name)
+        return method(self, *args, **kwargs)
+
+    checked.__name__ = checked.__qualname__ = name
+    checked.__doc__ = method.__doc__
+    return checked
+
+
 _FORK_SENSITIVE: weakref.WeakSet[DispatcherBase] = weakref.WeakSet()
 """The open contexts whose class has ``rebuild_after_fork``: flagged in a forked child."""
 
@@ -195,7 +219,10 @@ class DispatcherBase:
     `reports_closed_fds`), defines the classmethod `is_available`, creates its OS
     object in ``__init__`` after calling ``super().__init__()``, and implements the
     ``kernel_*`` hooks.  Its constructor must work without arguments (the factory passes
-    ``create_dispatcher``'s keyword options, if any).
+    ``create_dispatcher``'s keyword options, if any); one that takes
+    ``debug: bool | None = None`` and passes it on to ``super().__init__(debug=debug)``
+    offers debug mode to ``create_dispatcher(name, debug=...)`` (a subclass without an
+    ``__init__`` of its own has it already).
 
     The hooks are called only in these situations, so they need no checks of their own:
     ``kernel_add``/``kernel_modify``/``kernel_remove`` for a *fd* whose interest really
@@ -237,7 +264,21 @@ class DispatcherBase:
     :func:`os.fork`, is not.
     """
 
-    def __init__(self) -> None:
+    slow_handler_threshold: float = 0.1
+    """In debug mode, a handler call longer than this many seconds logs a warning.
+
+    Set it on a context (``ctx.slow_handler_threshold = 0.02``) or on a subclass."""
+
+    def __init__(self, *, debug: bool | None = None) -> None:
+        """Create the context; *debug* turns debug mode on or off (``None``: as
+        `asycamore.debug.debug_enabled` decides, from ``ASYCAMORE_DEBUG`` and
+        ``python -X dev``).
+
+        Debug mode times every round and handler call, warns of slow handlers (see
+        `slow_handler_threshold`), refuses calls from a thread other than the
+        dispatching one, and warns (:class:`ResourceWarning`) when the context is
+        garbage-collected without `close`, naming the line that created it.
+        """
         # Whether this backend extends check_fd: register() calls it only then, and makes
         # the base's range test itself otherwise (a call saved on every register).
         self._extends_check_fd = type(self).check_fd is not DispatcherBase.check_fd
@@ -255,8 +296,15 @@ class DispatcherBase:
         self._target_classes: set[type] = set()
         self._state = 0  # _CLOSED | _INHERITED | _DISPATCHING bits
         self._interest_watcher: Callable[[], object] | None = None
+        # The counters of statistics(): dispatch_once adds to them once per round.
+        self._rounds = self._events = self._handler_calls = self._handler_errors = 0
+        self._time_waiting = self._time_dispatching = 0.0
+        self._slowest_handler: tuple[float, str, str] | None = None
+        self._disarm_unclosed: Callable[[], object] | None = None
         if self.rebuild_after_fork:
             _FORK_SENSITIVE.add(self)
+        if debug_enabled(debug):
+            self._enter_debug_mode()
 
     @classmethod
     def is_available(cls) -> bool:
@@ -496,42 +544,64 @@ class DispatcherBase:
         handler, that error takes the handler's error path (rule 7) like any other.
         """
         if self._state:  # one test on the hot path: closed, forked, or re-entered
-            if self._state & _DISPATCHING:
-                raise RuntimeError(
-                    f"dispatch_once() called while this {self.name} context is already "
-                    "dispatching (from one of its handlers, or another thread): return "
-                    "from the handler and let the running dispatch go on"
-                )
-            self._settle()
+            self._settle_dispatch()
         self._state = _DISPATCHING
         # The loop over the reports is written here, not in a method of its own: this runs
         # once per dispatch, and a call is a sizeable part of a dispatch of one event.
         try:
             calls = 0
-            for registration, events in self.kernel_poll(timeout):
-                if events & CLOSED:
-                    self._evict_closed(registration, error_in_handler)
-                    continue
+            reports = self.kernel_poll(timeout)
+            for registration, events in reports:
                 # Re-check the interest before each handler: an earlier handler in this
                 # round may have changed it, or unregistered the target (which zeroes it).
-                if events & READ and registration.events & READ:
-                    calls += 1
-                    try:
-                        registration.target.handle_read_event()
-                    except Exception as exc:
-                        self._handler_failed(registration.target, exc, error_in_handler)
-                if events & WRITE and registration.events & WRITE:
+                # READ first: the common report is tested once, CLOSED (alone) last.
+                if events & READ:
+                    if registration.events & READ:
+                        calls += 1
+                        try:
+                            registration.target.handle_read_event()
+                        except Exception as exc:
+                            self._handler_failed(registration.target, exc, error_in_handler)
+                    if not events & WRITE:
+                        continue
+                elif not events & WRITE:
+                    if events & CLOSED:
+                        self._evict_closed(registration, error_in_handler)
+                    continue
+                if registration.events & WRITE:
                     calls += 1
                     try:
                         registration.target.handle_write_event()
                     except Exception as exc:
                         self._handler_failed(registration.target, exc, error_in_handler)
+            # statistics(): per round, never per event.  Each add allocates an int; the
+            # tests above are ordered to win some of that back (docs/benchmarks.rst).
+            self._rounds += 1
+            self._events += len(reports)
+            self._handler_calls += calls
             return calls
         finally:
             # Only this bit (set above): a handler may have closed the context, or forked.
             self._state ^= _DISPATCHING
 
+    def _settle_dispatch(self) -> None:
+        """``dispatch_once``'s slow path: refuse re-entry, then `_settle`."""
+        if self._state & _DISPATCHING:
+            raise RuntimeError(
+                f"dispatch_once() called while this {self.name} context is already "
+                "dispatching (from one of its handlers, or another thread): return "
+                "from the handler and let the running dispatch go on"
+            )
+        self._settle()
+
     def _handler_failed(
+        self, target: IDispatchTarget, exc: Exception, error_in_handler: ErrorHandler | None
+    ) -> None:
+        """A handler raised *exc*: count it, then `_error_path`."""
+        self._handler_errors += 1
+        self._error_path(target, exc, error_in_handler)
+
+    def _error_path(
         self, target: IDispatchTarget, exc: Exception, error_in_handler: ErrorHandler | None
     ) -> None:
         """Rule 7: the caller's error handler, or log, unregister and close."""
@@ -549,7 +619,125 @@ class DispatcherBase:
             return
         self.unregister(target)
         exc = OSError(errno.EBADF, f"fd {registration.fd} was closed while registered")
-        self._handler_failed(target, exc, error_in_handler)
+        self._error_path(target, exc, error_in_handler)
+
+    # -- observing ------------------------------------------------------------------------
+
+    def statistics(self) -> DispatchStatistics:
+        """A snapshot of what this context has done since it was created.
+
+        The counts are kept in every mode; the times and the slowest handler call only
+        in debug mode (see :class:`~asycamore.DispatchStatistics`).
+        """
+        return DispatchStatistics(
+            rounds=self._rounds,
+            events=self._events,
+            handler_calls=self._handler_calls,
+            handler_errors=self._handler_errors,
+            time_waiting=self._time_waiting,
+            time_dispatching=self._time_dispatching,
+            registered=len(self._by_target),
+            slowest_handler=self._slowest_handler,
+        )
+
+    # -- debug mode -----------------------------------------------------------------------
+    #
+    # Nothing here runs outside debug mode: entering it puts thread-checked entry points
+    # on the instance, in front of the class's methods, so the plain methods stay as
+    # they are.
+
+    def _enter_debug_mode(self) -> None:
+        # The thread that dispatches, or last dispatched; None until the first dispatch.
+        self._dispatch_thread: threading.Thread | None = None
+        cls = type(self)
+        # Weakly: a bound method kept on its own instance would be a reference cycle, and
+        # an unclosed context would wait for the cyclic collector to be warned of.
+        me = weakref.ref(self)
+        for name, method in (
+            ("register", cls.register),
+            ("modify", cls.modify),
+            ("unregister", cls.unregister),
+            ("dispatch_once", cls._dispatch_timed),
+        ):
+            setattr(self, name, _thread_checked(me, name, method))
+        self._disarm_unclosed = warn_unclosed(self, f"{self.name} dispatch context")
+
+    def _check_thread(self, method: str) -> None:
+        """Debug mode: refuse a call of *method* from a thread other than the
+        dispatching one (or, between dispatches, the one that last dispatched)."""
+        owner = self._dispatch_thread
+        current = threading.current_thread()
+        if owner is not None and owner is not current:
+            raise RuntimeError(
+                f"{method}() called from thread {current.name!r} (ident {current.ident}), "
+                f"but this {self.name} context is dispatched by thread {owner.name!r} "
+                f"(ident {owner.ident}): call it from that thread (debug mode)"
+            )
+
+    def _dispatch_timed(
+        self, timeout: float | None = None, error_in_handler: ErrorHandler | None = None
+    ) -> int:
+        """``dispatch_once`` in debug mode (behind the thread check): the same rules,
+        with a clock read around the wait and each handler call timed (`_call_timed`)."""
+        if self._state:
+            self._settle_dispatch()
+        self._dispatch_thread = threading.current_thread()
+        self._state = _DISPATCHING
+        clock = time.perf_counter
+        try:
+            calls = 0
+            started = clock()
+            reports = self.kernel_poll(timeout)
+            polled = clock()
+            for registration, events in reports:
+                if events & CLOSED:
+                    self._evict_closed(registration, error_in_handler)
+                    continue
+                if events & READ and registration.events & READ:
+                    calls += 1
+                    self._call_timed(registration.target, "handle_read_event", error_in_handler)
+                if events & WRITE and registration.events & WRITE:
+                    calls += 1
+                    self._call_timed(registration.target, "handle_write_event", error_in_handler)
+            self._rounds += 1
+            self._events += len(reports)
+            self._handler_calls += calls
+            self._time_waiting += polled - started
+            self._time_dispatching += clock() - polled
+            return calls
+        finally:
+            self._state ^= _DISPATCHING
+
+    def _call_timed(
+        self, target: IDispatchTarget, handler: str, error_in_handler: ErrorHandler | None
+    ) -> None:
+        """Call *target*'s *handler*; time it (`_timed`), then take the error path if it
+        raised."""
+        started = time.perf_counter()
+        try:
+            getattr(target, handler)()
+        except Exception as exc:
+            self._timed(target, handler, time.perf_counter() - started)
+            self._handler_failed(target, exc, error_in_handler)
+        else:
+            self._timed(target, handler, time.perf_counter() - started)
+
+    def _timed(self, target: IDispatchTarget, handler: str, seconds: float) -> None:
+        """Keep the slowest handler call; warn of one over `slow_handler_threshold`."""
+        if self._slowest_handler is None or seconds > self._slowest_handler[0]:
+            self._slowest_handler = (seconds, repr(target), handler)
+        if seconds > self.slow_handler_threshold:
+            # Imported here, as close_on_error does: logging costs start-up time.
+            import logging
+
+            logging.getLogger("asycamore").warning(
+                "slow handler: %s of %r took %.3f s (slow_handler_threshold %s s); "
+                "nothing else was dispatched meanwhile",
+                handler,
+                target,
+                seconds,
+                self.slow_handler_threshold,
+            )
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -560,6 +748,8 @@ class DispatcherBase:
             return
         self._state = state | _CLOSED
         _FORK_SENSITIVE.discard(self)
+        if self._disarm_unclosed is not None:
+            self._disarm_unclosed()
         for registration in self._by_fd.values():
             registration.events = 0
         self._by_fd.clear()

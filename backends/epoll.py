@@ -54,8 +54,8 @@ class EpollDispatcher(DispatcherBase):
     reports_closed_fds: ClassVar[bool | None] = False
     rebuild_after_fork: ClassVar[bool] = True  # the set is shared with a forked child
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, debug: bool | None = None) -> None:
+        super().__init__(debug=debug)
         self._epoll = select.epoll()
         # True when the kernel set may hold a file no registration accounts for.
         self._stale = False

@@ -49,8 +49,8 @@ class KqueueDispatcher(DispatcherBase):
     reports_closed_fds: ClassVar[bool | None] = False
     rebuild_after_fork: ClassVar[bool] = True  # a kqueue is not inherited by fork()
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, debug: bool | None = None) -> None:
+        super().__init__(debug=debug)
         self._kqueue = _select.kqueue()
         self._kqueue_pid = os.getpid()  # the process the kqueue belongs to
         self._filter_read: int = _select.KQ_FILTER_READ

@@ -40,8 +40,8 @@ class PollDispatcher(DispatcherBase):
     priority: ClassVar[int] = 20
     reports_closed_fds: ClassVar[bool | None] = True
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, debug: bool | None = None) -> None:
+        super().__init__(debug=debug)
         self._pollster = select.poll()
 
     @override

@@ -33,8 +33,8 @@ class SelectDispatcher(DispatcherBase):
     priority: ClassVar[int] = 10
     reports_closed_fds: ClassVar[bool | None] = True
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, debug: bool | None = None) -> None:
+        super().__init__(debug=debug)
         self._readers: set[int] = set()
         self._writers: set[int] = set()
 

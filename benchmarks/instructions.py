@@ -1,7 +1,7 @@
 """User-space instructions per operation, counted by valgrind: the loop's Python cost,
 without the noise of a shared machine.
 
-    python benchmarks/instructions.py [--out FILE]
+    python benchmarks/instructions.py [--only WORKLOADS] [--debug] [--out FILE]
 
 Wall-clock and CPU-time figures on a virtual machine move by 10-20 % from run to run;
 an instruction count does not (a few tenths of a percent).  Each workload runs in one
@@ -25,6 +25,10 @@ Workloads and subjects:
     asycamore    the echo service (Service, EchoProtocol, epoll); for dispatch, a Service
                  in serve_forever, as asycamore echo runs, with a do-nothing target
 
+``--debug`` runs every child with ``ASYCAMORE_DEBUG=1``: the asycamore subjects then run
+in debug mode (each round and handler call timed, thread checks), and the difference to a
+run without it is what debug mode costs.
+
 Needs valgrind (Linux); ``--child`` is how the script runs itself under it.
 """
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import re
 import selectors
 import shutil
@@ -204,8 +209,10 @@ def connection(subject: str, rounds: int) -> None:
 # -- the parent: valgrind runs and the table ------------------------------------------------
 
 
-def count_instructions(workload: str, subject: str, operations: int) -> int:
-    """User-space instructions of one child run (callgrind's total)."""
+def count_instructions(workload: str, subject: str, operations: int, debug: bool = False) -> int:
+    """User-space instructions of one child run (callgrind's total); *debug*: with
+    ``ASYCAMORE_DEBUG=1``."""
+    env = {**os.environ, "ASYCAMORE_DEBUG": "1"} if debug else None
     result = subprocess.run(
         [
             "valgrind",
@@ -221,6 +228,7 @@ def count_instructions(workload: str, subject: str, operations: int) -> int:
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     match = re.search(r"Collected : (\d+)", result.stderr)
     if match is None:
@@ -228,11 +236,11 @@ def count_instructions(workload: str, subject: str, operations: int) -> int:
     return int(match.group(1))
 
 
-def per_operation(workload: str, subject: str) -> float:
+def per_operation(workload: str, subject: str, debug: bool = False) -> float:
     """Instructions per operation: the difference of an N and a 2N run, over N."""
     _, runs, per_step = WORKLOADS[workload]
-    small = count_instructions(workload, subject, runs)
-    large = count_instructions(workload, subject, 2 * runs)
+    small = count_instructions(workload, subject, runs, debug)
+    large = count_instructions(workload, subject, 2 * runs, debug)
     return (large - small) / (runs * per_step)
 
 
@@ -243,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         "--child", nargs=3, metavar=("WORKLOAD", "SUBJECT", "N"), help=argparse.SUPPRESS
     )
     parser.add_argument("--only", help="comma-separated workloads (dispatch,message,connection)")
+    parser.add_argument(
+        "--debug", action="store_true", help="run asycamore in debug mode (ASYCAMORE_DEBUG=1)"
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.child:
@@ -262,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     workloads = args.only.split(",") if args.only else list(WORKLOADS)
     lines = [
         f"user-space instructions per operation, valgrind callgrind "
-        f"(python {sys.version.split()[0]}; client side included, the same for every subject)",
+        f"(python {sys.version.split()[0]}; client side included, the same for every subject)"
+        + ("; asycamore in debug mode" if args.debug else ""),
         f"{'workload':11s} {'subject':10s} {'instructions':>12s} {'vs selectors':>13s}",
     ]
     for workload in workloads:
@@ -270,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = {}
         for subject in subjects:
             print(f"[{workload}] {subject} ...", file=sys.stderr, flush=True)
-            counts[subject] = per_operation(workload, subject)
+            counts[subject] = per_operation(workload, subject, args.debug)
         reference = counts["selectors"]
         for subject in subjects:
             lines.append(

@@ -32,9 +32,6 @@ from asycamore.tcpsocket import DEFAULT_HIGH_WATER, Connection, TransportOptions
 from asycamore.timers import Timers
 from asycamore.wakeup import SignalCatcher, Waker
 
-BACKENDS = [info.name for info in asycamore.list_backends() if info.available]
-
-
 # -- asycamore echo in a subprocess ------------------------------------------------------
 
 
@@ -157,15 +154,14 @@ def _burst_then_stop(
     return {"errors": errors, "eofs": eofs, "left": len(state), "signalled": signalled}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_stop_mid_burst_resets_no_peer(backend: str) -> None:
+def test_stop_mid_burst_resets_no_peer(asycamore_backend: str) -> None:
     """SIGTERM while 40 clients are each sending 1 MB: every one ends with EOF.
 
     Closing a socket with unread input makes the kernel send a reset, which the peer
     sees as ECONNRESET (and which can destroy echoed data it has not read yet); the
     stop used to do exactly that.
     """
-    with _echo(backend=backend) as (proc, port):
+    with _echo(backend=asycamore_backend) as (proc, port):
         outcome = _burst_then_stop(proc, port, clients=40, size=1 << 20)
         assert _wait(proc) == 0
     assert outcome["signalled"]
@@ -333,8 +329,7 @@ class _TrackingEcho(EchoProtocol):
         self.buffered.append(self.transport.write_buffer_size)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_stalled_peer_costs_no_more_than_the_mark(backend: str) -> None:
+def test_a_stalled_peer_costs_no_more_than_the_mark(asycamore_backend: str) -> None:
     """An echo whose peer sends without reading buffers at most max(mark, 64 KiB) + 1.
 
     The read that crossed the mark used to be a whole 256 KiB receive buffer.
@@ -349,7 +344,7 @@ def test_a_stalled_peer_costs_no_more_than_the_mark(backend: str) -> None:
     server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     client.setblocking(False)
     echo = _TrackingEcho()
-    with asycamore.create_dispatcher(backend) as context:
+    with asycamore.create_dispatcher(asycamore_backend) as context:
         conn = Connection(context, server, echo)
         payload = b"y" * (1 << 16)
         deadline = time.monotonic() + 10
@@ -488,15 +483,16 @@ def test_a_reset_while_lingering_is_reported() -> None:
 # -- fork with a busy parent -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork with threads
-def test_a_child_closing_an_inherited_service_leaves_the_parent_serving(backend: str) -> None:
+def test_a_child_closing_an_inherited_service_leaves_the_parent_serving(
+    asycamore_backend: str,
+) -> None:
     """The child leaves ``with Service()`` through sys.exit; the parent serves on.
 
     epoll used to lose the parent's targets, its wake-up socket included, from the
     parent's own set: the parent then served nothing and ignored stop().
     """
-    with Service(backend) as service:
+    with Service(asycamore_backend) as service:
         listener = service.listen_tcp(EchoProtocol, "127.0.0.1", 0)
         pid = os.fork()
         if pid == 0:  # the child: close everything inherited, as `with` would on exit

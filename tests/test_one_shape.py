@@ -642,12 +642,11 @@ def test_an_instance_is_a_type_error_at_the_call(
     dispose(result)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("factory_kind", ["class", "lambda"])
 def test_transport_level_tcp_echo_with_factories(
-    backend: str, factory_kind: str, make_env: Callable[..., Env]
+    asycamore_backend: str, factory_kind: str, make_env: Callable[..., Env]
 ) -> None:
-    env = make_env("transport", backend)
+    env = make_env("transport", asycamore_backend)
     servers_factory, servers = factory_of(factory_kind, StreamEcho)
     listener = tcpsocket.listen_tcp(
         env.context, servers_factory, "127.0.0.1", 0, timers=env.timers
@@ -743,10 +742,9 @@ def test_transport_level_tls_echo_with_factories(
     listener.close()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("factory_kind", ["class", "lambda"])
-def test_service_tcp_echo_with_factories(backend: str, factory_kind: str) -> None:
-    with Service(backend) as service:
+def test_service_tcp_echo_with_factories(asycamore_backend: str, factory_kind: str) -> None:
+    with Service(asycamore_backend) as service:
         server_factory, servers = factory_of(factory_kind, StreamEcho)
         listener = service.listen_tcp(server_factory, "127.0.0.1", 0)
         assert isinstance(listener, Listener)
@@ -1528,10 +1526,9 @@ def test_a_bad_stop_timeout_from_another_thread_is_refused_in_that_thread() -> N
         assert not thread.is_alive() and not errors, errors
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_dispatch_once_keeps_polling_on_a_negative_timeout(backend: str) -> None:
+def test_dispatch_once_keeps_polling_on_a_negative_timeout(asycamore_backend: str) -> None:
     """The rule is for transport and Service timeouts, not dispatch_once's."""
-    with asycamore.create_dispatcher(backend) as context:
+    with asycamore.create_dispatcher(asycamore_backend) as context:
         assert context.dispatch_once(-1) == 0
 
 

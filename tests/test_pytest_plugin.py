@@ -238,8 +238,7 @@ LEAKS = {
         "    KEEP.append(socket.create_connection(listener.address))\n"
         "    while not service.transports.streams:\n"
         "        service.run_once(0.05)\n"
-        "    listener.close()\n"
-        "    KEEP.pop().close()",
+        "    listener.close()",
         "connection <*Connection*",
     ),
     "endpoint": (
@@ -485,3 +484,47 @@ def test_anyio_tests_on_every_backend(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=len(AVAILABLE))
     for name in AVAILABLE:
         result.stdout.fnmatch_lines([f"*BACKEND {name}*"])
+
+
+def test_the_documented_example_passes_on_every_backend(pytester: pytest.Pytester) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "testing" / "test_upper.py"
+    pytester.makepyfile(test_upper=example.read_text())
+    pytester.runpytest().assert_outcomes(passed=3 * len(AVAILABLE))
+
+
+# -- asycamore.aio.loop_factories ----------------------------------------------------------
+
+
+def test_loop_factories_one_per_available_backend() -> None:
+    import asycamore.aio
+    from asycamore.selector import DispatchSelector
+
+    factories = asycamore.aio.loop_factories()
+    assert list(factories) == AVAILABLE
+    for name, factory in factories.items():
+        loop = factory()
+        try:
+            selector = loop._selector  # type: ignore[attr-defined]
+            assert isinstance(selector, DispatchSelector)
+            assert selector.dispatcher.name == name
+            assert loop.run_until_complete(_answer()) == 42
+        finally:
+            loop.close()
+
+
+async def _answer() -> int:
+    import asyncio
+
+    await asyncio.sleep(0)
+    return 42
+
+
+def test_limit_loop_factories_narrows_and_resets() -> None:
+    import asycamore.aio
+
+    try:
+        asycamore.aio.limit_loop_factories([AVAILABLE[-1], *UNAVAILABLE, AVAILABLE[-1]])
+        assert list(asycamore.aio.loop_factories()) == [AVAILABLE[-1]]
+    finally:
+        asycamore.aio.limit_loop_factories(None)
+    assert list(asycamore.aio.loop_factories()) == AVAILABLE

@@ -31,12 +31,11 @@ from asycamore.tcpsocket import (
 )
 from asycamore.timers import ReadyQueue
 
-BACKENDS = [info.name for info in asycamore.list_backends() if info.available]
 
-
-@pytest.fixture(params=BACKENDS)
-def context(request: pytest.FixtureRequest) -> Iterator[IDispatchContext]:
-    with asycamore.create_dispatcher(request.param) as dispatcher:
+@pytest.fixture
+def context(asycamore_backend: str) -> Iterator[IDispatchContext]:
+    """A context of each backend in turn (the asycamore pytest plugin's fixture)."""
+    with asycamore.create_dispatcher(asycamore_backend) as dispatcher:
         yield dispatcher
 
 

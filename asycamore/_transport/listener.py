@@ -223,6 +223,7 @@ class Listener:
             timers=timers,
             start=False,
         )
+        self._counters = options.counters
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         self._kind = _socket_kind(sock)
         self._count = 0
@@ -392,6 +393,10 @@ class Listener:
             log.exception("cannot create a handler for a connection on %s", self._where())
             sock.close()
             return
+        if self._counters is not None:
+            # Counted before attach: one the dispatcher refuses is closed at once, and
+            # counted closed.
+            self._counters.connections_accepted += 1
         try:
             conn.attach()
         except (ValueError, KeyError) as exc:

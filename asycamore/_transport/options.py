@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from typing import Any, Final, TypedDict
 
 from ..arguments import check_timeout, check_water_marks
-from .base import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINGER, DEFAULT_SHUTDOWN_TIMEOUT, water_marks
+from .base import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_LINGER,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    TransportCounters,
+    water_marks,
+)
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -79,6 +85,10 @@ class TransportOptions:
     """Whether a TCP EOF without a TLS close_notify is an error (else an EOF)."""
     linger: float = DEFAULT_LINGER
     """Seconds a closing stream waits for its peer's EOF (see ``Connection.close``)."""
+    counters: TransportCounters | None = dataclasses.field(default=None, repr=False, compare=False)
+    """Where the transports made with these options count what they do (a service's
+    :class:`~asycamore.tcpsocket.TransportCounters`; ``None``: nowhere).  Not a keyword
+    argument of the functions that take options: a service sets it on its own."""
     marks: tuple[int, int] = dataclasses.field(init=False, repr=False, compare=False)
     """``(high, low)``: the water marks with the defaults filled in."""
 
@@ -119,7 +129,8 @@ class TransportOptions:
 
 _INHERITED: Final = frozenset({"high_water", "low_water", "idle_timeout"})
 _FIELDS: Final = frozenset(field.name for field in dataclasses.fields(TransportOptions)) - {
-    "marks"
+    "counters",
+    "marks",
 }
 
 DEFAULT_OPTIONS: Final = TransportOptions()

@@ -52,7 +52,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..arguments import join_chunks, not_text
 from ..timers import TimerHandle, Timers
-from .base import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, log, log_connect_failure
+from .base import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    TransportCounters,
+    log,
+    log_connect_failure,
+)
 from .options import DEFAULT_OPTIONS, StreamKeywords, TransportOptions
 from .stream import Connection, StreamHandler
 
@@ -207,6 +213,7 @@ class _TLSSession:
     __slots__ = (
         "_app_paused",
         "_conn",
+        "_counters",
         "_deliver",
         "_delivering",
         "_eof",
@@ -255,6 +262,7 @@ class _TLSSession:
     _handshake_timeout: float | None
     _shutdown_timeout: float | None
     _strict_eof: bool
+    _counters: TransportCounters | None  # handshakes (the plain connection counts bytes)
     _timer: TimerHandle | None
     _resume_handle: TimerHandle | None  # resume_reading's deferred read
     # The state machine (module note), and what the protocol asked for.
@@ -394,6 +402,7 @@ class _TLSSession:
         if self._state == _CLOSED:
             return
         self._state = _CLOSED
+        self._count_failed_handshake()
         self._cancel_timer()
         self._pending.clear()
         self._pending_size = 0
@@ -407,6 +416,10 @@ class _TLSSession:
             if not conn.closed:
                 self._arm(self._shutdown_timeout, self._shutdown_timed_out)
         self._report_failure(exc)
+
+    def _count_failed_handshake(self) -> None:
+        if self._counters is not None:
+            self._counters.tls_handshakes_failed += 1
 
     def _report_failure(self, exc: BaseException) -> None:
         protocol = self._protocol
@@ -442,6 +455,7 @@ class _TLSSession:
         if state == _CLOSED:
             return
         if state == _HANDSHAKE:
+            self._count_failed_handshake()
             self._report_failure(
                 exc or ConnectionAbortedError(errno.ECONNABORTED, "closed during the handshake")
             )
@@ -519,6 +533,7 @@ class _TLSInbound(_TLSSession):
         self._handshake_timeout = options.handshake_timeout
         self._shutdown_timeout = options.shutdown_timeout
         self._strict_eof = options.strict_eof
+        self._counters = options.counters
         self._on_close = on_close
         self._told = upgrade
         self._state = _HANDSHAKE
@@ -646,6 +661,8 @@ class _TLSInbound(_TLSSession):
         self._flush()
         self._cancel_timer()
         self._state = _OPEN
+        if self._counters is not None:
+            self._counters.tls_handshakes += 1
         # Written before the handshake completed: encrypt it now, ahead of whatever
         # the protocol writes from connection_made.
         if self._pending:

@@ -95,6 +95,9 @@ class StreamWriter(Transport):
         except OSError as exc:
             self._lose(exc)
             return
+        sends = self._sends
+        if sends is not None:
+            sends.append(n)
         if self._track_activity:
             self.last_activity = self._clock()
         self._advance(chunks, n)
@@ -142,6 +145,9 @@ class StreamWriter(Transport):
         except OSError as exc:
             self._lose(exc)
             return
+        sends = self._sends
+        if sends is not None:  # a service's: an append, no add (see TransportCounters)
+            sends.append(n)
         if n and self._track_activity:
             self.last_activity = self._clock()
         if n == size:

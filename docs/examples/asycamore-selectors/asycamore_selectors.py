@@ -39,8 +39,8 @@ class SelectorsDispatcher(DispatcherBase):
         """Always true: selectors exists everywhere."""
         return True
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, debug: bool | None = None) -> None:
+        super().__init__(debug=debug)  # debug mode comes with the base
         self._selector = selectors.DefaultSelector()
         self._files: dict[int, tuple[int, int] | None] = {}  # fd -> its file at add time
 

@@ -31,8 +31,8 @@ class DemoDispatcher(DispatcherBase):
         """True where :func:`select.poll` exists."""
         return hasattr(select, "poll")
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, debug: bool | None = None) -> None:
+        super().__init__(debug=debug)
         self._pollster = select.poll()
 
     def kernel_add(self, fd: int, events: int) -> None:
