@@ -2,10 +2,10 @@
 
 A :class:`~asycamore.servicemodel.Service` keeps every listener, stream transport and
 datagram endpoint it made here, and every child process it spawned, so that a stop
-can wind them all down and a close can abort them.  A stream is tracked as the transport its protocol sees -- the
-:class:`~asycamore.tcpsocket.TLSConnection` of a TLS connection, not the plain
-connection under it -- so the idle timeout and the stop talk to the protocol through
-the same object the protocol talks through.
+can wind them all down and a close can abort them.  A stream is tracked as the
+transport its protocol sees -- the :class:`~asycamore.tcpsocket.TLSConnection` of a
+TLS connection, not the plain connection under it -- so the idle timeout and the stop
+talk to the protocol through the same object the protocol talks through.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class TransportSet:
         self._endpoints: dict[DatagramEndpoint, None] = {}  # ordered, O(1) removal
         self._listeners: list[Listener] = []
         self._processes: dict[Process, None] = {}  # not yet reaped
+        # Reaped, but with a pipe still open (a grandchild may hold it): a close closes it.
+        self._reaped: dict[Process, None] = {}
         self.processes_exited = 0
         """Child processes reaped since the service was made."""
         self._stop_timer: TimerHandle | None = None
@@ -149,9 +151,14 @@ class TransportSet:
             self._processes[process] = None
 
     def remove_process(self, process: Process) -> None:
-        """Forget *process*, reaped: its ``on_exit`` hook."""
+        """*process* has been reaped: its ``on_exit`` hook.  Kept (for
+        :meth:`close_processes`) while one of its pipes is open."""
         if self._processes.pop(process, 0) is None:
             self.processes_exited += 1
+        for done in [done for done in self._reaped if done.pipes_closed]:
+            del self._reaped[done]
+        if not process.pipes_closed:
+            self._reaped[process] = None
 
     # -- idle timeouts --------------------------------------------------------------------
 
@@ -248,10 +255,12 @@ class TransportSet:
     def close_processes(self) -> None:
         """Close every child process (its pipes closed, the child killed), and reap it
         now, blocking: its protocol's ``process_exited()`` is called before this
-        returns, and no zombie is left."""
-        for process in list(self._processes):
+        returns, and no zombie is left.  The pipes still open of children reaped
+        already are closed too."""
+        for process in [*self._processes, *self._reaped]:
             try:
                 process.close()
                 process.wait()
             except Exception:
                 _log.exception("error closing %r", process)
+        self._reaped.clear()
