@@ -245,6 +245,11 @@ LEAKS = {
         "service.bind_udp(DatagramProtocol, '127.0.0.1', 0)",
         "endpoint <*",
     ),
+    "process": (
+        "service.spawn(ProcessProtocol, [sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL)",
+        "process <*Process*",
+    ),
     "timer": (
         "service.call_later(60, print, 'never')",
         "timer <TimerHandle * <built-in function print>>",
@@ -265,8 +270,8 @@ LEAKS = {
 def test_service_names_what_the_test_leaked(pytester: pytest.Pytester, what: str) -> None:
     code, pattern = LEAKS[what]
     pytester.makepyfile(
-        "import socket\n\n"
-        "from asycamore.servicemodel import DatagramProtocol, Protocol\n\n"
+        "import socket\nimport sys\nfrom subprocess import DEVNULL\n\n"
+        "from asycamore.servicemodel import DatagramProtocol, ProcessProtocol, Protocol\n\n"
         "KEEP = []\n\n"
         f"def test_leaks(service):\n    {code}\n"
     )

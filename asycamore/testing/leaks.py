@@ -83,12 +83,14 @@ def _address(get: Any) -> str:
 
 
 def service_leaks(service: Service) -> list[str]:
-    """What *service* still has open or scheduled, one line each: connections,
-    listeners, datagram endpoints and timers that are not cancelled."""
+    """What *service* still has open, running or scheduled, one line each: connections
+    (pipes included), listeners, datagram endpoints, child processes not yet reaped and
+    timers that are not cancelled."""
     transports = service.transports
     return [
         *(f"connection {stream!r}" for stream in transports.streams),
         *(f"listener {listener!r}" for listener in transports.listeners),
         *(f"endpoint {endpoint!r}" for endpoint in transports.endpoints),
+        *(f"process {process!r}" for process in transports.processes),
         *(f"timer {handle!r}" for handle in service.timers.scheduled()),
     ]

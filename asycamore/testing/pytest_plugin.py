@@ -17,7 +17,8 @@ Fixtures:
     A :class:`~asycamore.servicemodel.Service` on that backend -- on ``mock_clock`` when
     the test also uses that fixture -- closed at teardown.  Teardown fails, naming each
     one, on what the test left: an open connection, listener or datagram endpoint, a
-    timer not cancelled, or a file descriptor open that was not open before.
+    child process not reaped, a timer not cancelled, or a file descriptor open that was
+    not open before.
 ``mock_clock``
     A new :class:`asycamore.testing.MockClock`.
 
