@@ -353,33 +353,21 @@ def test_service_runs_on_mock_clock_when_the_test_uses_both(pytester: pytest.Pyt
 # -- asyncio test suites on asycamore ------------------------------------------------------
 
 
-ASYNCIO_SUITE = """
+# What both users' suites below share: an echo server of one 5-byte message in a thread,
+# and a record of the loop each test ran on (backend names, or the class name of
+# asyncio's own selector) in loops.txt.
+USERS_HELPERS = """
     import asyncio
+    import socket
+    import threading
 
     import pytest
 
     from asycamore.selector import DispatchSelector
 
-    @pytest.mark.asyncio
-    async def test_on_asycamore():
-        selector = asyncio.get_running_loop()._selector
-        reader, writer = await asyncio.open_connection(*SERVER)
-        writer.write(b"hello")
-        await writer.drain()
-        assert await reader.readexactly(5) == b"hello"
-        writer.close()
-        await writer.wait_closed()
-        with open("loops.txt", "a") as record:
-            if isinstance(selector, DispatchSelector):
-                print(selector.dispatcher.name, file=record)
-            else:
-                print(type(selector).__name__, file=record)
-
-    @pytest.fixture(autouse=True)
-    def echo_server():
-        import socket, threading
+    @pytest.fixture
+    def echo_address():
         listener = socket.create_server(("127.0.0.1", 0))
-        SERVER[:] = listener.getsockname()
 
         def serve():
             conn, _ = listener.accept()
@@ -388,12 +376,33 @@ ASYNCIO_SUITE = """
 
         thread = threading.Thread(target=serve)
         thread.start()
-        yield
+        yield listener.getsockname()
         thread.join(5)
         listener.close()
 
-    SERVER = []
+    def record_loop():
+        selector = asyncio.get_running_loop()._selector
+        with open("loops.txt", "a") as record:
+            if isinstance(selector, DispatchSelector):
+                print(selector.dispatcher.name, file=record)
+            else:
+                print(type(selector).__name__, file=record)
 """
+
+ASYNCIO_SUITE = (
+    USERS_HELPERS
+    + """
+    @pytest.mark.asyncio
+    async def test_on_asycamore(echo_address):
+        reader, writer = await asyncio.open_connection(*echo_address)
+        writer.write(b"hello")
+        await writer.drain()
+        assert await reader.readexactly(5) == b"hello"
+        writer.close()
+        await writer.wait_closed()
+        record_loop()
+"""
+)
 
 
 def test_pytest_asyncio_suite_through_the_users_hook(pytester: pytest.Pytester) -> None:
@@ -452,43 +461,22 @@ def test_anyio_tests_on_every_backend(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.makepyfile(
-        """
-        import asyncio
+        USERS_HELPERS
+        + """
+    import anyio
 
-        import anyio
-        import pytest
-
-        @pytest.mark.anyio
-        async def test_anyio(anyio_backend):
-            async with await anyio.connect_tcp(*ADDRESS) as stream:
-                await stream.send(b"ping")
-                assert await stream.receive() == b"ping"
-            print("BACKEND", asyncio.get_running_loop()._selector.dispatcher.name)
-
-        @pytest.fixture(autouse=True)
-        def echo():
-            import socket, threading
-            listener = socket.create_server(("127.0.0.1", 0))
-            ADDRESS[:] = listener.getsockname()
-
-            def serve():
-                conn, _ = listener.accept()
-                with conn:
-                    conn.sendall(conn.recv(4))
-
-            thread = threading.Thread(target=serve)
-            thread.start()
-            yield
-            thread.join(5)
-            listener.close()
-
-        ADDRESS = []
-        """
+    @pytest.mark.anyio
+    async def test_anyio(anyio_backend, echo_address):
+        async with await anyio.connect_tcp(*echo_address) as stream:
+            await stream.send(b"hello")
+            assert await stream.receive() == b"hello"
+        record_loop()
+"""
     )
-    result = pytester.runpytest("-v", "-s")
+    result = pytester.runpytest("-v")
     result.assert_outcomes(passed=len(AVAILABLE))
-    for name in AVAILABLE:
-        result.stdout.fnmatch_lines([f"*BACKEND {name}*"])
+    assert passed_ids(result) == [f"test_anyio[{n}]" for n in AVAILABLE]
+    assert loops_used(pytester) == AVAILABLE
 
 
 def test_the_documented_example_passes_on_every_backend(pytester: pytest.Pytester) -> None:
