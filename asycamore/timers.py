@@ -116,6 +116,11 @@ class Timers:
         self.clock = clock
         """The clock, :func:`time.monotonic` by default."""
         self._heap: list[tuple[float, int, TimerHandle]] = []
+        # The same list, typed read-only: a loop tests it before every dispatch, where
+        # advance() would be a call.  So the heap is only ever changed in place.
+        self.pending: Final[Collection[tuple[float, int, TimerHandle]]] = self._heap
+        """The scheduled entries, live and read-only: ``if timers.pending:`` is the cheap
+        test for scheduled calls (cancelled ones included until they are dropped)."""
         self._seq = itertools.count()
         self._cancelled = 0
         self.fired = 0
@@ -166,8 +171,8 @@ class Timers:
         self._cancelled += 1
         heap = self._heap
         if self._cancelled > 64 and self._cancelled * 2 > len(heap):
-            self._heap = [entry for entry in heap if not entry[2].cancelled]
-            heapq.heapify(self._heap)
+            heap[:] = [entry for entry in heap if not entry[2].cancelled]  # see pending
+            heapq.heapify(heap)
             self._cancelled = 0
 
     def next_deadline(self) -> float | None:

@@ -296,8 +296,10 @@ class DispatcherBase:
         self._target_classes: set[type] = set()
         self._state = 0  # _CLOSED | _INHERITED | _DISPATCHING bits
         self._interest_watcher: Callable[[], object] | None = None
-        # The counters of statistics(): dispatch_once adds to them once per round.
-        self._rounds = self._events = self._handler_calls = self._handler_errors = 0
+        # The counters of statistics(), in the form dispatch_once updates cheapest (see
+        # there): rounds as a float, events and handler calls as their excess over rounds.
+        self._rounds = 0.0
+        self._extra_events = self._extra_calls = self._handler_errors = 0
         self._time_waiting = self._time_dispatching = 0.0
         self._slowest_handler: tuple[float, str, str] | None = None
         self._disarm_unclosed: Callable[[], object] | None = None
@@ -550,8 +552,11 @@ class DispatcherBase:
         # once per dispatch, and a call is a sizeable part of a dispatch of one event.
         try:
             calls = 0
-            reports = self.kernel_poll(timeout)
-            for registration, events in reports:
+            # The reports that called no handler, less those that called two: the round's
+            # events are calls + unmatched, counted only off the common path, so that
+            # path needs no len() of the reports (the counters below).
+            unmatched = 0
+            for registration, events in self.kernel_poll(timeout):
                 # Re-check the interest before each handler: an earlier handler in this
                 # round may have changed it, or unregistered the target (which zeroes it).
                 # READ first: the common report is tested once, CLOSED (alone) last.
@@ -562,9 +567,14 @@ class DispatcherBase:
                             registration.target.handle_read_event()
                         except Exception as exc:
                             self._handler_failed(registration.target, exc, error_in_handler)
-                    if not events & WRITE:
+                        if not events & WRITE:
+                            continue
+                        unmatched -= 1  # READ and WRITE: a second call may follow
+                    elif not events & WRITE:
+                        unmatched += 1  # stale (rule 4)
                         continue
                 elif not events & WRITE:
+                    unmatched += 1
                     if events & CLOSED:
                         self._evict_closed(registration, error_in_handler)
                     continue
@@ -574,11 +584,18 @@ class DispatcherBase:
                         registration.target.handle_write_event()
                     except Exception as exc:
                         self._handler_failed(registration.target, exc, error_in_handler)
-            # statistics(): per round, never per event.  Each add allocates an int; the
-            # tests above are ordered to win some of that back (docs/benchmarks.rst).
-            self._rounds += 1
-            self._events += len(reports)
-            self._handler_calls += calls
+                else:
+                    unmatched += 1
+            # statistics(), once per round, within +1 % of a dispatch without them
+            # (docs/benchmarks.rst).  An int add allocates its result (some 300
+            # instructions); a float add of 1.0 takes it from the float free list, so
+            # rounds is a float (exact up to 2**53 rounds, centuries of dispatching).
+            # Events and handler calls are kept as their excess over rounds, which the
+            # usual round of a busy loop -- one report, one handler call -- leaves as is.
+            self._rounds += 1.0
+            if calls != 1 or unmatched:
+                self._extra_events += calls + unmatched - 1
+                self._extra_calls += calls - 1
             return calls
         finally:
             # Only this bit (set above): a handler may have closed the context, or forked.
@@ -629,10 +646,11 @@ class DispatcherBase:
         The counts are kept in every mode; the times and the slowest handler call only
         in debug mode (see :class:`~asycamore.DispatchStatistics`).
         """
+        rounds = int(self._rounds)
         return DispatchStatistics(
-            rounds=self._rounds,
-            events=self._events,
-            handler_calls=self._handler_calls,
+            rounds=rounds,
+            events=rounds + self._extra_events,
+            handler_calls=rounds + self._extra_calls,
             handler_errors=self._handler_errors,
             time_waiting=self._time_waiting,
             time_dispatching=self._time_dispatching,
@@ -699,9 +717,9 @@ class DispatcherBase:
                 if events & WRITE and registration.events & WRITE:
                     calls += 1
                     self._call_timed(registration.target, "handle_write_event", error_in_handler)
-            self._rounds += 1
-            self._events += len(reports)
-            self._handler_calls += calls
+            self._rounds += 1.0  # the counters as dispatch_once keeps them
+            self._extra_events += len(reports) - 1
+            self._extra_calls += calls - 1
             self._time_waiting += polled - started
             self._time_dispatching += clock() - polled
             return calls

@@ -214,6 +214,23 @@ def test_callbacks_can_replace_and_disable_each_other(loop, recorder, journal):
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+def test_a_deleted_callback_key_reads_as_none(loop, recorder, journal):
+    # iterate reads the callbacks by subscript for speed; a missing key is still None.
+    def before(dispatcher, dispatchvars):
+        journal.append(("before",))
+        del dispatchvars["before_dispatch"], dispatchvars["after_dispatch"]
+
+    loop(
+        recorder,
+        timeout=0,
+        count=2,
+        before_dispatch=before,
+        after_dispatch=logging_callback(journal, "after"),
+    )
+    assert [entry[0] for entry in journal] == ["before", "dispatch", "dispatch"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 def test_setting_count_in_a_callback_ends_after_that_many_dispatches(loop, recorder, journal):
     def after(dispatcher, dispatchvars):
         if len([e for e in journal if e[0] == "dispatch"]) == 5:
