@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import processes, tcpsocket, udpsocket
@@ -870,16 +870,6 @@ class Service(ServiceLoop):
         return self.transports.listeners
 
     # -- errors, stopping and closing ------------------------------------------------------
-
-    def before_dispatch(
-        self, dispatcher: IDispatchContext, dispatchvars: MutableMapping[str, Any]
-    ) -> None:
-        """:class:`~asycamore.serviceloop.ServiceLoop`'s round step, after folding the
-        byte tallies that have grown long (:meth:`TransportCounters.fold
-        <asycamore.tcpsocket.TransportCounters.fold>`): once a round, in the loop's
-        thread, keeps them short whatever the traffic."""
-        self.transports.counters.fold()
-        ServiceLoop.before_dispatch(self, dispatcher, dispatchvars)
 
     def error_in_handler(self, target: IDispatchTarget, exc: Exception) -> None:
         """The service's error policy for handlers that raise (see rule 7).

@@ -145,7 +145,12 @@ def test_scrape_names_types_labels_and_values(tmp_path: Path, backend: str) -> N
 
         def closed() -> dict[str, Any] | None:
             families = scrape(port)
-            done = value(families, "asycamore_connections_closed_total") == 1
+            # Counted closed as the socket closes, and no longer open once the service
+            # has forgotten it, a moment later: a scrape from its thread can fall between.
+            done = (
+                value(families, "asycamore_connections_closed_total") == 1
+                and value(families, "asycamore_connections_open") == 0
+            )
             return families if done else None
 
         families = until(closed)
@@ -309,7 +314,7 @@ def test_stats_interval_prints_statistics_lines_to_stderr(tmp_path: Path) -> Non
         def closed_line() -> dict[str, str] | None:
             for line in server.lines():
                 stats = parse_stats(line)
-                if stats["connections_closed"] == "1":
+                if stats["connections_closed"] == "1" and stats["connections_open"] == "0":
                     return stats
             return None
 

@@ -143,21 +143,6 @@ def set_nodelay(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-_FOLD_AT: Final = 1024
-"""A tally longer than this is folded at the next :meth:`TransportCounters.fold`."""
-
-
-def _tally_totals(tally: list[int]) -> tuple[int, int]:
-    """``(bytes, items)`` of a tally (see :class:`TransportCounters`).
-
-    From one copy of the list: a copy, like the ``sum`` of a list of ints, is one C call
-    that holds the GIL throughout, so a fold in the loop thread is seen whole or not at
-    all, and the totals read from another thread are exact and never go back.
-    """
-    folded_bytes, folded_items, *sizes = tally
-    return folded_bytes + sum(sizes), folded_items + len(sizes)
-
-
 class TransportCounters:
     """What the transports of one owner have done: a service's, which its
     :class:`~asycamore.servicemodel.ServiceStatistics` reports.
@@ -165,28 +150,19 @@ class TransportCounters:
     Transports count into the ``counters`` of the
     :class:`~asycamore.tcpsocket.TransportOptions` they are made with (a service's
     options carry its own; the default options none, and such transports count
-    nothing).  Bytes are those the sockets moved: for TLS, the encrypted records,
-    handshakes included.
-
-    The connection and handshake counts are plain ints, added to once per connection.
-    Bytes are counted on every read and send, so they are *tallied* instead: the
-    transport appends the size it got from ``recv_into`` or ``send`` to a list.  In
-    CPython an integer add allocates a new integer (some 300 instructions, more than
-    2 % of an echoed message for each of the two counts), while an append allocates
-    nothing.  A tally is ``[bytes, items, size, size, ...]``: its first two entries
-    hold what was folded into them by :meth:`fold`, which the owner calls once per
-    loop round, so a tally stays short whatever the traffic.  The byte and datagram
-    properties add the sizes up when read.
+    nothing).  Plain int attributes: a count on a hot path is one in-place add on an
+    object the transport already holds.  Bytes are those the sockets moved: for TLS,
+    the encrypted records, handshakes included.
     """
 
     __slots__ = (
+        "bytes_received",
+        "bytes_sent",
         "connections_accepted",
         "connections_closed",
         "connections_failed",
-        "datagram_reads",
-        "datagram_sends",
-        "stream_reads",
-        "stream_sends",
+        "datagrams_received",
+        "datagrams_sent",
         "tls_handshakes",
         "tls_handshakes_failed",
     )
@@ -198,51 +174,18 @@ class TransportCounters:
         """Stream connections closed after they were accepted or connected."""
         self.connections_failed = 0
         """Client connects that did not connect (failed, timed out or cancelled)."""
+        self.bytes_received = 0
+        """Bytes read from stream and datagram sockets."""
+        self.bytes_sent = 0
+        """Bytes the stream and datagram sockets took to send."""
+        self.datagrams_received = 0
+        """Datagrams received."""
+        self.datagrams_sent = 0
+        """Datagrams the sockets took to send."""
         self.tls_handshakes = 0
         """TLS handshakes completed."""
         self.tls_handshakes_failed = 0
         """TLS handshakes that failed, timed out or were cut short by a close."""
-        self.stream_reads: list[int] = [0, 0]
-        """The tally of stream reads: each read appends its size."""
-        self.stream_sends: list[int] = [0, 0]
-        """The tally of stream sends: each send appends what the socket took."""
-        self.datagram_reads: list[int] = [0, 0]
-        """The tally of datagrams received: each appends its size."""
-        self.datagram_sends: list[int] = [0, 0]
-        """The tally of datagrams the sockets took to send: each appends its size."""
-
-    @property
-    def bytes_received(self) -> int:
-        """Bytes read from stream and datagram sockets."""
-        return _tally_totals(self.stream_reads)[0] + _tally_totals(self.datagram_reads)[0]
-
-    @property
-    def bytes_sent(self) -> int:
-        """Bytes the stream and datagram sockets took to send."""
-        return _tally_totals(self.stream_sends)[0] + _tally_totals(self.datagram_sends)[0]
-
-    @property
-    def datagrams_received(self) -> int:
-        """Datagrams received."""
-        return _tally_totals(self.datagram_reads)[1]
-
-    @property
-    def datagrams_sent(self) -> int:
-        """Datagrams the sockets took to send."""
-        return _tally_totals(self.datagram_sends)[1]
-
-    def fold(self) -> None:
-        """Fold every tally grown longer than a thousand sizes into its first two
-        entries.
-
-        Only from the thread that runs the transports (a service calls it before each
-        dispatch): an append from another thread could fall between the sum and the
-        store.  The check is all a round pays; the sum is paid once per size, here or
-        when the totals are read.
-        """
-        for tally in (self.stream_reads, self.stream_sends, self.datagram_reads, self.datagram_sends):
-            if len(tally) > _FOLD_AT:
-                tally[:] = _tally_totals(tally)
 
 
 class Transport:
@@ -269,18 +212,11 @@ class Transport:
         "_low",
         "_on_close",
         "_read_off",
-        "_reads",
-        "_sends",
         "_sock",
         "_state",
         "_track_activity",
         "last_activity",
     )
-
-    # The tallies of the owner's TransportCounters that this kind of transport appends
-    # its read and send sizes to (set by the subclass; None: it counts nothing).
-    _reads: list[int] | None
-    _sends: list[int] | None
 
     def __init__(
         self,

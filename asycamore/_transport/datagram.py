@@ -199,12 +199,6 @@ class DatagramEndpoint(Transport):
         if read_batch < 1:
             raise ValueError("read_batch must be at least 1")
         super().__init__(dispatcher, sock, handler, options, on_close)
-        counters = options.counters
-        if counters is None:
-            self._reads = self._sends = None
-        else:
-            self._reads = counters.datagram_reads
-            self._sends = counters.datagram_sends
         self._recv_buffer = recv_buffer
         self._read_batch = read_batch
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
@@ -242,7 +236,7 @@ class DatagramEndpoint(Transport):
         recvfrom_into = self._sock.recvfrom_into
         buffer = self._recv_buffer
         views = self._wants_views
-        reads = self._reads
+        counters = self._counters
         for _ in range(self._read_batch):
             try:
                 n, addr = recvfrom_into(buffer)
@@ -251,8 +245,9 @@ class DatagramEndpoint(Transport):
             except OSError as exc:
                 self._error(exc)
                 return
-            if reads is not None:  # a service's: an append (see TransportCounters)
-                reads.append(n)
+            if counters is not None:
+                counters.datagrams_received += 1
+                counters.bytes_received += n
             if views:
                 self._deliver(buffer[:n], addr)
             else:
@@ -264,7 +259,7 @@ class DatagramEndpoint(Transport):
         """Send what is queued, in order, until the socket's buffer is full again."""
         queue = self._queue
         sock = self._sock
-        sends = self._sends
+        counters = self._counters
         while queue:
             data, addr = queue[0]
             try:
@@ -283,8 +278,9 @@ class DatagramEndpoint(Transport):
                 continue
             queue.popleft()
             self._buffered -= len(data)
-            if sends is not None:
-                sends.append(len(data))
+            if counters is not None:
+                counters.datagrams_sent += 1
+                counters.bytes_sent += len(data)
         if self._read_off & _OFF_FLOW and self._buffered <= self._low:
             self._read_off &= ~_OFF_FLOW
             if self._state == OPEN:
@@ -366,9 +362,10 @@ class DatagramEndpoint(Transport):
                 self._error(exc)
                 return
             else:
-                sends = self._sends
-                if sends is not None:
-                    sends.append(size)
+                counters = self._counters
+                if counters is not None:
+                    counters.datagrams_sent += 1
+                    counters.bytes_sent += size
                 return
         self._queue.append((bytes(data), addr))
         self._buffered += size

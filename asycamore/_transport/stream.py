@@ -270,12 +270,6 @@ class Connection(ConnectingStream):
         # Not super(): it would look __init__ up through the two bases that have none,
         # on every connection.
         Transport.__init__(self, dispatcher, sock, handler, options, on_close)
-        counters = options.counters
-        if counters is None:
-            self._reads = self._sends = None
-        else:
-            self._reads = counters.stream_reads
-            self._sends = counters.stream_sends
         self._timers = timers
         self._linger = options.linger
         self._wants_views = bool(getattr(handler, "receive_memoryview", False))
@@ -366,9 +360,9 @@ class Connection(ConnectingStream):
             self._lose(exc)
             return
         if n:
-            reads = self._reads
-            if reads is not None:  # a service's: an append, no add (see TransportCounters)
-                reads.append(n)
+            counters = self._counters
+            if counters is not None:  # a service's: one add (see TransportCounters)
+                counters.bytes_received += n
             if self._note_reads:
                 # The bookkeeping of a read: that the peer spoke (close() lingers only
                 # for a peer that did), needed once, and the activity time, needed on

@@ -95,9 +95,9 @@ class StreamWriter(Transport):
         except OSError as exc:
             self._lose(exc)
             return
-        sends = self._sends
-        if sends is not None:
-            sends.append(n)
+        counters = self._counters
+        if counters is not None:
+            counters.bytes_sent += n
         if self._track_activity:
             self.last_activity = self._clock()
         self._advance(chunks, n)
@@ -145,10 +145,12 @@ class StreamWriter(Transport):
         except OSError as exc:
             self._lose(exc)
             return
-        sends = self._sends
-        if sends is not None:  # a service's: an append, no add (see TransportCounters)
-            sends.append(n)
-        if n and self._track_activity:
+        counters = self._counters
+        if counters is not None:  # a service's: one add (see TransportCounters)
+            counters.bytes_sent += n
+        # The flag first: without an idle timeout (the common case) it is False, and
+        # testing it first spares an int truth test per write (~70 instructions).
+        if self._track_activity and n:
             self.last_activity = self._clock()
         if n == size:
             return
