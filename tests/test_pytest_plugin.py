@@ -295,6 +295,19 @@ def test_a_socket_the_test_dropped_is_not_a_leak(pytester: pytest.Pytester) -> N
     pytester.runpytest("--asycamore-backend", AVAILABLE[0]).assert_outcomes(passed=1)
 
 
+def test_a_service_the_test_closed_itself_is_fine(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_closes(service):
+            service.listen_tcp(lambda: None, "127.0.0.1", 0)
+            service.close()
+        """
+    )
+    result = pytester.runpytest("--asycamore-backend", AVAILABLE[0])
+    assert "Traceback" not in result.stdout.str()
+    result.assert_outcomes(passed=1)
+
+
 def test_service_is_closed_at_teardown(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

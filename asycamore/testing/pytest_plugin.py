@@ -205,7 +205,7 @@ def service(request: pytest.FixtureRequest, asycamore_backend: str) -> Iterator[
 def _settled_leaks(service: Service) -> list[str]:
     """The service's leaks, once it has handled what already arrived -- the EOF of a
     client the test closed -- and the streams closing have closed (bounded)."""
-    if not service.running:
+    if not (service.running or service.closed):
         deadline = time.monotonic() + _SETTLE_SECONDS
         closing = False
         while time.monotonic() < deadline:
