@@ -143,3 +143,30 @@ def test_pair_ratios_compare_rates_and_cpu_per_operation_round_by_round() -> Non
     cpu = run.pair_ratio(results, "connrate", "asycamore-epoll", "selectors", key="cpu")
     assert cpu == 0.5
     assert run.pair_ratio(results, "pingpong", "asycamore-epoll", "selectors") is None
+
+
+def test_process_bench_runs_quick() -> None:
+    """benchmarks/process_bench.py with tiny sizes: both workloads, every subject it can
+    import (uvloop skipped with a line when it is not installed), a table each."""
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "process_bench.py"),
+        "--mb",
+        "4",
+        "--spawns",
+        "5",
+        "--seconds",
+        "5",
+        "--rounds",
+        "2",
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    out = proc.stdout
+    assert "throughput: 4 MB through cat, 2 rounds" in out
+    assert "spawn: /bin/true, up to 5 children" in out
+    for subject in ("asycamore-epoll", "asyncio"):
+        assert out.count(f"\n{subject} ") == 2, out
+    if "uvloop: skipped" not in out:
+        assert out.count("\nuvloop ") == 2, out
+    assert "short of" not in out or "asycamore" not in out.split("short of")[1], out

@@ -508,6 +508,124 @@ def test_file_dispatcher_on_a_pipe_and_a_regular_file(smap, tmp_path):
     assert chunks == {"pipe": b"from a pipe", "file": b"from a file"}
 
 
+CAT_SCRIPT = r"""
+import json, os, subprocess, sys, time, warnings
+warnings.simplefilter("ignore")
+if sys.argv[1] == "stdlib":
+    import asyncore
+else:
+    from asycamore.compat import asyncore
+payload = os.urandom(1 << 20)
+limit = None if sys.argv[2] == "all" else int(sys.argv[2])
+use_poll = sys.argv[3] == "poll"
+events, received, smap = [], bytearray(), {}
+
+# A real child between two os.pipe()s: cat (everything comes back) or head -c LIMIT
+# (reads LIMIT bytes and exits: the writer meets a broken pipe).
+to_child, to_us = os.pipe(), os.pipe()
+command = ["cat"] if limit is None else ["head", "-c", str(limit)]
+child = subprocess.Popen(command, stdin=to_child[0], stdout=to_us[1])
+os.close(to_child[0])
+os.close(to_us[1])
+
+class Writer(asyncore.file_dispatcher):
+    def __init__(self, fd):
+        super().__init__(fd, map=smap)
+        self.left = memoryview(payload)
+    def readable(self):
+        return False
+    def writable(self):
+        return bool(self.left)
+    def handle_write(self):
+        self.left = self.left[self.send(self.left[:65536]):]
+        if not self.left:
+            events.append("writer: all sent")
+            self.close()
+    def handle_close(self):
+        events.append("writer: handle_close")
+        self.close()
+
+class Reader(asyncore.file_dispatcher):
+    def __init__(self, fd):
+        super().__init__(fd, map=smap)
+    def writable(self):
+        return False
+    def handle_read(self):
+        received.extend(self.recv(65536))
+    def handle_close(self):
+        events.append("reader: handle_close")
+        self.close()
+
+Writer(to_child[1])
+os.close(to_child[1])  # file_wrapper holds a dup
+Reader(to_us[0])
+os.close(to_us[0])
+deadline = time.monotonic() + 20
+while smap and time.monotonic() < deadline:
+    asyncore.loop(timeout=0.05, use_poll=use_poll, map=smap, count=1)
+print(json.dumps({
+    "events": sorted(events),
+    "received": len(received),
+    "exact": bytes(received) == payload[: len(received)],
+    "status": child.wait(10),
+    "left": len(smap),
+}))
+"""
+
+
+def _through_cat(implementation: str, limit: str, use_poll: bool, backend: str = "") -> Any:
+    import json
+
+    env = {**os.environ, "ASYCAMORE_BACKEND": backend} if backend else None
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CAT_SCRIPT,
+            implementation,
+            limit,
+            "poll" if use_poll else "select",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("use_poll", [False, True], ids=["loop", "loop-use_poll"])
+@pytest.mark.parametrize("limit", ["all", "1000"], ids=["cat", "head-c-1000"])
+def test_file_dispatcher_through_a_cat_child(backend, limit, use_poll):
+    """file_dispatcher on both ends of a real child (``cat``; ``head -c 1000``, which
+    leaves early) over os.pipe()s: 1 MiB through non-blocking pipes (partial writes),
+    back byte-exact; the EOF is the reader's handle_close, a broken pipe the writer's,
+    without a traceback."""
+    result = _through_cat("compat", limit, use_poll, backend)
+    assert result["left"] == 0
+    assert result["exact"]
+    assert result["status"] == 0
+    if limit == "all":
+        assert result["received"] == 1 << 20
+        assert result["events"] == ["reader: handle_close", "writer: all sent"]
+    else:
+        assert result["received"] == 1000
+        assert result["events"] == ["reader: handle_close", "writer: handle_close"]
+
+
+@pytest.mark.skipif(
+    sys.version_info[:2] != (3, 11), reason="compares with the stdlib asyncore, only in 3.11"
+)
+@pytest.mark.parametrize("use_poll", [False, True], ids=["loop", "loop-use_poll"])
+@pytest.mark.parametrize("limit", ["all", "1000"], ids=["cat", "head-c-1000"])
+def test_file_dispatcher_through_a_cat_child_as_in_python_311(limit, use_poll):
+    """The same run on Python 3.11's own asyncore gives the same outcome."""
+    assert _through_cat("stdlib", limit, use_poll) == _through_cat("compat", limit, use_poll)
+
+
 def test_fd_reused_within_one_pass_reaches_only_the_new_dispatcher(smap):
     """A handler closes its dispatcher and a new socket gets the same number at once:
     readiness collected for the old one must not reach the new one."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +68,7 @@ def test_all_examples_are_tested() -> None:
         "echo_client.py",
         "echo_server.py",
         "many_clients.py",
+        "nc.py",
         "proxy.py",
         "tls_echo_server.py",
         "udp_echo.py",
@@ -303,3 +306,114 @@ def test_proxy_in_front_of_asycamore_echo() -> None:
         while chunk := sock.recv(65536):
             received += chunk
     assert bytes(received) == lines
+
+
+def nc_relay(port: int, payload: bytes, *, slow_for: float = 0.0) -> tuple[bytes, str, int]:
+    """Pipe *payload* through ``nc.py --measure`` (stdin and stdout pipes) from a feeding
+    thread; read its stdout (slowly, 4 KiB per 10 ms, for the first *slow_for* seconds).
+    Return the sha256 of what came out, nc's stderr, and its exit status."""
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "nc.py"), "127.0.0.1", str(port), "--measure"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    feeder = threading.Thread(target=lambda: (proc.stdin.write(payload), proc.stdin.close()))
+    feeder.start()
+    killer = threading.Timer(90, proc.kill)  # bounded, whatever happens
+    killer.start()
+    try:
+        digest = hashlib.sha256()
+        started = time.monotonic()
+        while True:
+            slow = time.monotonic() - started < slow_for
+            chunk = proc.stdout.read1(4096 if slow else 1 << 20)
+            if not chunk:
+                break
+            digest.update(chunk)
+            if slow:
+                time.sleep(0.01)
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=30)
+        feeder.join(timeout=30)
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    return digest.digest(), stderr, proc.returncode
+
+
+def peak_buffered(stderr: str) -> int:
+    line = next(line for line in stderr.splitlines() if line.startswith("peak buffered:"))
+    return int(line.split()[2])
+
+
+def test_nc_through_asycamore_echo() -> None:
+    """8 MiB from nc's stdin to ``asycamore echo`` and back to its stdout, byte-exact; the
+    end of stdin is passed on as a half-close, and nc exits 0 once the echo has closed."""
+    payload = os.urandom(8 << 20)
+    with server("-m", "asycamore", "echo") as port:
+        digest, stderr, status = nc_relay(port, payload)
+    assert status == 0, stderr
+    assert digest == hashlib.sha256(payload).digest()
+    assert "Traceback" not in stderr
+
+
+def test_nc_with_a_slow_consumer() -> None:
+    """stdout read slowly for a while: the socket is not read while stdout's buffer is
+    over its mark, nor stdin while the socket's is -- nc buffers about a high-water
+    mark per direction (64 KiB each), not the payload."""
+    payload = os.urandom(6 << 20)
+    with server("-m", "asycamore", "echo") as port:
+        digest, stderr, status = nc_relay(port, payload, slow_for=1.0)
+    assert status == 0, stderr
+    assert digest == hashlib.sha256(payload).digest()
+    assert peak_buffered(stderr) <= 1 << 20, stderr
+
+
+def test_nc_with_regular_files(tmp_path: Path) -> None:
+    """A regular file as stdin and as stdout (which no backend can watch) works too."""
+    source, target = tmp_path / "in.bin", tmp_path / "out.bin"
+    source.write_bytes(os.urandom(3 << 20) + b"end")
+    with (
+        server("-m", "asycamore", "echo") as port,
+        source.open("rb") as stdin,
+        target.open("wb") as stdout,
+    ):
+        result = subprocess.run(
+            [sys.executable, str(EXAMPLES / "nc.py"), "127.0.0.1", str(port)],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == source.read_bytes()
+
+
+def test_nc_reports_a_refused_connect() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run(str(EXAMPLES / "nc.py"), "127.0.0.1", str(port), timeout=30)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "refused" in lines[0]
+
+
+@pytest.mark.parametrize("args", [(), ("127.0.0.1",), ("127.0.0.1", "99999"), ("h", "x")])
+def test_nc_argument_errors(args: tuple[str, ...]) -> None:
+    result = run(str(EXAMPLES / "nc.py"), *args, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("nc.py: error:")
+    assert result.stdout == ""

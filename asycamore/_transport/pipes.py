@@ -176,7 +176,7 @@ class PipeTransport(Connection):
             dispatcher,
             cast(socket.socket, self._pipe),
             handler,
-            dataclasses.replace(options, counters=None),
+            options if options.counters is None else dataclasses.replace(options, counters=None),
             recv_buffer=recv_buffer,
             on_close=on_close,
             start=False,

@@ -46,6 +46,7 @@ and the SIGCHLD handler forgets the parent's wakers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import signal
@@ -286,6 +287,8 @@ class Process:
         """Make the pipe transports (registered, handler not yet told) and start watching
         for the exit."""
         popen = self._popen
+        if options.counters is not None:  # the pipes count nothing (see .pipes): once
+            options = dataclasses.replace(options, counters=None)
         ends: list[tuple[int, Any]] = [(0, popen.stdin), (1, popen.stdout), (2, popen.stderr)]
         for fd, pipe in ends:
             if pipe is None:
