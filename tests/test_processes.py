@@ -530,3 +530,34 @@ def test_sigchld_is_refused_outside_the_main_thread(
     thread.join()
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
     assert service.statistics().processes_running == 0
+
+
+def test_spawn_in_a_service_hosted_by_asyncio(asycamore_backend: str) -> None:
+    """aio.serve runs the service's rounds from asyncio: the pidfd (or the wake-up
+    socket) is watched like any target, and the child's output and exit arrive."""
+    import asyncio
+
+    from asycamore import aio
+
+    async def main() -> Recorder:
+        with Service(asycamore_backend) as service:
+            code = "import sys; sys.stdout.write(sys.stdin.read().upper()); sys.exit(3)"
+            process, recorder = spawn(service, [sys.executable, "-c", code])
+            stdin = process.get_pipe_transport(0)
+            assert stdin is not None
+            stdin.write(b"hosted")
+            stdin.write_eof()
+
+            def watch() -> None:
+                if recorder.done:
+                    service.stop()
+                else:
+                    service.call_later(0.01, watch)
+
+            watch()
+            await asyncio.wait_for(aio.serve(service), 30)
+            return recorder
+
+    recorder = asyncio.run(main())
+    assert bytes(recorder.out) == b"HOSTED"
+    assert recorder.exits == 1 and ("exited", 3) in recorder.events
