@@ -97,17 +97,13 @@ class ServiceLoop:
         dispatcher, self._owns_dispatcher = given_or_created(backend, dispatcher, debug)
         self.debug = debug_enabled(debug)
         """Whether debug mode is on (see :doc:`/observing`)."""
-        # Debug mode: a loop dropped without close() says where it was made.
-        self._disarm_unclosed = (
-            warn_unclosed(self, f"{type(self).__name__}") if self.debug else None
-        )
         self.dispatcher: IDispatchContext = dispatcher
         """The dispatch context."""
         self.timers = Timers(time.monotonic if clock is None else clock)
+        """The :class:`~asycamore.timers.Timers` that run scheduled calls."""
         # A clock that is not real time (asycamore.testing.MockClock) also says how long
         # a dispatch may block in real time, and may jump once the loop is idle.
         self._paced_by: PacingClock | None = clock if isinstance(clock, PacingClock) else None
-        """The :class:`~asycamore.timers.Timers` that run scheduled calls."""
         self.dispatchvars: dict[str, Any] = {}
         """The ``dispatchvars`` of :meth:`serve_forever`'s :func:`~asycamore.iterate`."""
         self._ready = ReadyQueue()
@@ -123,6 +119,8 @@ class ServiceLoop:
         self._signals = SignalCatcher(self._waker)
         self._on_schedule: Callable[[float], object] | None = None
         self._closed = False
+        # Debug mode: a loop dropped without close() says where it was made.
+        self._disarm_unclosed = warn_unclosed(self, type(self).__name__) if self.debug else None
 
     # -- scheduling ------------------------------------------------------------------------
 
