@@ -34,7 +34,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Sequence
-from typing import IO, Any, Final, cast
+from typing import IO, Any, ClassVar, Final, cast
 
 from ..arguments import check_factory
 from ..dispatcher import IDispatchContext
@@ -155,6 +155,9 @@ class PipeTransport(Connection):
 
     __slots__ = ("_attached", "_pipe", "_pipe_object")
 
+    sends: ClassVar[bool] = True
+    """Whether the transport writes (a read pipe's class says no)."""
+
     def __init__(
         self,
         dispatcher: IDispatchContext,
@@ -181,6 +184,9 @@ class PipeTransport(Connection):
             on_close=on_close,
             start=False,
         )
+        if not self.sends:
+            # Nothing is ever sent: the sending side is done, so the EOF ends the transport.
+            self._shut_wr = SHUT_WR_DONE
 
     def _initial_events(self) -> int:
         """The interest to register with (subclasses)."""
@@ -242,21 +248,7 @@ class ReadPipeTransport(PipeTransport):
 
     __slots__ = ()
 
-    def __init__(
-        self,
-        dispatcher: IDispatchContext,
-        pipe: Pipe,
-        handler: StreamHandler,
-        options: TransportOptions = DEFAULT_OPTIONS,
-        *,
-        recv_buffer: memoryview | None = None,
-        on_close: Callable[[Connection], object] | None = None,
-    ) -> None:
-        super().__init__(
-            dispatcher, pipe, handler, options, recv_buffer=recv_buffer, on_close=on_close
-        )
-        # Nothing is ever sent: the sending side is done, so the EOF ends the transport.
-        self._shut_wr = SHUT_WR_DONE
+    sends = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """A read pipe cannot write: :class:`RuntimeError`."""
