@@ -195,20 +195,105 @@ class Subject:
     max_fds: int | None = None  # select: FD_SETSIZE
     workers: int | None = None  # asycamore echo --workers N
     workloads: tuple[str, ...] = ECHO_WORKLOADS
+    env: dict[str, str] | None = None
+    """Added to the server's environment."""
+    python: str = ""
+    """The ``X.Y.Z`` version of the Python that runs it (empty: not Python)."""
+    asyncio_config: bool = False
+    """One of asyncio's configurations: the best of them in a round is the reference."""
+
+
+# glibc's malloc serves a request over its mmap threshold (128 KiB at start) with mmap, and
+# raises the threshold to a block's size the first time the process frees such a block
+# (mallopt(3), M_MMAP_THRESHOLD).  asyncio's plain Protocol reads with recv(256 KiB) and
+# shrinks the result, so a process that has never freed a big block pays mmap, mremap,
+# munmap and a page fault per read: about 20 us on this kind of VM, on 3.11 to 3.13 alike.
+# One freed block (a big file read, a large JSON document) ends that for good, so the same
+# server measures 4x faster in one process than in another.  These settings put a fresh
+# process where such a process already is; docs/benchmarks.rst has the measurements.
+MALLOC_TUNED = {
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=524288:glibc.malloc.trim_threshold=1048576"
+}
+PEER_WORKLOADS = ("pingpong", "bulk", "connrate")
+"""The workloads run on the Pythons named by ``--pythons`` (the idle ones take long)."""
+
+
+def python_version(python: str) -> str:
+    """The ``X.Y.Z`` version of interpreter *python*."""
+    probe = [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"]
+    return subprocess.run(probe, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def can_import(python: str, module: str) -> bool:
+    """Whether interpreter *python* can import *module*."""
+    probe = [python, "-c", f"import {module}"]
+    try:
+        return subprocess.run(probe, check=False, capture_output=True).returncode == 0
+    except OSError:  # no such interpreter (yet)
+        return False
+
+
+def bench_python(spec: str) -> str:
+    """An interpreter for the Python named by *spec* (``3.12`` or a path) that can import
+    this tree's asycamore and uvloop: a venv made once in the cache directory.
+
+    Raises ValueError naming *spec* when no such Python is found or the install fails.
+    """
+    found = spec if os.sep in spec else shutil.which(f"python{spec}")
+    if not found or not os.access(found, os.X_OK):
+        raise ValueError(f"--pythons: no interpreter {spec!r} (a version like 3.12, or a path)")
+    version = python_version(found)
+    tree = HERE.parent
+    # Keyed by the tree too: the install is editable, so it must run this checkout.
+    tag = hashlib.sha256(str(tree).encode()).hexdigest()[:8]
+    venv = cache_dir() / f"venv-{version}-{tag}"
+    python = str(venv / "bin" / "python")
+    if not can_import(python, "asycamore"):
+        log(f"making {venv} (asycamore from {tree}, and uvloop) ...")
+        subprocess.run([found, "-m", "venv", "--clear", str(venv)], check=True)
+        install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        if subprocess.run([*install, "-e", str(tree)], check=False).returncode != 0:
+            raise ValueError(f"--pythons: could not install asycamore for {found}")
+        # Without uvloop the run goes on, with a note saying so.
+        subprocess.run([*install, "uvloop"], check=False)
+    return python
+
+
+def peer_subjects(python: str, suffix: str, workloads: tuple[str, ...]) -> list[Subject]:
+    """asyncio's configurations and uvloop, run by *python*, named with *suffix*."""
+    version = python_version(python)
+    echo = [python, str(SERVERS / "asyncio_echo.py")]
+    peers = [
+        Subject(f"asyncio{suffix}", echo, workloads=workloads, python=version,
+                asyncio_config=True),
+        Subject(f"asyncio-tuned{suffix}", echo, workloads=workloads, env=MALLOC_TUNED,
+                python=version, asyncio_config=True),
+        Subject(f"asyncio-buffered{suffix}", [*echo, "--buffered"], workloads=workloads,
+                python=version, asyncio_config=True),
+    ]  # fmt: skip
+    if can_import(python, "uvloop"):
+        peers.append(Subject(f"uvloop{suffix}", [*echo, "--uvloop"], workloads=workloads,
+                             python=version))  # fmt: skip
+    return peers
 
 
 def echo_subjects(
-    c_server: Path | None, baseline_python: str | None = None
+    c_server: Path | None, baseline_python: str | None = None, pythons: tuple[str, ...] = ()
 ) -> tuple[list[Subject], list[str]]:
-    """Every server this machine can run, and notes about the ones it cannot."""
+    """Every server this machine can run, and notes about the ones it cannot.
+
+    *pythons* are more interpreters: each runs asycamore echo on epoll and the asyncio
+    and uvloop peers, on :data:`PEER_WORKLOADS`, named ``NAME@X.Y.Z``.
+    """
     py = sys.executable
+    here = python_version(py)
     subjects: list[Subject] = []
     notes: list[str] = []
     backends = [info.name for info in list_backends() if info.available]
     if baseline_python:
         # An A/B of two installs in one run: the other one's echo, on epoll.
         command = [baseline_python, *asycamore_echo_command("epoll")[1:]]
-        subjects.append(Subject("asycamore-epoll-baseline", command))
+        subjects.append(Subject("asycamore-epoll-baseline", command, python=here))
         notes.append(f"asycamore-epoll-baseline: asycamore echo run by {baseline_python}")
     for backend in backends:
         subjects.append(
@@ -216,28 +301,29 @@ def echo_subjects(
                 f"asycamore-{backend}",
                 asycamore_echo_command(backend),
                 1024 if backend == "select" else None,
+                python=here,
             )
         )
-    subjects.append(Subject("asyncio", [py, str(SERVERS / "asyncio_echo.py")]))
-    subjects.append(
-        Subject("asyncio-buffered", [py, str(SERVERS / "asyncio_echo.py"), "--buffered"])
-    )
-    if probes.importable("uvloop"):
-        subjects.append(Subject("uvloop", [py, str(SERVERS / "asyncio_echo.py"), "--uvloop"]))
-    else:
+    subjects += peer_subjects(py, "", ECHO_WORKLOADS)
+    if not any(s.name == "uvloop" for s in subjects):
         notes.append("uvloop is not installed (pip install 'asycamore[bench]')")
     if probes.asyncore_importable():
         subjects.append(
-            Subject("asyncore-poll", [py, "-W", "ignore", str(SERVERS / "asyncore_echo.py")])
+            Subject(
+                "asyncore-poll",
+                [py, "-W", "ignore", str(SERVERS / "asyncore_echo.py")],
+                python=here,
+            )
         )
     else:
         notes.append("asyncore is not importable (pip install pyasyncore on Python 3.12+)")
-    subjects.append(Subject("selectors", [py, str(SERVERS / "selectors_echo.py")]))
+    subjects.append(Subject("selectors", [py, str(SERVERS / "selectors_echo.py")], python=here))
     subjects.append(
         Subject(
             "selectors-poll",
             [py, str(SERVERS / "selectors_echo.py"), "--poll"],
             workloads=IDLE_WORKLOADS,
+            python=here,
         )
     )
     if "epoll" in backends:
@@ -248,12 +334,23 @@ def echo_subjects(
                     [*asycamore_echo_command("epoll"), "--workers", str(count)],
                     workers=count,
                     workloads=("pingpong", "connrate"),
+                    python=here,
                 )
             )
     if c_server is not None:
         subjects.append(Subject("c-epoll", [str(c_server)]))
     else:
         notes.append("no C epoll echo server (needs gcc on Linux)")
+    for other in pythons:
+        version = python_version(other)
+        suffix = f"@{version}"
+        command = [other, *asycamore_echo_command("epoll")[1:]]
+        subjects.append(
+            Subject(f"asycamore-epoll{suffix}", command, workloads=PEER_WORKLOADS, python=version)
+        )
+        subjects += peer_subjects(other, suffix, PEER_WORKLOADS)
+        if not any(s.name == f"uvloop{suffix}" for s in subjects):
+            notes.append(f"uvloop could not be installed for Python {version}")
     return subjects, notes
 
 
@@ -398,7 +495,7 @@ def measure_echo(
     """One round of one echo workload against one subject."""
     server_cpu, gen_cpu = cpus
     process = PoolProcess if subject.workers else harness.ServerProcess
-    with process(subject.command, cpu=server_cpu) as server:
+    with process(subject.command, cpu=server_cpu, env=subject.env) as server:
         command = generator_command(loadgen, cfg, workload, server.port, server.host)
         idle = cfg.idle_conns if workload in IDLE_WORKLOADS else 0
         with contextlib.ExitStack() as stack:
@@ -459,21 +556,19 @@ def summarize(
         found = [r[key] for r in rounds if r.get(key) is not None]
         if found:
             summary[key] = statistics.median(found)
-    costs = [
-        r["server_cpu"] / r["value"] for r in rounds if r.get("value") and r.get("server_cpu")
-    ]
+    costs = [cost for r in rounds if (cost := _cpu_per_op(r))]
     if costs:
         # Server CPU seconds per unit of work: the server's cost whatever the pace, so it
         # stays meaningful in rounds where the generator set the pace.
         summary["cpu_per_op"] = statistics.median(costs)
     if reference is not None:
-        ref_costs = [
-            r["server_cpu"] / r["value"]
-            for r in reference
-            if r.get("value") and r.get("server_cpu")
+        cost_ratios = [
+            theirs / cost
+            for r, ref in zip(rounds, reference, strict=False)
+            if (cost := _cpu_per_op(r)) and (theirs := _cpu_per_op(ref))
         ]
-        if costs and ref_costs:
-            summary["cost_ratio"] = statistics.median(ref_costs) / summary["cpu_per_op"]
+        if cost_ratios:
+            summary["cost_ratio"] = statistics.median(cost_ratios)
     summary["generator_saturated_rounds"] = sum(bool(r.get("generator_saturated")) for r in rounds)
     return summary
 
@@ -496,9 +591,9 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
             "subject",
             "median",
             "spread (min-max)",
-            "vs asyncio",
+            "vs best asyncio",
             "server/gen CPU",
-            "server CPU/op (asyncio's/this)",
+            "server CPU/op (best asyncio's/this)",
             "notes",
         )
     ]
@@ -626,7 +721,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpus = harness.cpu_layout()
     loadgen = None if args.python_generator else compile_c("loadgen")
     c_server = compile_c("epoll_echo")
-    subjects, notes = echo_subjects(c_server, args.baseline_python)
+    subjects, notes = echo_subjects(c_server, args.baseline_python, args.pythons)
     if args.subjects:
         subjects = [s for s in subjects if s.name in args.subjects]
     if loadgen is None:
@@ -643,6 +738,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": vars(cfg) | {"idle_sizes": list(cfg.idle_sizes)},
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "notes": notes,
+        "subjects": {
+            s.name: {"python": s.python, "command": s.command, "env": s.env or {}}
+            for s in subjects
+        },
         "workloads": {},
     }
     with harness.pinned(cpus[0]):  # in-process measurements run on the server's CPU
@@ -739,11 +838,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     gen = result["generator_cpu"]
                     log(f"    {result['value']:,.1f} {UNITS[workload]}  server CPU {cpu:.0%}  "
                         f"generator CPU {gen:.0%}")  # fmt: skip
-        ref = rounds_echo.get("asyncio")
-        results["workloads"][workload] = {
-            "unit": UNITS[workload],
-            "subjects": {s: summarize(v, ref) for s, v in rounds_echo.items()},
-        }
+        summaries = {}
+        for server in subjects:
+            if server.name in rounds_echo:
+                ref = best_asyncio(rounds_echo, subjects, server.python)
+                summaries[server.name] = summarize(rounds_echo[server.name], ref)
+        results["workloads"][workload] = {"unit": UNITS[workload], "subjects": summaries}
     results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = evaluate_targets(results)
     return results
@@ -759,8 +859,38 @@ def _rounds(results: dict[str, Any], workload: str, subject: str) -> list[dict[s
 
 def _cpu_per_op(round_: dict[str, Any]) -> float | None:
     """Server CPU seconds per operation (every run of a workload lasts as long)."""
+    if "cpu_per_op" in round_:
+        return round_["cpu_per_op"]  # type: ignore[no-any-return]
     cpu, value = round_.get("server_cpu"), round_.get("value")
     return cpu / value if cpu and value else None
+
+
+def best_asyncio(
+    rounds: dict[str, list[dict[str, Any]]], subjects: list[Subject], python: str
+) -> list[dict[str, Any]] | None:
+    """The reference rounds for a subject run by Python *python*: in each round, the best
+    rate and the lowest server CPU per operation of asyncio's configurations on that
+    Python (None when it ran none, as for the C server).
+
+    A ratio to the best configuration in the same round is one that holds against every
+    configuration, whichever state malloc happened to be in.
+    """
+    configs = [
+        rounds[s.name]
+        for s in subjects
+        if s.asyncio_config and s.python == python and s.name in rounds
+    ]
+    if not python or not configs:
+        return None
+    best = []
+    for measured in zip(*configs, strict=True):
+        values = [r["value"] for r in measured if r.get("value")]
+        costs = [cost for r in measured if (cost := _cpu_per_op(r))]
+        best.append({
+            "value": max(values) if values else None,
+            "cpu_per_op": min(costs) if costs else None,
+        })  # fmt: skip
+    return best
 
 
 def pair_ratio(
@@ -829,6 +959,33 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
+def peer_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows of the peers table: asycamore on epoll against asyncio's best configuration
+    and against uvloop, on each Python, by rate and by server CPU per operation."""
+    rows: list[tuple[str, ...]] = [
+        ("workload", "Python", "vs best asyncio", "by CPU/op", "vs uvloop", "by CPU/op")
+    ]
+    meta = results.get("subjects", {})
+    for workload in PEER_WORKLOADS:
+        data = results["workloads"].get(workload)
+        if not data:
+            continue
+        for name, s in data["subjects"].items():
+            base, _, version = name.partition("@")
+            if base != "asycamore-epoll":
+                continue
+            uvloop = f"uvloop@{version}" if version else "uvloop"
+            cells = [
+                s.get("ratio"),
+                s.get("cost_ratio"),
+                pair_ratio(results, workload, name, uvloop),
+                pair_ratio(results, workload, name, uvloop, key="cpu"),
+            ]
+            python = meta.get(name, {}).get("python", version or "?")
+            rows.append((workload, python, *("-" if c is None else f"{c:.2f}x" for c in cells)))
+    return rows if len(rows) > 1 else []
+
+
 def machine_rst(results: dict[str, Any]) -> str:
     """A paragraph naming the machine and how busy it was."""
     m = results["machine"]
@@ -838,22 +995,25 @@ def machine_rst(results: dict[str, Any]) -> str:
         if pin["server_cpu"] is not None
         else "nothing pinned (one CPU)"
     )
+    pythons = sorted({s["python"] for s in results.get("subjects", {}).values() if s["python"]})
     return (
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['platform']}, "
-        f"{m['implementation']} {m['python']}; {pinning}; "
+        f"{m['implementation']} {', '.join(pythons) or m['python']} (a subject without"
+        f" ``@`` runs on {m['python']}); {pinning}; "
         f"load generator: {results['generator']}.  Load average (1, 5, 15 min) "
         f"{results['loadavg_before']} before the run, {results['loadavg_after']} after."
     )
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
-    """JSON (dated and latest), text table, RST table for the docs, and the plot."""
+    """JSON, text table, RST table for the docs, and the plot (each replacing the last
+    run's: git keeps the history, and a stale figure is not left beside a new one)."""
     out.mkdir(parents=True, exist_ok=True)
-    stamp = results["date"].replace(":", "").replace("-", "")[:15]
     text = json.dumps(results, indent=1, default=str)
-    (out / f"results-{stamp}.json").write_text(text)
     (out / "latest.json").write_text(text)
     body = [text_table(table_rows(results))]
+    if peer_rows(results):
+        body.append(text_table(peer_rows(results)))
     if results.get("targets"):
         body.append(text_table(target_rows(results)))
     if idle_rows(results):
@@ -861,6 +1021,14 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     (out / "latest.txt").write_text("\n\n".join(body) + "\n")
     rst = [f"Measured {results['date']} with ``{results['command']}``.", ""]
     rst += [machine_rst(results), ""]
+    if peer_rows(results):
+        rst += [
+            "``asycamore echo`` on epoll against its peers on the same Python, median of"
+            " per-round ratios:",
+            "",
+            rst_table(peer_rows(results)),
+            "",
+        ]
     if results.get("targets"):
         rst += [
             "The issue's targets for ``asycamore echo``:",
@@ -918,6 +1086,15 @@ def main(argv: list[str] | None = None) -> int:
         help="also run asycamore echo (epoll) with this interpreter's install, as subject"
         " asycamore-epoll-baseline (an A/B of two installs, interleaved in one run)",
     )
+    parser.add_argument(
+        "--pythons",
+        type=lambda s: tuple(s.split(",")),
+        default=(),
+        metavar="3.12,3.13",
+        help="also run asycamore (epoll), asyncio and uvloop on these Pythons (versions found"
+        f" on PATH, or paths) for {', '.join(PEER_WORKLOADS)}: each gets a venv, made once,"
+        " with this tree installed (editable) and uvloop",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--no-save", action="store_true", help="print only, write no files")
     args = parser.parse_args(argv)
@@ -932,11 +1109,18 @@ def main(argv: list[str] | None = None) -> int:
             return run_suites(suites, args)
     if args.quick and args.out == RESULTS:
         args.no_save = True
+    try:
+        args.pythons = tuple(bench_python(spec) for spec in args.pythons)
+    except (ValueError, subprocess.CalledProcessError) as exc:
+        parser.error(str(exc))
     results = run(args)
     print(text_table(table_rows(results)))
     if idle_rows(results):
         print("\nIdle scaling (median time per dispatch):")
         print(text_table(idle_rows(results)))
+    if peer_rows(results):
+        print("\nasycamore (epoll) against its peers on the same Python:")
+        print(text_table(peer_rows(results)))
     if any(t["met"] is not None for t in results["targets"]):
         print("\nThe issue's targets:")
         print(text_table(target_rows(results)))

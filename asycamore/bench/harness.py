@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -187,11 +187,14 @@ def _child_setup(cpu: int | None) -> Callable[[], None]:
     return setup
 
 
-def spawn(command: Sequence[str], cpu: int | None = None) -> subprocess.Popen[str]:
+def spawn(
+    command: Sequence[str], cpu: int | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
     """Start *command* as a benchmark's child process, pinned to *cpu* (when given).
 
     Its stdin is ``/dev/null``, its stdout and stderr are text pipes, and its
     ``RLIMIT_NOFILE`` is raised before it runs (thousands of connections need it).
+    *env* adds to (or overrides) this process's environment for the child.
     """
     return subprocess.Popen(
         list(command),
@@ -199,6 +202,7 @@ def spawn(command: Sequence[str], cpu: int | None = None) -> subprocess.Popen[st
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **env} if env else None,
         preexec_fn=_child_setup(cpu),  # noqa: PLW1509 - no threads here
     )
 
@@ -222,13 +226,19 @@ class ServerProcess:
     """An echo server under test in its own process.
 
     *command* must print ``listening on HOST:PORT`` on stdout and stop on SIGTERM.  The
-    process is started with :func:`spawn` (pinned to *cpu* when given).  Use as a
-    context manager: it is stopped (SIGTERM, then SIGKILL) on exit.
+    process is started with :func:`spawn` (pinned to *cpu* when given, with *env* added
+    to its environment).  Use as a context manager: it is stopped (SIGTERM, then
+    SIGKILL) on exit.
     """
 
-    def __init__(self, command: Sequence[str], cpu: int | None = None) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        cpu: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.command = list(command)
-        self.proc = spawn(self.command, cpu)
+        self.proc = spawn(self.command, cpu, env)
         self.host, self.port = self._read_address()
 
     def _read_address(self) -> tuple[str, int]:
