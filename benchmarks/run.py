@@ -63,7 +63,7 @@ import loadgen as python_loadgen
 import probes
 
 from asycamore.bench import harness
-from asycamore.bench.programs import asycamore_echo_command
+from asycamore.bench.programs import MALLOC_TUNED, asycamore_echo_command
 from asycamore.factory import list_backends
 from asycamore.tables import text_table
 
@@ -203,17 +203,6 @@ class Subject:
     """One of asyncio's configurations: the best of them in a round is the reference."""
 
 
-# glibc's malloc serves a request over its mmap threshold (128 KiB at start) with mmap, and
-# raises the threshold to a block's size the first time the process frees such a block
-# (mallopt(3), M_MMAP_THRESHOLD).  asyncio's plain Protocol reads with recv(256 KiB) and
-# shrinks the result, so a process that has never freed a big block pays mmap, mremap,
-# munmap and a page fault per read: about 20 us on this kind of VM, on 3.11 to 3.13 alike.
-# One freed block (a big file read, a large JSON document) ends that for good, so the same
-# server measures 4x faster in one process than in another.  These settings put a fresh
-# process where such a process already is; docs/benchmarks.rst has the measurements.
-MALLOC_TUNED = {
-    "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=524288:glibc.malloc.trim_threshold=1048576"
-}
 PEER_WORKLOADS = ("pingpong", "bulk", "connrate")
 """The workloads run on the Pythons named by ``--pythons`` (the idle ones take long)."""
 
@@ -736,7 +725,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "generator": "c" if loadgen is not None else "python",
         "pinning": {"server_cpu": cpus[0], "generator_cpu": cpus[1]},
         "config": vars(cfg) | {"idle_sizes": list(cfg.idle_sizes)},
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "provenance": harness.provenance(),
         "notes": notes,
         "subjects": {
             s.name: {"python": s.python, "command": s.command, "env": s.env or {}}
@@ -1011,7 +1000,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=1, default=str)
     (out / "latest.json").write_text(text)
-    body = [text_table(table_rows(results))]
+    body = [results["provenance"], text_table(table_rows(results))]
     if peer_rows(results):
         body.append(text_table(peer_rows(results)))
     if results.get("targets"):
@@ -1019,7 +1008,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     if idle_rows(results):
         body.append(text_table(idle_rows(results)))
     (out / "latest.txt").write_text("\n\n".join(body) + "\n")
-    rst = [f"Measured {results['date']} with ``{results['command']}``.", ""]
+    rst = [results["provenance"].replace("`", "``"), ""]
     rst += [machine_rst(results), ""]
     if peer_rows(results):
         rst += [
