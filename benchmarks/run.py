@@ -995,8 +995,10 @@ def machine_rst(results: dict[str, Any]) -> str:
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
-    """JSON, text table, RST table for the docs, and the plot (each replacing the last
-    run's: git keeps the history, and a stale figure is not left beside a new one)."""
+    """JSON, text table, RST tables for the docs (``latest-table.rst``, and
+    ``latest-peers.rst`` when asycamore ran beside its peers) and the plot, each replacing
+    the last run's: git keeps the history, and a stale figure is not left beside a new
+    one."""
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=1, default=str)
     (out / "latest.json").write_text(text)
@@ -1011,13 +1013,11 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     rst = [results["provenance"].replace("`", "``"), ""]
     rst += [machine_rst(results), ""]
     if peer_rows(results):
-        rst += [
-            "``asycamore echo`` on epoll against its peers on the same Python, median of"
-            " per-round ratios:",
-            "",
-            rst_table(peer_rows(results)),
-            "",
-        ]
+        # Its own file, so that the page can show it first.
+        peers = [*rst, rst_table(peer_rows(results))]
+        (out / "latest-peers.rst").write_text("\n".join(peers) + "\n")
+    else:
+        (out / "latest-peers.rst").unlink(missing_ok=True)
     if results.get("targets"):
         rst += [
             "The issue's targets for ``asycamore echo``:",
@@ -1036,8 +1036,11 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
             rst_table(idle_rows(results)),
         ]
     (out / "latest-table.rst").write_text("\n".join(rst) + "\n")
-    if "idle" in results and plot_idle(results, out / "idle_scaling.png"):
-        log(f"plot: {out / 'idle_scaling.png'}")
+    plot = out / "idle_scaling.png"
+    if "idle" in results and plot_idle(results, plot):
+        log(f"plot: {plot}")
+    else:
+        plot.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
