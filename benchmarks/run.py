@@ -1,6 +1,7 @@
 """asycamore's benchmark suite: every backend against its peers, in the same run.
 
-    python benchmarks/run.py                  # everything, 3 rounds (about 10 minutes)
+    python benchmarks/run.py                  # everything, 3 rounds (about 15 minutes)
+    python benchmarks/run.py --pythons 3.12,3.13   # and the peers on 3.12 and 3.13
     python benchmarks/run.py --quick          # a smoke run: tiny sizes, 1 round, no files
     python benchmarks/run.py --only pingpong,bulk --rounds 5 --seconds 3
     nox -s bench -- --rounds 5
@@ -12,19 +13,25 @@ Workloads
     pingpong-idle  the same with 10,000 idle connections open (and the server's RSS)
     bulk           echo, 4 streams of 64 KiB writes, every echoed byte verified
     connrate       connect, send 64 B, read the echo, close; 16 at a time
-
-Suites (run only when named in --only, e.g. ``--only tls,udp,aio,compat``): the scripts
-tls_bench.py, udp_bench.py, aio_bench.py and compat_bench.py beside this one, each with
-its own peers (asyncio, uvloop, pyasyncore) in the same sitting, and runnable alone.
     connrate-idle  the same with 10,000 idle connections open
 
-Subjects: ``asycamore echo`` on every available backend, an ``asyncio.Protocol`` server,
-the same on uvloop (when importable), asyncore's poll loop (stdlib on 3.11, ``pyasyncore``
-on 3.12+), a minimal hand-written selectors loop (on the default selector, and on
-``selectors.PollSelector``: the floor for the poll backend), a C epoll server (when gcc
-exists), and ``asycamore echo --workers 1`` and ``--workers 2`` (pingpong and connrate
-only; their CPU is the whole process tree's, and they are pinned to the one server CPU
-like every subject, so they show the supervisor's and the kernel's share, not scaling).
+Suites (run only when named in --only, e.g. ``--only tls,udp,aio,compat,http``): the
+scripts tls_bench.py, udp_bench.py, aio_bench.py, compat_bench.py and http_bench.py
+beside this one, each with its own peers (asyncio, uvloop, pyasyncore) and load
+generators (openssl, wrk) in the same sitting, and runnable alone.
+
+Subjects: ``asycamore echo`` on every available backend; asyncio's echo server in three
+configurations (``asyncio``: a plain ``asyncio.Protocol`` as a fresh process runs it;
+``asyncio-tuned``: the same with glibc's malloc thresholds raised, see
+``asycamore.bench.programs.MALLOC_TUNED``; ``asyncio-buffered``: a ``BufferedProtocol``);
+the same server on uvloop (when importable); asyncore's poll loop (stdlib on 3.11,
+``pyasyncore`` on 3.12+); a minimal hand-written selectors loop (on the default selector,
+and on ``selectors.PollSelector``: the floor for the poll backend); a C epoll server (when
+gcc exists); and ``asycamore echo --workers 1`` and ``--workers 2`` (pingpong and
+connrate only; their CPU is the whole process tree's, and they are pinned to the one
+server CPU like every subject, so they show the supervisor's and the kernel's share, not
+scaling).  ``--pythons 3.12,3.13`` adds asycamore on epoll, the asyncio configurations
+and uvloop run by those Pythons (``NAME@X.Y.Z``) on pingpong, bulk and connrate.
 
 The load generator is ``benchmarks/c/loadgen.c`` (compiled at run time into a cache
 directory outside the repository; without gcc the slower Python generator,
@@ -34,9 +41,11 @@ the generator reports its own, and a round where the generator used >= 95% of a 
 flagged: there the generator, not the server, set the pace.
 
 Rounds are interleaved (for each round, every subject in turn) and the results are
-medians over rounds, with the min-max spread, and ratios to asyncio measured in the same
-round.  Results go to ``benchmarks/results/`` as JSON, a text table, an RST table for the
-docs and the idle-scaling plot (PNG, when matplotlib is installed).
+medians over rounds, with the min-max spread, and ratios to the best of asyncio's
+configurations run by the same Python in the same round (so that a ratio holds against
+each of them).  Results go to ``benchmarks/results/`` as JSON, a text table, RST tables
+for the docs (all workloads; asycamore against its peers) and the idle-scaling plot (PNG,
+when matplotlib is installed), each replacing the last run's.
 """
 
 from __future__ import annotations
@@ -84,6 +93,7 @@ SUITES = {
     "udp": ("udp_bench.py", "UDP ping-pong datagrams/s: asycamore, asyncio, uvloop"),
     "aio": ("aio_bench.py", "asyncio on asycamore, and asycamore hosted by asyncio"),
     "compat": ("compat_bench.py", "asycamore.compat.asyncore against (py)asyncore"),
+    "http": ("http_bench.py", "aiohttp hello world under wrk: asyncio, asycamore, uvloop"),
 }
 
 UNITS = {

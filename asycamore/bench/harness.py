@@ -266,8 +266,12 @@ class ServerProcess:
         ready, _, _ = select.select([self.proc.stdout], [], [], _STARTUP_TIMEOUT)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("listening on "):
-            self.stop()
+            # End it before reading its stderr to the end, and close the pipes only then.
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
             err = self.proc.stderr.read() if self.proc.stderr else ""
+            self.stop()
             raise RuntimeError(
                 f"{' '.join(self.command)!r} did not start: {line.strip()!r} {err.strip()[-500:]}"
             )
