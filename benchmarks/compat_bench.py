@@ -2,6 +2,11 @@
 
     python benchmarks/compat_bench.py [--idle 10000] [--passes 50] [--roundtrips 20000]
                                       [--rounds 3] [--seconds 5] [--backend epoll]
+                                      [--out FILE | --no-save]
+
+The results are printed and written to ``benchmarks/results/compat_bench.txt`` (``--out
+FILE`` elsewhere, ``--no-save`` nowhere), under a line saying when, with what command
+and on what machine and Python they were measured.
 
 The reference is the standard library's ``asyncore`` on Python 3.11 and ``pyasyncore``
 (its verbatim copy, ``pip install pyasyncore``) on 3.12+; ours runs on the backend from
@@ -46,10 +51,14 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from asycamore.bench import harness
 from asycamore.compat import asyncore as ours
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def reference_asyncore() -> ModuleType:
@@ -173,6 +182,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="cap per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats (median)")
     parser.add_argument("--backend", help="ASYCAMORE_BACKEND for ours")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "compat_bench.txt",
+        help="results file (default: benchmarks/results/compat_bench.txt)",
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
     args = parser.parse_args(argv)
     if args.backend:
         os.environ["ASYCAMORE_BACKEND"] = args.backend
@@ -180,7 +196,17 @@ def main(argv: list[str] | None = None) -> None:
     import asycamore
 
     backend = asycamore.best_backend()
-    print(f"Python {sys.version.split()[0]}; ours on {backend}; reference {reference.__file__}")
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        # Printed as each measurement ends (a full run takes minutes), and kept for the file.
+        print(line, flush=True)
+        lines.append(line)
+
+    # Before the run, so that the load average is the machine's, not this benchmark's.
+    say(harness.provenance())
+    say("")
+    say(f"Python {sys.version.split()[0]}; ours on {backend}; reference {reference.__file__}")
 
     raise_nofile(args.idle + 200)
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -198,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         idle["ours"].append(idle_pass(ours, ours.poll, udp, args.passes, args.seconds))
     theirs, mine = (statistics.median(idle[side]) for side in ("reference", "ours"))
-    print(
+    say(
         f"idle pass ({args.idle} idle + 1 active): reference poll2 {theirs * 1e3:.2f} ms, "
         f"ours {mine * 1e3:.2f} ms per pass -> {theirs / mine:.2f}x"
     )
@@ -215,11 +241,13 @@ def main(argv: list[str] | None = None) -> None:
                         ping_pong(module, use_poll, pairs, args.roundtrips, args.seconds)
                     )
             theirs, mine = (statistics.median(rates[side]) for side in ("reference", "ours"))
-            print(
+            say(
                 f"ping-pong ({pairs} pair{'s' if pairs > 1 else ''}, dispatcher_with_send, "
                 f"64 B): reference loop({label}) {theirs:,.0f}/s, ours {mine:,.0f}/s "
                 f"-> {mine / theirs:.2f}x"
             )
+    if not args.no_save:
+        args.out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

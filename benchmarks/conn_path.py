@@ -1,6 +1,7 @@
 """Server CPU per short connection (accept, 64-byte echo, EOF, close), in one process.
 
     python benchmarks/conn_path.py [--batch 32] [--seconds 1] [--rounds 3] [--profile]
+                                   [--out FILE | --no-save]
 
 Each round, the client side opens *batch* connections, sends 64 bytes on each and
 half-closes them; the server side accepts, echoes, sees the EOF and closes (timed); then
@@ -11,6 +12,10 @@ TIME_WAIT piles up).  Only the server's work is timed, on one CPU.  Subjects:
     service     asycamore: Service.listen_tcp(EchoProtocol) driven by Service.run_once
 
 ``--profile`` also prints the asycamore service's cProfile, per connection.
+
+The report is printed and written to ``benchmarks/results/conn_path.txt`` (``--out FILE``
+elsewhere, ``--no-save`` nowhere), under a line saying when, with what command and on
+what machine and Python it was measured.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from asycamore.bench import harness
 from asycamore.echo import EchoProtocol
 from asycamore.servicemodel import Service
 
+RESULTS = Path(__file__).resolve().parent / "results"
 MESSAGE = b"x" * 64
 Step = Callable[[], int]
 
@@ -147,8 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", default="epoll")
     parser.add_argument("--profile", action="store_true", help="cProfile the asycamore side")
-    parser.add_argument("--out", type=Path, help="also write the report to this file")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "conn_path.txt",
+        help="results file (default: benchmarks/results/conn_path.txt)",
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
     args = parser.parse_args(argv)
+    # Before the run, so that the load average is the machine's, not this benchmark's.
+    provenance = harness.provenance()
     cpu, _ = harness.cpu_layout()
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
@@ -166,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 close()
     lines = [
+        provenance,
+        "",
         f"server CPU per connection (accept, 64-byte echo, EOF, close), batches of "
-        f"{args.batch}, one CPU, {args.rounds} rounds (python {sys.version.split()[0]})"
+        f"{args.batch}, one CPU, {args.rounds} rounds (python {sys.version.split()[0]})",
     ]
     floor = statistics.median(results["selectors"])
     for name, vals in results.items():
@@ -203,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(out.getvalue())
     report = "\n".join(lines)
     print(report)
-    if args.out:
+    if not args.no_save:
         args.out.write_text(report + "\n")
     return 0
 

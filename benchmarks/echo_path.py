@@ -1,6 +1,7 @@
 """Where an echoed message's server CPU goes, layer by layer, measured in one process.
 
     python benchmarks/echo_path.py [--conns 64] [--size 64] [--seconds 1] [--backend epoll]
+                                   [--out FILE | --no-save]
 
 64 loopback TCP connections; each round the client side sends one message on every
 connection, the *server side* handles them all (timed), and the client reads the echoes
@@ -14,6 +15,10 @@ cost per message with no cross-CPU wake-ups or generator in the way.  The layers
     service         + servicemodel.Service.run_once (timers, callbacks, error policy)
 
 The difference between two adjacent layers is what that layer costs per message.
+
+The table is printed and written to ``benchmarks/results/echo_path.txt`` (``--out FILE``
+elsewhere, ``--no-save`` nowhere), under a line saying when, with what command and on
+what machine and Python it was measured.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from asycamore.bench import harness
 from asycamore.echo import EchoProtocol
 from asycamore.servicemodel import Service
 from asycamore.tcpsocket import Connection
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @contextmanager
@@ -212,8 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="per layer and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", action="append", help="asycamore backend(s) (epoll, poll)")
-    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "echo_path.txt",
+        help="results file (default: benchmarks/results/echo_path.txt)",
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
     args = parser.parse_args(argv)
+    # Before the run, so that the load average is the machine's, not this benchmark's.
+    provenance = harness.provenance()
     backends = args.backend or ["epoll", "poll"]
     cpu, _ = harness.cpu_layout()
     if cpu is not None:
@@ -236,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(fn(pairs, args.size, args.seconds))
     floor = statistics.median(results["raw epoll"])
     lines = [
+        provenance,
+        "",
         f"server CPU per {args.size}-byte message, {args.conns} connections, one CPU, "
         f"{args.rounds} rounds (python {sys.version.split()[0]})",
         f"{'layer':22s} {'median':>9s} {'min-max':>17s} {'over raw':>9s} {'over previous':>14s}",
@@ -257,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         previous = med
     print("\n".join(lines))
-    if args.out:
+    if not args.no_save:
         args.out.write_text("\n".join(lines) + "\n")
     return 0
 

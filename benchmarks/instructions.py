@@ -1,7 +1,12 @@
 """User-space instructions per operation, counted by valgrind: the loop's Python cost,
 without the noise of a shared machine.
 
-    python benchmarks/instructions.py [--only WORKLOADS] [--debug] [--out FILE]
+    PYTHONHASHSEED=0 python benchmarks/instructions.py [--only WORKLOADS] [--debug]
+                                                       [--out FILE | --no-save]
+
+The table is printed and written to ``benchmarks/results/instructions.txt`` (``--out
+FILE`` elsewhere, ``--no-save`` nowhere), under a line saying when, with what command
+and on what machine and Python it was counted, and one with ``PYTHONHASHSEED``.
 
 Wall-clock and CPU-time figures on a virtual machine move by 10-20 % from run to run;
 an instruction count does not (a few tenths of a percent).  Each workload runs in one
@@ -47,6 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
 MESSAGE = b"m" * 64
@@ -254,7 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--debug", action="store_true", help="run asycamore in debug mode (ASYCAMORE_DEBUG=1)"
     )
-    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "instructions.txt",
+        help="results file (default: benchmarks/results/instructions.txt)",
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
     args = parser.parse_args(argv)
     if args.child:
         workload, subject, n = args.child
@@ -267,11 +279,20 @@ def main(argv: list[str] | None = None) -> int:
             subject, int(n)
         )
         return 0
+    # Here, not at the top: the counted children run this file, and import only what
+    # their workload needs.
+    from asycamore.bench import harness
+
     if shutil.which("valgrind") is None:
         print("instructions.py needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
     workloads = args.only.split(",") if args.only else list(WORKLOADS)
     lines = [
+        harness.provenance(),
+        # The children inherit it, and string hashes (so dict and set probing) change
+        # with it: a count is repeatable under the same seed.
+        f"PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED', 'unset')}",
+        "",
         f"user-space instructions per operation, valgrind callgrind "
         f"(python {sys.version.split()[0]}; client side included, the same for every subject)"
         + ("; asycamore in debug mode" if args.debug else ""),
@@ -291,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     report = "\n".join(lines)
     print(report)
-    if args.out:
+    if not args.no_save:
         args.out.write_text(report + "\n")
     return 0
 

@@ -5,6 +5,10 @@ stock loop and on uvloop, in the same run.
     python benchmarks/process_bench.py                      # 1024 MB, 400 spawns, 5 rounds
     python benchmarks/process_bench.py --mb 256 --spawns 200 --rounds 3
 
+The tables are printed and written to ``benchmarks/results/process_bench.txt`` (``--out
+FILE`` elsewhere, ``--no-save`` nowhere), under a line saying when, with what command
+and on what machine and Python they were measured.
+
 Workloads, each at the protocol level (``ProcessProtocol`` / ``SubprocessProtocol``):
 
 throughput
@@ -31,7 +35,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
+RESULTS = HERE.parent / "results"
 BLOCK = memoryview(os.urandom(256 * 1024))
 SUBJECTS = ("asycamore-epoll", "asyncio", "uvloop")
 
@@ -264,22 +268,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", default="throughput,spawn", help="workloads, comma-separated")
     parser.add_argument("--subjects", default=",".join(SUBJECTS))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "process_bench.txt",
+        help="results file (default: benchmarks/results/process_bench.txt)",
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return _child(args.child, args.workload, args.mb, args.spawns, args.seconds)
+    # Here, not at the top: the asyncio and uvloop children run this file and import no
+    # asycamore.
+    from asycamore.bench import harness
 
+    # Before the run, so that the load average is the machine's, not this benchmark's.
+    provenance = harness.provenance()
+    lines: list[str] = []
     subjects = [s for s in args.subjects.split(",") if s]
     if "uvloop" in subjects and importlib.util.find_spec("uvloop") is None:
-        print("uvloop: skipped (not installed: pip install uvloop)")
+        lines.append("uvloop: skipped (not installed: pip install uvloop)")
         subjects.remove("uvloop")
     workloads = [w for w in args.only.split(",") if w]
-    print(
-        f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d')}, load average "
-        + " ".join(f"{x:.2f}" for x in os.getloadavg())
-    )
     results: dict[str, dict[str, list[tuple[float, float]]]] = {w: {} for w in workloads}
     short: list[str] = []  # throughput runs that did not get every byte back
     for round_ in range(args.rounds):
@@ -294,7 +306,6 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     value, cpu = r["count"] / r["seconds"], r["cpu"] / r["count"] * 1e6
                 results[workload].setdefault(subject, []).append((value, cpu))
-    out: list[str] = []
     tables: dict[str, Callable[[], list[str]]] = {
         "throughput": lambda: _table(
             f"throughput: {args.mb} MB through cat, {args.rounds} rounds (median)",
@@ -311,10 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     for workload in workloads:
-        out += [*tables[workload](), ""]
+        lines += [*tables[workload](), ""]
     if short:
-        out.append(f"short of {args.mb * 1_000_000:,} bytes: " + "; ".join(short))
-    print("\n".join(out).rstrip())
+        lines.append(f"short of {args.mb * 1_000_000:,} bytes: " + "; ".join(short))
+    report = "\n".join([provenance, "", *lines]).rstrip()
+    print(report)
+    if not args.no_save:
+        args.out.write_text(report + "\n")
     return 1 if any(line.startswith("asycamore") for line in short) else 0
 
 

@@ -11,6 +11,10 @@ Reported for the proxy, with the wiring (the default) and without it
 from ``/proc/PID/status``; Linux), before the client connected and at the end.
 
     python benchmarks/proxy_flow.py --megabytes 50 --pause 3
+
+The table is printed and written to ``benchmarks/results/proxy_flow.txt`` (``--out
+FILE`` elsewhere, ``--no-save`` nowhere), under a line saying when, with what command
+and on what machine and Python it was measured.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ import threading
 import time
 from pathlib import Path
 
+from asycamore.bench import harness
+
 PROXY = Path(__file__).resolve().parent.parent / "examples" / "proxy.py"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def start(*args: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -132,11 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stall", type=float, default=10.0, help="give up after this long without data"
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "proxy_flow.txt",
+        help="results file (default: benchmarks/results/proxy_flow.txt)",
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
     args = parser.parse_args(argv)
     if not sys.platform.startswith("linux"):
         print("VmHWM is read from /proc: Linux only", file=sys.stderr)
         return 2
 
+    # Before the run, so that the load average is the machine's, not this benchmark's.
+    provenance = harness.provenance()
     payload = os.urandom(args.megabytes * 1_000_000)
     echo, upstream_port = start("-m", "asycamore", "echo", "--port", "0")
     try:
@@ -147,14 +163,17 @@ def main(argv: list[str] | None = None) -> int:
         ]
     finally:
         stop(echo)
-    print(
-        f"{args.megabytes} MB through examples/proxy.py to `asycamore echo`, "
-        f"the client not reading for {args.pause:g} s:"
-    )
     widths = {key: max(len(key), *(len(row[key]) for row in rows)) for key in rows[0]}
-    print("  ".join(key.ljust(width) for key, width in widths.items()))
-    for row in rows:
-        print("  ".join(row[key].ljust(width) for key, width in widths.items()))
+    lines = [
+        f"{args.megabytes} MB through examples/proxy.py to `asycamore echo`, "
+        f"the client not reading for {args.pause:g} s:",
+        "  ".join(key.ljust(width) for key, width in widths.items()),
+    ]
+    lines += ["  ".join(row[key].ljust(width) for key, width in widths.items()) for row in rows]
+    report = "\n".join([provenance, "", *lines])
+    print(report)
+    if not args.no_save:
+        args.out.write_text(report + "\n")
     return 0
 
 

@@ -1107,10 +1107,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
         suites = [name for name in SUITES if name in args.only]
         args.only = [name for name in args.only if name not in SUITES]
-        if suites and not args.only:
-            return run_suites(suites, args)
     if args.quick and args.out == RESULTS:
         args.no_save = True
+    if suites and not args.only:
+        return run_suites(suites, args)
     try:
         args.pythons = tuple(bench_python(spec) for spec in args.pythons)
     except (ValueError, subprocess.CalledProcessError) as exc:
@@ -1136,13 +1136,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_suites(names: list[str], args: argparse.Namespace) -> int:
-    """Run the named suite scripts one after the other, with this run's ``--rounds``."""
+    """Run the named suite scripts one after the other, with this run's ``--rounds`` and
+    ``--no-save`` (which ``--quick`` implies)."""
     status = 0
     for name in names:
         script, what = SUITES[name]
         command = [sys.executable, str(Path(__file__).with_name(script))]
         if args.rounds is not None:
             command += ["--rounds", str(args.rounds)]
+        if args.no_save and name != "aio":  # aio_bench.py writes only with --out
+            command.append("--no-save")
         log(f"suite {name}: {what}")
         status = max(status, subprocess.run(command, check=False).returncode)
     return status

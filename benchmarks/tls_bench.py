@@ -3,6 +3,10 @@
     python benchmarks/tls_bench.py                   # 3 rounds, about a minute
     python benchmarks/tls_bench.py --rounds 5 --seconds 3 --json results.json
 
+The tables are printed and written to ``benchmarks/results/tls_bench.txt`` (``--out
+FILE`` elsewhere, ``--no-save`` nowhere; ``--json FILE`` as well, as JSON), under a line
+saying when, with what command and on what machine and Python they were measured.
+
 Workloads (loopback only, every one bounded in count and time):
 
 bulk
@@ -47,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
+RESULTS = HERE.parent / "results"
 
 
 # -- the peer servers (run as: tls_bench.py --serve asyncio|uvloop CERT KEY) -------------------
@@ -261,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="bulk,handshakes")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "tls_bench.txt",
+        help="results file (default: benchmarks/results/tls_bench.txt)",
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
+    parser.add_argument(
         "--no-pin", action="store_true", help="let the scheduler place server and generators"
     )
     parser.add_argument(
@@ -270,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(*args.serve)
         return 0
+    # Here, not at the top: the reference servers run this file and import no asycamore.
+    from asycamore.bench import harness
+
     global PINNING
     PINNING = not args.no_pin
     if shutil.which("openssl") is None:
@@ -279,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         log("--rounds 1..20, --seconds up to 30, --megabytes 1..1024")
         return 2
     workloads = [w for w in args.only.split(",") if w]
+    # Before the run, so that the load average is the machine's, not this benchmark's.
+    provenance = harness.provenance()
     names = subjects()
     results: dict[str, dict[str, list[float]]] = {w: {n: [] for n in names} for w in workloads}
     cpu: dict[str, dict[str, list[float]]] = {w: {n: [] for n in names} for w in workloads}
@@ -305,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"round {round_}/{args.rounds}  {workload:<10} {name:<9} "
                             f"{value:10.1f}   server CPU {share:4.0%}")  # fmt: skip
     units = {"bulk": "MB/s", "handshakes": "handshakes/s"}
-    print(f"\nTLS echo, {args.rounds} rounds, medians (min-max); Python {sys.version.split()[0]},"
-          f" {ssl.OPENSSL_VERSION}")  # fmt: skip
+    lines = [f"TLS echo, {args.rounds} rounds, medians (min-max); Python {sys.version.split()[0]},"
+             f" {ssl.OPENSSL_VERSION}"]  # fmt: skip
     summary: dict[str, Any] = {}
     for workload in workloads:
         unit = units.get(workload, "")
-        print(f"\n{workload}: {unit} (wall), and per second of the server's CPU")
+        lines += ["", f"{workload}: {unit} (wall), and per second of the server's CPU"]
         medians = {n: statistics.median(v) for n, v in results[workload].items()}
         # The load generators can be the bottleneck (2 cores): the work per CPU-second
         # of the server is then the measure that compares the servers.
@@ -327,10 +344,14 @@ def main(argv: list[str] | None = None) -> int:
                 if peer in medians and peer != name
             )
             share = statistics.median(cpu[workload][name])
-            print(f"  {name:<10} {medians[name]:8.1f} ({min(values):.1f}-{max(values):.1f})"
-                  f"  CPU {share:4.0%}  {per_cpu[name]:8.1f}/CPU-s  {ratios}")  # fmt: skip
+            lines.append(f"  {name:<10} {medians[name]:8.1f} ({min(values):.1f}-{max(values):.1f})"
+                         f"  CPU {share:4.0%}  {per_cpu[name]:8.1f}/CPU-s  {ratios}")  # fmt: skip
         summary[workload] = {"unit": unit, "values": results[workload], "medians": medians,
                              "server_cpu": cpu[workload], "per_cpu_second": per_cpu}  # fmt: skip
+    report = "\n".join([provenance, "", *lines])
+    print(report)
+    if not args.no_save:
+        args.out.write_text(report + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0

@@ -3,6 +3,10 @@
     python benchmarks/udp_bench.py                     # 3 rounds of 2 s per subject
     python benchmarks/udp_bench.py --rounds 5 --seconds 3 --clients 16 --size 64
 
+The table is printed and written to ``benchmarks/results/udp_bench.txt`` (``--out
+FILE`` elsewhere, ``--no-save`` nowhere), under a line saying when, with what command
+and on what machine and Python it was measured.
+
 Each subject is an echo server in its own process, on 127.0.0.1: ``asycamore echo
 --udp`` on each available backend (or those named with ``--backends``), an
 ``asyncio.DatagramProtocol`` echo on the default loop, and the same on uvloop when it
@@ -15,8 +19,7 @@ Reported per subject: datagrams echoed per second (median over rounds, with the
 spread), the server's CPU time per datagram (from /proc, the steadier figure on a
 shared machine) and the generator's CPU share (near 100%: the generator, not the
 server, set the pace).  Rounds are interleaved, and ratios are to asyncio in the same
-round.  Nothing is written to disk; the machine is loopback only and every loop is
-bounded by time.
+round.  Loopback only; every loop is bounded by time.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+RESULTS = HERE.parent / "results"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -194,9 +198,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="sockets in flight (1-256)")
     parser.add_argument("--size", type=int, default=64, help="datagram size (1-65507)")
     parser.add_argument("--backends", help="comma-separated asycamore backends (default: all)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "udp_bench.txt",
+        help="results file (default: benchmarks/results/udp_bench.txt)",
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
     args = parser.parse_args(argv)
     if args.serve:
         return _serve(args.serve)
+    # Here, not at the top: the reference servers run this file and import no asycamore.
+    from asycamore.bench import harness
+
     if not (
         1 <= args.rounds <= 20
         and 0.1 <= args.seconds <= 30
@@ -204,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         and 1 <= args.size <= 65507
     ):
         parser.error("a value is out of range (see --help)")
+    # Before the run, so that the load average is the machine's, not this benchmark's.
+    provenance = harness.provenance()
     subjects, notes = _subjects(args.backends.split(",") if args.backends else None)
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu = cpus[0] if len(cpus) >= 2 else None
@@ -234,21 +250,24 @@ def main(argv: list[str] | None = None) -> int:
             )
         for name, rate in rates.items():
             ratios[name].append(rate / rates["asyncio"])
-    print(
-        f"\nUDP ping-pong: {args.clients} sockets x 1 datagram of {args.size} B in flight, "
-        f"{args.rounds} rounds x {args.seconds:g} s, Python {sys.version.split()[0]}"
-    )
     header = f"{'subject':<18} {'datagrams/s':>12} {'spread':>19} {'server us/dgram':>16}"
-    print(header + f" {'gen CPU':>8} {'vs asyncio':>11}")
+    lines = [
+        f"UDP ping-pong: {args.clients} sockets x 1 datagram of {args.size} B in flight, "
+        f"{args.rounds} rounds x {args.seconds:g} s, Python {sys.version.split()[0]}",
+        header + f" {'gen CPU':>8} {'vs asyncio':>11}",
+    ]
     for s in subjects:
         spread = f"{min(s.rates):,.0f}-{max(s.rates):,.0f}"
-        print(
+        lines.append(
             f"{s.name:<18} {statistics.median(s.rates):>12,.0f} {spread:>19} "
             f"{statistics.median(s.cpu_us):>16.2f} {statistics.median(s.gen_cpu):>7.0%} "
             f"{statistics.median(ratios[s.name]):>10.2f}x"
         )
-    for note in notes:
-        print(f"note: {note}")
+    lines += [f"note: {note}" for note in notes]
+    report = "\n".join([provenance, "", *lines])
+    print(report)
+    if not args.no_save:
+        args.out.write_text(report + "\n")
     return 0
 
 
