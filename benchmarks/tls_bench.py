@@ -24,9 +24,12 @@ handshakes
 The load generators are OpenSSL's own C programs, so the Python servers, not the
 client, set the pace; each server runs in its own process, pinned to CPU 0 when there
 are two or more (the generator to CPU 1).  Rounds are interleaved (each round runs every
-subject in turn) and the table shows medians with the min-max spread, and ratios to
-asyncio and to uvloop.  Subjects: asycamore's echo command (the code users run), an
-``asyncio.Protocol`` TLS echo server written the fast way, and the same on uvloop (when
+subject in turn) and the table shows medians with the min-max spread, and ratios to the
+better of asyncio's two configurations and to uvloop.  Subjects: asycamore's echo command
+(the code users run); an ``asyncio.Protocol`` TLS echo server written the fast way, as a
+fresh process runs it (``asyncio``) and with glibc's malloc thresholds raised
+(``asyncio-tuned``: asyncio decrypts with ``SSLObject.read(256 KiB)``, see
+``asycamore.bench.programs.MALLOC_TUNED``); and the same server on uvloop (when
 importable).  No assertions: this measures, it does not judge.
 """
 
@@ -122,8 +125,13 @@ def make_certificate(where: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+# asyncio decrypts with SSLObject.read(256 KiB): see asycamore.bench.programs.MALLOC_TUNED.
+ASYNCIO_CONFIGS = ("asyncio", "asyncio-tuned")
+"""The ratios are to the better of these."""
+
+
 def subjects() -> list[str]:
-    found = ["asycamore", "asyncio"]
+    found = ["asycamore", *ASYNCIO_CONFIGS]
     try:
         import uvloop  # noqa: F401
     except ImportError:
@@ -139,8 +147,14 @@ def server(subject: str, cert: Path, key: str | Path) -> Iterator[tuple[int, int
         args = [sys.executable, "-m", "asycamore", "echo", "--tls-cert", str(cert),
                 "--tls-key", str(key)]  # fmt: skip
     else:
-        args = [sys.executable, str(HERE), "--serve", subject, str(cert), str(key)]
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        kind = subject.removesuffix("-tuned")
+        args = [sys.executable, str(HERE), "--serve", kind, str(cert), str(key)]
+    env = None
+    if subject == "asyncio-tuned":
+        from asycamore.bench.programs import MALLOC_TUNED
+
+        env = {**os.environ, **MALLOC_TUNED}
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
     try:
         pin(proc.pid, 0)
         assert proc.stdout is not None
@@ -319,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                             )
                         results[workload][name].append(value)
                         cpu[workload][name].append(share)
-                        log(f"round {round_}/{args.rounds}  {workload:<10} {name:<9} "
+                        log(f"round {round_}/{args.rounds}  {workload:<10} {name:<13} "
                             f"{value:10.1f}   server CPU {share:4.0%}")  # fmt: skip
     units = {"bulk": "MB/s", "handshakes": "handshakes/s"}
     lines = [f"TLS echo, {args.rounds} rounds, medians (min-max); Python {sys.version.split()[0]},"
@@ -337,14 +351,20 @@ def main(argv: list[str] | None = None) -> int:
             if any(c > 0 for c in cpu[workload][n]) else float("nan")
             for n in names
         }  # fmt: skip
+        peers = {
+            "best asyncio": (max(medians[c] for c in ASYNCIO_CONFIGS),
+                             max(per_cpu[c] for c in ASYNCIO_CONFIGS)),
+        }  # fmt: skip
+        if "uvloop" in medians:
+            peers["uvloop"] = (medians["uvloop"], per_cpu["uvloop"])
         for name, values in results[workload].items():
             ratios = "  ".join(
-                f"{medians[name] / medians[peer]:.2f}x/{per_cpu[name] / per_cpu[peer]:.2f}x {peer}"
-                for peer in ("asyncio", "uvloop")
-                if peer in medians and peer != name
+                f"{medians[name] / wall:.2f}x/{per_cpu[name] / by_cpu:.2f}x {peer}"
+                for peer, (wall, by_cpu) in peers.items()
+                if peer != name
             )
             share = statistics.median(cpu[workload][name])
-            lines.append(f"  {name:<10} {medians[name]:8.1f} ({min(values):.1f}-{max(values):.1f})"
+            lines.append(f"  {name:<13} {medians[name]:8.1f} ({min(values):.1f}-{max(values):.1f})"
                          f"  CPU {share:4.0%}  {per_cpu[name]:8.1f}/CPU-s  {ratios}")  # fmt: skip
         summary[workload] = {"unit": unit, "values": results[workload], "medians": medians,
                              "server_cpu": cpu[workload], "per_cpu_second": per_cpu}  # fmt: skip
