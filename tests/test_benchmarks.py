@@ -413,3 +413,40 @@ def test_a_server_that_does_not_start_is_reported_with_its_stderr() -> None:
     code = "import sys; sys.stderr.write('no such backend: nope\\n'); print('hello')"
     with pytest.raises(RuntimeError, match="did not start: 'hello' no such backend: nope"):
         harness.ServerProcess([sys.executable, "-c", code])
+
+
+def test_run_refuses_a_python_it_cannot_find_in_one_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(RUN_PY), "--quick", "--pythons", "9.99"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("error: --pythons: no interpreter '9.99' (a version like 3.12, or a path)")
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_asyncio_configurations_differ_only_as_named() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        run = _load("run")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    peers = {s.name: s for s in run.peer_subjects(sys.executable, "@x", ("pingpong",))}
+    plain, tuned, buffered = (
+        peers["asyncio@x"],
+        peers["asyncio-tuned@x"],
+        peers["asyncio-buffered@x"],
+    )
+    assert plain.command == tuned.command == buffered.command[:-1]
+    assert buffered.command[-1] == "--buffered"
+    assert plain.env is None and buffered.env is None
+    assert tuned.env == programs.MALLOC_TUNED
+    assert all(s.asyncio_config for s in (plain, tuned, buffered))
+    assert all(s.workloads == ("pingpong",) for s in peers.values())

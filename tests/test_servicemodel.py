@@ -178,6 +178,8 @@ def test_protocol_error_aborts_only_that_connection(
             assert bad.recv(10) == b""
         good.sendall(b"fine")
         assert recv_exactly(good, 4) == b"fine"
+        for client in (good, bad):  # or the stop waits its timeout for their EOF
+            client.close()
     assert "protocol bug" in caplog.text
     assert isinstance(lost[0], ValueError)
 
@@ -203,6 +205,7 @@ def test_line_protocol() -> None:
             assert recv_exactly(client, 7) == b"echoed\n"
             client.sendall(b"x" * 20)  # too long: closed
             assert client.recv(10) == b""
+            client.close()  # or the stop waits its timeout for this peer's EOF
     assert lines == [b"one", b"two", b"three", b"echo"]
 
 
