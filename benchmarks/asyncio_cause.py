@@ -70,11 +70,13 @@ class FaultCountingServer(harness.ServerProcess):
     samples that at the start and the end of the measured window, so the two samples
     bracket exactly the messages the generator counted."""
 
-    faults: list[int]
+    def __init__(self, command: list[str], cpu: int | None, env: dict[str, str] | None) -> None:
+        super().__init__(command, cpu, env)
+        self.faults: list[int] = []
 
     def cpu_seconds(self) -> float | None:
         """CPU seconds so far; records the fault count at the same moment."""
-        self.faults = [*getattr(self, "faults", []), minor_faults(self.pid)][-2:]
+        self.faults.append(minor_faults(self.pid))
         return super().cpu_seconds()
 
 
