@@ -280,7 +280,7 @@ def run_bench(seconds: float = 1.0, as_json: bool = False) -> int:
         layout = "server and generator pinned to separate CPUs" if server_cpu is not None else ""
         print(
             "\nratio: to asyncio in the same run (higher is better; asyncio's echo server"
-            f" runs with glibc's malloc thresholds raised, as a warmed-up process has them)."
+            " runs with glibc's malloc thresholds raised, as a warmed-up process has them)."
             f" {layout}".rstrip()
         )
     return 1 if failed else 0
