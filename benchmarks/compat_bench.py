@@ -51,14 +51,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import report_file  # benchmarks/report_file.py, beside this file
+
 from asycamore.bench import harness
 from asycamore.compat import asyncore as ours
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def reference_asyncore() -> ModuleType:
@@ -182,13 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="cap per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats (median)")
     parser.add_argument("--backend", help="ASYCAMORE_BACKEND for ours")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=RESULTS / "compat_bench.txt",
-        help="results file (default: benchmarks/results/compat_bench.txt)",
-    )
-    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
+    report_file.add_arguments(parser, "compat_bench.txt")
     args = parser.parse_args(argv)
     if args.backend:
         os.environ["ASYCAMORE_BACKEND"] = args.backend
@@ -246,8 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"64 B): reference loop({label}) {theirs:,.0f}/s, ours {mine:,.0f}/s "
                 f"-> {mine / theirs:.2f}x"
             )
-    if not args.no_save:
-        args.out.write_text("\n".join(lines) + "\n")
+    report_file.save(args, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -32,13 +32,13 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+import report_file  # benchmarks/report_file.py, beside this file
 
 from asycamore.bench import harness
 from asycamore.echo import EchoProtocol
 from asycamore.servicemodel import Service
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MESSAGE = b"x" * 64
 Step = Callable[[], int]
 
@@ -153,13 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", default="epoll")
     parser.add_argument("--profile", action="store_true", help="cProfile the asycamore side")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=RESULTS / "conn_path.txt",
-        help="results file (default: benchmarks/results/conn_path.txt)",
-    )
-    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
+    report_file.add_arguments(parser, "conn_path.txt")
     args = parser.parse_args(argv)
     # Before the run, so that the load average is the machine's, not this benchmark's.
     provenance = harness.provenance()
@@ -219,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(out.getvalue())
     report = "\n".join(lines)
     print(report)
-    if not args.no_save:
-        args.out.write_text(report + "\n")
+    report_file.save(args, report)
     return 0
 
 

@@ -34,16 +34,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
+
+import report_file  # benchmarks/report_file.py, beside this file
 
 from asycamore import Events, create_dispatcher
 from asycamore.bench import harness
 from asycamore.echo import EchoProtocol
 from asycamore.servicemodel import Service
 from asycamore.tcpsocket import Connection
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @contextmanager
@@ -220,13 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="per layer and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", action="append", help="asycamore backend(s) (epoll, poll)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=RESULTS / "echo_path.txt",
-        help="results file (default: benchmarks/results/echo_path.txt)",
-    )
-    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
+    report_file.add_arguments(parser, "echo_path.txt")
     args = parser.parse_args(argv)
     # Before the run, so that the load average is the machine's, not this benchmark's.
     provenance = harness.provenance()
@@ -274,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         previous = best
     print("\n".join(lines))
-    if not args.no_save:
-        args.out.write_text("\n".join(lines) + "\n")
+    report_file.save(args, "\n".join(lines))
     return 0
 
 

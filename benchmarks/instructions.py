@@ -51,8 +51,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import report_file  # benchmarks/report_file.py, beside this file
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
 MESSAGE = b"m" * 64
@@ -260,13 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--debug", action="store_true", help="run asycamore in debug mode (ASYCAMORE_DEBUG=1)"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=RESULTS / "instructions.txt",
-        help="results file (default: benchmarks/results/instructions.txt)",
-    )
-    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
+    report_file.add_arguments(parser, "instructions.txt")
     args = parser.parse_args(argv)
     if args.child:
         workload, subject, n = args.child
@@ -312,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     report = "\n".join(lines)
     print(report)
-    if not args.no_save:
-        args.out.write_text(report + "\n")
+    report_file.save(args, report)
     return 0
 
 

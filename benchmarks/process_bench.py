@@ -47,8 +47,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import report_file  # benchmarks/report_file.py, beside this file
+
 HERE = Path(__file__).resolve()
-RESULTS = HERE.parent / "results"
 BLOCK = memoryview(os.urandom(256 * 1024))
 SUBJECTS = ("asycamore-epoll", "asyncio", "asyncio-tuned", "uvloop")
 # asyncio reads a pipe with os.read(256 KiB): see asycamore.bench.programs.MALLOC_TUNED.
@@ -283,13 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", default="throughput,spawn", help="workloads, comma-separated")
     parser.add_argument("--subjects", default=",".join(SUBJECTS))
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=RESULTS / "process_bench.txt",
-        help="results file (default: benchmarks/results/process_bench.txt)",
-    )
-    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
+    report_file.add_arguments(parser, "process_bench.txt")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -342,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"short of {args.mb * 1_000_000:,} bytes: " + "; ".join(short))
     report = "\n".join([provenance, "", *lines]).rstrip()
     print(report)
-    if not args.no_save:
-        args.out.write_text(report + "\n")
+    report_file.save(args, report)
     return 1 if any(line.startswith("asycamore") for line in short) else 0
 
 

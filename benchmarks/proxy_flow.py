@@ -32,10 +32,11 @@ import threading
 import time
 from pathlib import Path
 
+import report_file  # benchmarks/report_file.py, beside this file
+
 from asycamore.bench import harness
 
 PROXY = Path(__file__).resolve().parent.parent / "examples" / "proxy.py"
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def start(*args: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -139,13 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stall", type=float, default=10.0, help="give up after this long without data"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=RESULTS / "proxy_flow.txt",
-        help="results file (default: benchmarks/results/proxy_flow.txt)",
-    )
-    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
+    report_file.add_arguments(parser, "proxy_flow.txt")
     args = parser.parse_args(argv)
     if not sys.platform.startswith("linux"):
         print("VmHWM is read from /proc: Linux only", file=sys.stderr)
@@ -172,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["  ".join(row[key].ljust(width) for key, width in widths.items()) for row in rows]
     report = "\n".join([provenance, "", *lines])
     print(report)
-    if not args.no_save:
-        args.out.write_text(report + "\n")
+    report_file.save(args, report)
     return 0
 
 

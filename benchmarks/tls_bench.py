@@ -53,8 +53,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import report_file  # benchmarks/report_file.py, beside this file
+
 HERE = Path(__file__).resolve()
-RESULTS = HERE.parent / "results"
 
 
 # -- the peer servers (run as: tls_bench.py --serve asyncio|uvloop CERT KEY) -------------------
@@ -279,13 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="s_time processes at once")
     parser.add_argument("--only", default="bulk,handshakes")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=RESULTS / "tls_bench.txt",
-        help="results file (default: benchmarks/results/tls_bench.txt)",
-    )
-    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
+    report_file.add_arguments(parser, "tls_bench.txt")
     parser.add_argument(
         "--no-pin", action="store_true", help="let the scheduler place server and generators"
     )
@@ -370,8 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                              "server_cpu": cpu[workload], "per_cpu_second": per_cpu}  # fmt: skip
     report = "\n".join([provenance, "", *lines])
     print(report)
-    if not args.no_save:
-        args.out.write_text(report + "\n")
+    report_file.save(args, report)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0

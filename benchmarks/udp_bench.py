@@ -41,8 +41,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import report_file  # benchmarks/report_file.py, beside this file
+
 HERE = Path(__file__).resolve()
-RESULTS = HERE.parent / "results"
 TICKS = os.sysconf("SC_CLK_TCK")
 ASYNCIO_CONFIGS = ("asyncio", "asyncio-tuned")
 """The ratios are to the better of these in each round."""
@@ -208,13 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="sockets in flight (1-256)")
     parser.add_argument("--size", type=int, default=64, help="datagram size (1-65507)")
     parser.add_argument("--backends", help="comma-separated asycamore backends (default: all)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=RESULTS / "udp_bench.txt",
-        help="results file (default: benchmarks/results/udp_bench.txt)",
-    )
-    parser.add_argument("--no-save", action="store_true", help="print only, write no file")
+    report_file.add_arguments(parser, "udp_bench.txt")
     args = parser.parse_args(argv)
     if args.serve:
         return _serve(args.serve)
@@ -277,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"note: {note}" for note in notes]
     report = "\n".join([provenance, "", *lines])
     print(report)
-    if not args.no_save:
-        args.out.write_text(report + "\n")
+    report_file.save(args, report)
     return 0
 
 

@@ -36,7 +36,11 @@ def _load(name: str) -> ModuleType:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCHMARKS))  # scripts import the modules beside them
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
     return module
 
 
@@ -129,11 +133,7 @@ def test_instruction_count_workloads_run(workload: str, subject: str) -> None:
 
 
 def test_pair_ratios_compare_rates_and_cpu_per_operation_round_by_round() -> None:
-    sys.path.insert(0, str(BENCHMARKS))  # run.py imports loadgen and probes beside it
-    try:
-        run = _load("run")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    run = _load("run")
 
     def rounds(*pairs: tuple[float, float]) -> dict[str, object]:
         return {"rounds": [{"value": value, "server_cpu": cpu} for value, cpu in pairs]}
@@ -310,11 +310,7 @@ def test_instructions_writes_its_table_and_the_hash_seed(tmp_path: Path) -> None
 
 
 def test_the_reference_is_the_best_asyncio_configuration_of_the_same_python_per_round() -> None:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        run = _load("run")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    run = _load("run")
 
     def subject(name: str, python: str, config: bool = True) -> object:
         return run.Subject(name, [], python=python, asyncio_config=config)
@@ -433,11 +429,7 @@ def test_run_refuses_a_python_it_cannot_find_in_one_line() -> None:
 
 
 def test_the_asyncio_configurations_differ_only_as_named() -> None:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        run = _load("run")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    run = _load("run")
     peers = {s.name: s for s in run.peer_subjects(sys.executable, "@x", ("pingpong",))}
     plain, tuned, buffered = (
         peers["asyncio@x"],
