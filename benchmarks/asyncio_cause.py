@@ -155,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     pythons: dict[str, str] = {}
     for spec in args.pythons.split(","):
-        found = spec if os.sep in spec else shutil.which(f"python{spec}")
-        if not found:
-            parser.error(f"--pythons: no interpreter {spec!r} (a version like 3.12, or a path)")
+        try:
+            found = run.find_python(spec)
+        except ValueError as exc:
+            parser.error(str(exc))
         pythons[run.python_version(found)] = found
     cpus = harness.cpu_layout()
     rounds: dict[tuple[str, str], list[dict[str, float]]] = {}

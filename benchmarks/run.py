@@ -232,15 +232,22 @@ def can_import(python: str, module: str) -> bool:
         return False
 
 
+def find_python(spec: str) -> str:
+    """The interpreter named by *spec*: a path, or a version like ``3.12`` found on PATH
+    as ``python3.12``.  Raises ValueError naming *spec* when there is none."""
+    found = spec if os.sep in spec else shutil.which(f"python{spec}")
+    if not found or not os.access(found, os.X_OK):
+        raise ValueError(f"--pythons: no interpreter {spec!r} (a version like 3.12, or a path)")
+    return found
+
+
 def bench_python(spec: str) -> str:
     """An interpreter for the Python named by *spec* (``3.12`` or a path) that can import
     this tree's asycamore and uvloop: a venv made once in the cache directory.
 
     Raises ValueError naming *spec* when no such Python is found or the install fails.
     """
-    found = spec if os.sep in spec else shutil.which(f"python{spec}")
-    if not found or not os.access(found, os.X_OK):
-        raise ValueError(f"--pythons: no interpreter {spec!r} (a version like 3.12, or a path)")
+    found = find_python(spec)
     version = python_version(found)
     tree = HERE.parent
     # Keyed by the tree too: the install is editable, so it must run this checkout.
